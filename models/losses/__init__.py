@@ -1,0 +1,1 @@
+"""Losses, one file per paper's loss family; each term is a small module or pure function."""

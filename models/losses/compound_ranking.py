@@ -1,0 +1,45 @@
+"""Compound Ranking loss of SSAN (Ding et al., 2021, Sec. 3.4).
+
+A caption describes its own image exactly (strong supervision) and another image of the same
+person only roughly (weak supervision). Both kinds of positives are ranked above the hardest
+negative of the batch in both retrieval directions; the weak term has a smaller, adaptive
+margin and a weight ``beta``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def hardest_negatives(sim: torch.Tensor, negative: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Largest negative similarity of each image row (B,) and of each text column (B,)."""
+    masked = sim.masked_fill(~negative, float("-inf"))  # (B, B)
+    return masked.max(dim=1).values, masked.max(dim=0).values
+
+
+def compound_ranking_loss(sim: torch.Tensor, pids: torch.Tensor, margin: float = 0.2,
+                          beta: float = 0.5, adaptive: bool = True) -> torch.Tensor:
+    """``L_cr = sum_i [a - S(I_i, T_i) + S(I_i, T-)]_+ + [a - S(I_i, T_i) + S(I-, T_i)]_+``
+    ``     + beta sum_{(i, j) weak} [a_ij - S(I_i, T_j) + S(I_i, T-)]_+ + [... + S(I-, T_j)]_+``
+
+    sim: (B, B) similarity of image i (rows) and text j (columns), text i paired with image i;
+    pids: (B,). Weak pairs: same person, i != j. ``a_ij = a (S_ij + 1) / 2`` (detached) when
+    ``adaptive``, else ``a``: a weak positive that the model finds far gets a small margin, as
+    its caption may truly describe another view. Negatives are the hardest in the batch.
+    Strong terms are averaged over B, weak ones over the weak pairs.
+    """
+    same = pids[:, None] == pids[None, :]  # (B, B)
+    eye = torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
+    neg_for_image, neg_for_text = hardest_negatives(sim, ~same)  # (B,), (B,)
+    pos = sim.diagonal()  # (B,)
+    strong = ((margin - pos + neg_for_image).clamp(min=0)
+              + (margin - pos + neg_for_text).clamp(min=0))  # (B,)
+    loss = strong.mean()  # a row without negatives has -inf there: its hinge is 0
+    weak = same & ~eye  # (B, B)
+    if beta == 0 or not weak.any():
+        return loss
+    a = margin * (sim.detach() + 1) / 2 if adaptive else torch.full_like(sim, margin)
+    weak_terms = ((a - sim + neg_for_image[:, None]).clamp(min=0)
+                  + (a - sim + neg_for_text[None, :]).clamp(min=0))  # (B, B)
+    return loss + beta * weak_terms[weak].mean()

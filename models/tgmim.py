@@ -1,0 +1,61 @@
+"""TG-MIM: Text-Guided Masked Image Modelling (VFE-TPS Sec. 3.2, Eq. 1-3). Training only.
+
+Patches of the image are masked at random (Eq. 1); the image encoder's tokens of the masked
+image attend to the caption's word tokens through one multi-head cross-attention layer (Eq. 2),
+four transformer encoder layers mix them, and a Conv2d + PixelShuffle head predicts the raw
+(normalised) pixels; the L1 loss on the masked patches (Eq. 3) is in ``models.losses.tgmim``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def random_patch_mask(batch: int, grid: tuple[int, int], ratio: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Eq. 1: (B, h, w) bool, True on ``round(ratio * h * w)`` patches chosen per image."""
+    h, w = grid
+    count = int(round(ratio * h * w))
+    order = torch.rand(batch, h * w, generator=generator).argsort(dim=1)  # (B, h*w)
+    mask = torch.zeros(batch, h * w, dtype=torch.bool)
+    mask.scatter_(1, order[:, :count], True)
+    return mask.view(batch, h, w)
+
+
+def apply_patch_mask(images: torch.Tensor, mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """Masked patches set to 0 (the dataset mean after normalisation). images (B, 3, H, W)."""
+    from models.losses.tgmim import patch_mask_to_pixels
+
+    keep = 1.0 - patch_mask_to_pixels(mask.to(images.device), patch)  # (B, 1, H, W)
+    return images * keep
+
+
+class TextGuidedDecoder(nn.Module):
+    """Eq. 2 and the pixel head: image tokens (B, N, C) + word tokens (B, L, D) -> pixels."""
+
+    def __init__(self, image_channels: int, text_dim: int, dim: int, heads: int, layers: int,
+                 grid: tuple[int, int], patch: int) -> None:
+        super().__init__()
+        self.grid, self.patch = grid, patch
+        self.image_proj = nn.Linear(image_channels, dim)
+        self.text_proj = nn.Linear(text_dim, dim)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, batch_first=True,
+                                           norm_first=True, activation="gelu", dropout=0.0)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.Conv2d(dim, 3 * patch * patch, kernel_size=1),
+                                  nn.PixelShuffle(patch))
+
+    def forward(self, fmap: torch.Tensor, words: torch.Tensor,
+                word_mask: torch.Tensor) -> torch.Tensor:
+        """fmap (B, C, h, w) of the masked image, words (B, L, D), word_mask (B, L) True = real
+        token -> predicted pixels (B, 3, h*patch, w*patch)."""
+        b, _, h, w = fmap.shape
+        q = self.image_proj(fmap.flatten(2).transpose(1, 2))  # (B, h*w, dim)
+        kv = self.text_proj(words)  # (B, L, dim)
+        attended, _ = self.cross_attn(q, kv, kv, key_padding_mask=~word_mask, need_weights=False)
+        x = self.encoder(self.norm(q + attended))  # (B, h*w, dim)
+        x = x.transpose(1, 2).reshape(b, -1, h, w)  # (B, dim, h, w)
+        return self.head(x)  # (B, 3, h*patch, w*patch)

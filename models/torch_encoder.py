@@ -1,0 +1,85 @@
+"""``Encoder`` implementation over any ``DualEncoderModel``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2 as T
+
+from models.base import DualEncoderModel
+from models.encoder import EncoderSpec
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_eval_transform(image_size: Sequence[int], mean: Sequence[float],
+                         std: Sequence[float]) -> T.Compose:
+    """PIL -> (3, H, W) float tensor: RGB, bicubic resize to (H, W), normalise."""
+    return T.Compose([
+        T.PILToTensor(),
+        T.Resize(tuple(image_size), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(list(mean), list(std)),
+    ])
+
+
+class TorchEncoder:
+    """Batches PIL images or texts through a model's exported inference path."""
+
+    def __init__(self, model: DualEncoderModel, checkpoint_sha256: str, device: str = "auto",
+                 batch_size: int = 64) -> None:
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
+        self.batch_size = batch_size
+        cfg = model.config
+        self.spec = EncoderSpec(
+            name=cfg.name, dim=model.export_dim, checkpoint_sha256=checkpoint_sha256,
+            image_size=tuple(cfg.image_size), mean=tuple(cfg.mean), std=tuple(cfg.std),
+            parts=model.parts(),
+        )
+        self._transform = build_eval_transform(cfg.image_size, cfg.mean, cfg.std)
+        self._autocast = self.device.type == "cuda"
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self._transform(image.convert("RGB"))
+
+    @torch.inference_mode()
+    def encode_image(self, images: Sequence[Image.Image] | torch.Tensor) -> np.ndarray:
+        if not isinstance(images, torch.Tensor):
+            if len(images) == 0:
+                return np.zeros((0, self.spec.dim), np.float32)
+            images = torch.stack([self.preprocess(im) for im in images])
+        chunks = []
+        for start in range(0, images.shape[0], self.batch_size):
+            batch = images[start : start + self.batch_size].to(self.device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self._autocast):
+                chunks.append(self.model.image_features(batch).float().cpu())
+        return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.spec.dim), np.float32)
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            tokens = self.model.tokenize(texts[start : start + self.batch_size])
+            tokens = _to_device(tokens, self.device)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self._autocast):
+                chunks.append(self.model.text_features(tokens).float().cpu())
+        return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+
+
+def _to_device(tokens, device: torch.device):
+    if isinstance(tokens, torch.Tensor):
+        return tokens.to(device)
+    if isinstance(tokens, dict):
+        return {k: v.to(device) for k, v in tokens.items()}
+    return tokens
