@@ -1,0 +1,76 @@
+"""The database side of indexing: which crops to encode, and recording what happened."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.orm import Crop, CropStatus, IndexStatus, IndexVersion
+
+CHUNK = 5000  # ids per IN (...) clause, well under SQLite's variable limit
+
+
+def _chunks(ids: list[int]) -> Iterable[list[int]]:
+    for lo in range(0, len(ids), CHUNK):
+        yield ids[lo : lo + CHUNK]
+
+
+def indexable_items(session: Session, crops_dir: Path,
+                    ids: Iterable[int] | None = None) -> list[tuple[int, Path]]:
+    """(crop id, file path) of every crop not deleted (or of those among ``ids``), by id."""
+    stmt = select(Crop.id, Crop.stored_path).where(Crop.status != CropStatus.deleted)
+    if ids is None:
+        rows = session.execute(stmt.order_by(Crop.id)).all()
+    else:
+        rows = [r for chunk in _chunks(sorted(set(int(i) for i in ids)))
+                for r in session.execute(stmt.where(Crop.id.in_(chunk)).order_by(Crop.id))]
+    return [(int(cid), Path(crops_dir) / path) for cid, path in rows]
+
+
+def crop_statuses(session: Session) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (N,), statuses (N,) str) of every crop row."""
+    rows = session.execute(select(Crop.id, Crop.status)).all()
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    statuses = np.array([CropStatus(r[1]).value for r in rows], dtype=object)
+    return ids, statuses
+
+
+def mark_indexed(session: Session, ids: Iterable[int]) -> None:
+    """Mark crops indexed (crops deleted meanwhile stay deleted)."""
+    for chunk in _chunks([int(i) for i in ids]):
+        session.execute(update(Crop).where(Crop.id.in_(chunk), Crop.status != CropStatus.deleted)
+                        .values(status=CropStatus.indexed, error=None))
+
+
+def mark_failed(session: Session, failed: Iterable[tuple[int, str]]) -> None:
+    for crop_id, reason in failed:
+        session.execute(update(Crop).where(Crop.id == int(crop_id),
+                                           Crop.status != CropStatus.deleted)
+                        .values(status=CropStatus.failed, error=reason[:2000]))
+
+
+def mark_pending(session: Session, ids: Iterable[int]) -> None:
+    for chunk in _chunks([int(i) for i in ids]):
+        session.execute(update(Crop).where(Crop.id.in_(chunk), Crop.status != CropStatus.deleted)
+                        .values(status=CropStatus.pending))
+
+
+def record_live(session: Session, *, version: str, path: Path, manifest: dict,
+                count: int) -> None:
+    """Make the row of base ``version`` the only live one (creating it if needed)."""
+    for row in session.scalars(select(IndexVersion).where(IndexVersion.status == IndexStatus.live,
+                                                          IndexVersion.version != version)):
+        row.status = IndexStatus.retired
+    row = session.scalar(select(IndexVersion).where(IndexVersion.version == version))
+    if row is None:
+        row = IndexVersion(version=version, path=str(path), dim=int(manifest["dim"]),
+                           factory=str(manifest.get("factory", "Flat"))[:256],
+                           checkpoint_sha256=str(manifest.get("checkpoint_sha256", "")))
+        session.add(row)
+    row.status, row.count = IndexStatus.live, int(count)
+    row.published_at = datetime.now(UTC)

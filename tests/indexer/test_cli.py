@@ -1,0 +1,35 @@
+"""`tbps index`: progress with items/s and ETA, a summary, --check, --rollback.
+(--full, incremental updates and rollback themselves are tested in test_jobs.)"""
+
+import pytest
+
+from service.cli import main
+from service.config import get_settings
+
+
+@pytest.fixture
+def tbps(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TBPS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TBPS_DEVICE", "cpu")
+    get_settings.cache_clear()
+
+    def run(*args: str) -> tuple[int, str]:
+        code = main(list(args))
+        return code, capsys.readouterr().out
+
+    yield run
+    get_settings.cache_clear()
+
+
+def test_index_commands_print_progress_and_summaries(tbps, image_folder):
+    assert tbps("ingest", str(image_folder))[0] == 0
+    code, out = tbps("index")
+    assert code == 0 and "encoding crops: 6/6 (" in out and "/s, ETA" in out
+    assert "(full build): 6 crops indexed, 0 failed" in out and "crops/s)" in out
+    code, out = tbps("index", "--check")
+    assert code == 0 and "database and index agree" in out
+
+
+def test_rollback_without_a_previous_version_says_so(tbps):
+    code, _ = tbps("index", "--rollback")
+    assert code == 1
