@@ -1,0 +1,1 @@
+"""tbps service: settings, database, search logic, HTTP API and the `tbps` command."""

@@ -1,0 +1,90 @@
+"""Administration as plain functions: uploads, deletions, jobs, thumbnails. No FastAPI here."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from indexer import jobs as index_jobs
+from service import crud, storage
+from service.catalog import touch_stamp
+from service.config import Settings
+from service.ingest import FileResult, ingest_bytes
+from service.orm import Crop, Job
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Upload:
+    name: str
+    data: bytes
+
+
+def upload_crops(session: Session, settings: Settings, files: list[Upload], *, camera: str,
+                 captured_at: datetime | None, person_id: str | None,
+                 actor: str) -> tuple[list[FileResult], Job | None]:
+    """Store the good files, report every file; queue an ``add`` job when something is new.
+
+    The caller commits; call ``after_change`` once committed.
+    """
+    results = [ingest_bytes(session, settings, name=f.name, data=f.data, camera=camera,
+                            captured_at=captured_at, person_id=person_id) for f in files]
+    job = None
+    if any(r.status == "added" for r in results):
+        job = crud.active_job(session, kind="add")
+        if job is None or job.status.value != "queued":
+            job = crud.create_job(session, kind="add", created_by=actor)
+    return results, job
+
+
+def delete_crops(session: Session, settings: Settings, crops: list[Crop]) -> list[int]:
+    """Mark crops deleted and remove their files and thumbnails. The caller commits, then
+    calls ``after_change`` so that every process drops them from results at once."""
+    crud.mark_deleted(session, crops=crops)
+    for crop in crops:
+        storage.remove(crop.stored_path, settings.resolved_crops_dir)
+        thumbnail_path(settings, crop).unlink(missing_ok=True)
+    return [crop.id for crop in crops]
+
+
+def after_change(settings: Settings, *, deleted: list[int] | None = None) -> None:
+    """Committed crops were added, deleted or renamed: tell every search process; hide deleted
+    crops in the index too (a tombstone generation, when the indexer offers one)."""
+    touch_stamp(settings.data_dir, full=bool(deleted))
+    if deleted and hasattr(index_jobs, "remove_crops"):
+        try:
+            index_jobs.remove_crops(settings.resolved_index_dir, deleted)
+        except Exception:  # the catalog already hides them; `tbps index` tidies up later
+            log.exception("could not remove %d deleted crops from the index", len(deleted))
+
+
+def thumbnail_path(settings: Settings, crop: Crop) -> Path:
+    sha = crop.sha256
+    return settings.resolved_thumbs_dir / sha[:2] / f"{sha}-{settings.thumbnail_size}.jpg"
+
+
+def thumbnail(settings: Settings, crop: Crop) -> Path | None:
+    """The crop's JPEG thumbnail, made on first request and cached content-addressed."""
+    target = thumbnail_path(settings, crop)
+    if target.is_file():
+        return target
+    source = settings.resolved_crops_dir / crop.stored_path
+    if not source.is_file():
+        return None
+    with Image.open(source) as im:
+        im = im.convert("RGB")
+        im.thumbnail((settings.thumbnail_size, settings.thumbnail_size))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(target)
+    return target

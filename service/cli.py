@@ -1,0 +1,361 @@
+"""The ``tbps`` command: one entry point with a sub-command per job."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from service.config import DEFAULT_DEMO_GALLERY, Settings, get_settings
+
+# modules that contribute sub-commands (train, eval, ...) through ``register_cli(subparsers)``
+PLUGIN_MODULES = ("models.train", "models.evaluate")
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    settings.ensure_dirs()
+    return settings
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    from service.db import migrate
+
+    settings = _settings()
+    migrate(settings.resolved_database_url)
+    print(f"database is at the latest schema: {settings.resolved_database_url}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from service.db import migrate, session_scope
+    from service.ingest import ingest_folder
+
+    settings = _settings()
+    migrate(settings.resolved_database_url)
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        print(f"error: {folder} is not a folder", file=sys.stderr)
+        return 2
+    with session_scope(settings.resolved_database_url) as session:
+        report = ingest_folder(session, settings, folder, camera=args.camera)
+    for bad in report.rejected:
+        print(f"skipped {bad.name}: {bad.reason}")
+    print(f"ingested {report.added} new crops, {report.duplicates} duplicates skipped, "
+          f"{len(report.rejected)} files rejected")
+    return 0
+
+
+def _progress_printer(label: str):
+    started = time.perf_counter()
+
+    def show(done: int, total: int) -> None:
+        elapsed = max(time.perf_counter() - started, 1e-6)
+        rate = done / elapsed
+        eta = (total - done) / rate if rate else 0.0
+        end = "\n" if done >= total else ""
+        print(f"\r{label}: {done}/{total} ({rate:.0f}/s, ETA {eta:.0f}s)", end=end, flush=True)
+
+    return show
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Incremental by default (add pending crops, drop deleted ones); --full rebuilds beside the
+    live index and swaps; --rollback and --check need no encoding."""
+    from indexer import jobs
+    from indexer.pipeline import ReadOptions
+    from models.factory import load_encoder
+    from service.db import migrate, session_scope
+
+    settings = _settings()
+    migrate(settings.resolved_database_url)
+    root, crops = settings.resolved_index_dir, settings.resolved_crops_dir
+    with session_scope(settings.resolved_database_url) as session:
+        if getattr(args, "rollback", False):
+            try:
+                print(f"rolled back: index {jobs.rollback(session, root)} is live")
+            except FileNotFoundError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            return 0
+        encoder = load_encoder(settings.checkpoint, settings.device)
+        if getattr(args, "check", False):
+            return _print_check(jobs.check(session, root, encoder=encoder, crops_dir=crops,
+                                           repair=not getattr(args, "dry_run", False)))
+        run = jobs.build_full if getattr(args, "full", False) else jobs.sync
+        options = ReadOptions(batch_size=getattr(args, "batch_size", None) or 64,
+                              workers=getattr(args, "workers", None))
+        try:
+            report = run(session, encoder, crops, root, factory=getattr(args, "factory", None),
+                         progress=_progress_printer("encoding crops"), options=options)
+        except (jobs.BuildBusy, jobs.StaleIndex) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    for crop_id, reason in report.failed[:20]:
+        print(f"crop {crop_id} failed: {reason}")
+    if len(report.failed) > 20:
+        print(f"... and {len(report.failed) - 20} more failed crops")
+    kind = "full build" if report.full else "incremental update"
+    resumed = f", {report.resumed} resumed from a killed run" if report.resumed else ""
+    print(f"index {report.version} ({kind}): {report.indexed} crops indexed, "
+          f"{len(report.failed)} failed, {report.removed} removed{resumed}, "
+          f"{report.seconds:.1f}s ({report.rate:.0f} crops/s)")
+    return 0
+
+
+def _print_check(report) -> int:
+    print(f"index {report.version}: {report.index_count} vectors")
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    for fix in report.repaired:
+        print(f"repaired: {fix}")
+    if report.ok:
+        print("database and index agree")
+    return 0 if report.ok or report.repaired else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.main import create_app
+
+    settings = _settings()
+    host, port = args.host or settings.host, args.port or settings.port
+    print(f"serving tbps on http://{host}:{port}/ (API docs at /docs)")
+    if getattr(args, "with_worker", False):
+        settings = settings.model_copy(update={"spawn_worker": True})
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from models.factory import load_encoder
+    from service.db import session_scope
+    from service.search import IndexNotReady, SearchEngine, SearchQuery
+
+    settings = _settings()
+    engine = SearchEngine(load_encoder(settings.checkpoint, settings.device),
+                          settings.resolved_index_dir, settings.data_dir)
+    query = SearchQuery(description=args.description, top_k=args.top_k,
+                        cameras=tuple(args.camera) if args.camera else None)
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            result = engine.search(session, query)
+    except IndexNotReady as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([h.__dict__ for h in result.hits], default=str, indent=2))
+        return 0
+    print(f"{'rank':>4}  {'score':>7}  {'crop':>6}  {'camera':<14} captured_at")
+    for rank, hit in enumerate(result.hits, 1):
+        print(f"{rank:>4}  {hit.score:7.4f}  {hit.crop_id:>6}  {hit.camera or '-':<14} "
+              f"{hit.captured_at or '-'}")
+    print(f"({len(result.hits)} hits from index {result.index_version} in {result.took_ms:.1f} ms)")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run queued jobs (reindex, add) until stopped; --once: run what is queued and exit."""
+    import signal
+    import threading
+
+    from models.factory import load_encoder
+    from service.db import migrate
+    from service.worker import run_pending, serve
+
+    settings = _settings()
+    migrate(settings.resolved_database_url)
+    encoder = load_encoder(settings.checkpoint, settings.device)
+    if args.once:
+        print(f"ran {run_pending(settings, encoder)} job(s)")
+        return 0
+    logging.getLogger().setLevel(logging.INFO)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"worker waiting for jobs in {settings.resolved_database_url}", flush=True)
+    serve(settings, encoder, stop=stop, recover=not args.no_recover)
+    return 0
+
+
+def cmd_create_key(args: argparse.Namespace) -> int:
+    """Create an admin API key; only its sha256 is stored, the key is printed once."""
+    import secrets
+
+    from sqlalchemy.exc import IntegrityError
+
+    from service import crud
+    from service.config import hash_key
+    from service.db import migrate, session_scope
+
+    settings = _settings()
+    migrate(settings.resolved_database_url)
+    key = secrets.token_urlsafe(32)
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            crud.add_api_key(session, name=args.name, key_sha256=hash_key(key))
+            crud.add_audit(session, actor="cli", action="keys.create", target=f"key:{args.name}")
+    except IntegrityError:
+        print(f"error: a key named {args.name!r} exists", file=sys.stderr)
+        return 1
+    print(key)
+    return 0
+
+
+def cmd_revoke_key(args: argparse.Namespace) -> int:
+    from service import crud
+    from service.db import migrate, session_scope
+
+    settings = _settings()
+    migrate(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as session:
+        found = crud.revoke_api_key(session, name=args.name)
+        if found:
+            crud.add_audit(session, actor="cli", action="keys.revoke", target=f"key:{args.name}")
+    print(f"revoked {args.name}" if found else f"no active key named {args.name!r}")
+    return 0 if found else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """What `make run` does: migrate, ingest the demo gallery if empty, index, serve."""
+    from service import crud
+    from service.db import migrate, session_scope
+
+    settings = _settings()
+    migrate(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as session:
+        empty = crud.count_crops(session) == 0
+    if empty:
+        gallery = settings.demo_gallery or DEFAULT_DEMO_GALLERY
+        if not gallery.is_dir():
+            print(f"no demo gallery: {gallery} does not exist. Set TBPS_DEMO_GALLERY to a folder "
+                  "of person crops, or upload crops later through the API. Serving an empty "
+                  "gallery.")
+        else:
+            print(f"gallery is empty: ingesting the demo gallery {gallery}")
+            cmd_ingest(argparse.Namespace(folder=str(gallery), camera=None))
+    if _needs_index(settings):
+        cmd_index(argparse.Namespace(factory="IDMap2,Flat"))
+    # a job worker beside the server, so that uploads and reindexing work without more setup
+    return cmd_serve(argparse.Namespace(host=args.host, port=args.port, with_worker=True))
+
+
+def _needs_index(settings: Settings) -> bool:
+    from indexer.store import IndexStore
+    from models.factory import load_encoder
+    from service import crud
+    from service.db import session_scope
+    from service.orm import CropStatus
+
+    live = IndexStore(settings.resolved_index_dir).load()
+    if live is None:
+        return True
+    with session_scope(settings.resolved_database_url) as session:
+        pending = crud.count_crops(session, statuses=[CropStatus.pending])
+    sha = load_encoder(settings.checkpoint, "cpu").spec.checkpoint_sha256
+    return pending > 0 or live.manifest.get("checkpoint_sha256") != sha
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tbps", description="Text-based person search. Settings come from TBPS_* "
+        "environment variables (TBPS_DATA_DIR, TBPS_DATABASE_URL, TBPS_CHECKPOINT, ...).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="apply database migrations")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("ingest", help="add a folder of person crops to the gallery",
+                       description="Store every image below FOLDER content-addressed in the "
+                       "data dir. Duplicates are skipped; unreadable or non-image files are "
+                       "reported by name and not stored. Without --camera, the first "
+                       "sub-folder of each file names its camera.")
+    p.add_argument("folder", help="folder of JPEG/PNG/BMP/WebP crops (searched recursively)")
+    p.add_argument("--camera", help="camera name for every crop in this folder")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("index", help="bring the search index up to date with the gallery",
+                       description="Without options: add crops uploaded since the last build "
+                       "and drop deleted ones, without a rebuild (a full build when there is no "
+                       "index or the checkpoint changed). --full encodes everything into a new "
+                       "version beside the live one and swaps atomically; a killed build "
+                       "resumes from its last finished shard. Searches keep using the old "
+                       "version until the swap.")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true", help="re-encode every crop, swap atomically")
+    mode.add_argument("--rollback", action="store_true",
+                      help="make the previous version live again")
+    mode.add_argument("--check", action="store_true",
+                      help="verify that the database and the index agree; repair what it can")
+    p.add_argument("--dry-run", action="store_true", help="with --check: report, repair nothing")
+    p.add_argument("--factory", default=None,
+                   help="index spec: 'Flat' (exact) or a FAISS factory string for the first "
+                   "stage over the global part, e.g. 'IVF4096_HNSW32,SQ8' (default: chosen by "
+                   "gallery size)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image decoding processes (default: one per spare core)")
+    p.add_argument("--batch-size", type=int, default=64, help="crops per encoder batch")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("serve", help="serve the HTTP API and the web page")
+    p.add_argument("--host", help="bind address (default TBPS_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default TBPS_PORT or 8000)")
+    p.add_argument("--with-worker", action="store_true",
+                   help="also start a `tbps worker` subprocess (as TBPS_SPAWN_WORKER=true does)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("search", help="search the gallery from the command line",
+                       description='Example: tbps search "a man in a red jacket" --top-k 5')
+    p.add_argument("description", help="what the person looks like")
+    p.add_argument("--top-k", type=int, default=10, help="number of hits (default 10)")
+    p.add_argument("--camera", action="append", help="only this camera (repeatable)")
+    p.add_argument("--json", action="store_true", help="print hits as JSON")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("worker", help="run queued jobs (reindex, add uploaded crops)",
+                       description="Polls the jobs table and runs each job in this process; "
+                       "searches keep serving from the live index meanwhile. Run one worker "
+                       "per deployment (docker-compose does); `tbps demo` starts one itself.")
+    p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
+    p.add_argument("--no-recover", action="store_true", help="leave jobs marked running by "
+                   "a stopped worker alone (default: mark them failed at start)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("create-key", help="create an admin API key (printed once)")
+    p.add_argument("name", help="who the key is for; shown in the audit log")
+    p.set_defaults(func=cmd_create_key)
+
+    p = sub.add_parser("revoke-key", help="revoke an admin API key by name")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_revoke_key)
+
+    p = sub.add_parser("demo", help="what `make run` does: migrate, ingest the demo gallery "
+                       "if the gallery is empty, index, serve with a job worker beside it")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_demo)
+
+    for module in PLUGIN_MODULES:
+        try:
+            importlib.import_module(module).register_cli(sub)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The one settings class. Every value comes from a ``TBPS_`` environment variable."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DEMO_GALLERY = Path("../shared/data/cuhk-pedes/imgs")
+# placeholder secrets from examples and compose files: refused outside development
+KNOWN_DEFAULT_KEYS = frozenset({"changethis", "change-me", "changeme", "secret", "admin", "dev"})
+
+
+def hash_key(key: str) -> str:
+    """How an API key is stored and compared: its sha256 hex digest."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class Settings(BaseSettings):
+    """Runtime configuration, validated at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="TBPS_", env_file=None, extra="ignore")
+
+    environment: str = Field("development", description="development | production")
+    data_dir: Path = Field(Path("./data"), description="SQLite file, stored crops, index versions")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
+    checkpoint: Path | None = Field(None, description="model checkpoint; default: bundled model")
+    device: str = Field("auto", description="torch device for encoders: auto | cpu | cuda")
+    admin_keys: str = Field("", description="comma-separated admin API keys (hashed at start-up; "
+                            "more keys can be created with `tbps create-key`)", repr=False)
+    admin_key_hashes: str = Field("", description="comma-separated sha256 hex digests of admin "
+                                  "keys, for deployments that keep no plain key in the environment")
+    search_requires_key: bool = Field(False, description="POST /search needs an X-API-Key too")
+    audit_searches: bool = Field(True, description="write each search to the audit log")
+    spawn_worker: bool = Field(False, description="the API starts a `tbps worker` subprocess "
+                               "beside itself (`tbps demo` does); off where a worker runs apart")
+    worker_poll_seconds: float = Field(1.0, gt=0, le=60)
+    api_threads: int = Field(1, ge=1, le=256, description="torch and FAISS threads in the API "
+                             "process: one query gains little from more, and on shared cores "
+                             "more threads make latency spike")
+    thumbnail_size: int = Field(160, ge=32, le=1024, description="longest side of a thumbnail")
+    max_files_per_upload: int = Field(100, ge=1, le=10000)
+    max_request_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest request "
+                                   "body (an upload batch); larger ones get 413 unread")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    demo_gallery: Path | None = Field(None, description="folder ingested by `make run` when empty")
+    crops_dir: Path | None = None
+    index_dir: Path | None = None
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    log_level: str = "INFO"
+
+    @field_validator("environment")
+    @classmethod
+    def _known_environment(cls, value: str) -> str:
+        if value not in {"development", "production", "test"}:
+            raise ValueError("TBPS_ENVIRONMENT must be development, production or test")
+        return value
+
+    @model_validator(mode="after")
+    def _no_default_secrets_outside_development(self) -> Settings:
+        if self.environment != "production":
+            return self
+        if not self.admin_key_digests:
+            raise ValueError("TBPS_ADMIN_KEYS (or TBPS_ADMIN_KEY_HASHES) must be set in production")
+        weak = [k for k in self.admin_key_list if k.lower() in KNOWN_DEFAULT_KEYS or len(k) < 16]
+        if weak:
+            raise ValueError("TBPS_ADMIN_KEYS holds a default or short key (under 16 characters); "
+                             "generate one, e.g. `python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(32))'`")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'tbps.sqlite3').resolve()}"
+
+    @property
+    def resolved_crops_dir(self) -> Path:
+        return self.crops_dir or self.data_dir / "crops"
+
+    @property
+    def resolved_index_dir(self) -> Path:
+        return self.index_dir or self.data_dir / "index"
+
+    @property
+    def admin_key_list(self) -> list[str]:
+        return [k.strip() for k in self.admin_keys.split(",") if k.strip()]
+
+    @property
+    def admin_key_digests(self) -> frozenset[str]:
+        """sha256 digests of the keys from the environment; plain keys are not kept elsewhere."""
+        hashes = {h.strip().lower() for h in self.admin_key_hashes.split(",") if h.strip()}
+        return frozenset(hashes | {hash_key(k) for k in self.admin_key_list})
+
+    @property
+    def worker_heartbeat(self) -> Path:
+        """Touched by `tbps worker` on every poll; the container health check reads its age."""
+        return self.data_dir / "worker.heartbeat"
+
+    @property
+    def resolved_thumbs_dir(self) -> Path:
+        return self.data_dir / "thumbs"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_dir, self.resolved_crops_dir, self.resolved_index_dir,
+                     self.resolved_thumbs_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

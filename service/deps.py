@@ -1,0 +1,79 @@
+"""Typed dependencies for routes: settings, database session, search engine, API-key auth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader
+from sqlalchemy.orm import Session
+
+from service.config import Settings
+from service.db import session_scope
+from service.search import SearchEngine
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                              description="An admin API key (TBPS_ADMIN_KEYS or `tbps create-key`)")
+
+
+async def get_settings_dep(request: Request) -> Settings:  # async: no threadpool hop
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    """One session per request: committed when the route returns, rolled back if it raises."""
+    with session_scope(request.app.state.settings.resolved_database_url) as session:
+        yield session
+
+
+async def get_engine(request: Request) -> SearchEngine:
+    return request.app.state.engine
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_db)]
+EngineDep = Annotated[SearchEngine, Depends(get_engine)]
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is calling: a key's name, or ``anonymous``; and from where."""
+
+    name: str
+    client: str | None
+    admin: bool
+
+
+def key_owner(request: Request, session: Session, key: str) -> str | None:
+    """The name of an admin key (see ``service.keys``), or None."""
+    return request.app.state.keys.owner(session, key)
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def require_admin(request: Request, settings: SettingsDep, session: SessionDep,
+                  key: Annotated[str | None, Security(api_key_header)] = None) -> Actor:
+    if not key:
+        raise HTTPException(status_code=401, detail="send an admin API key in X-API-Key",
+                            headers={"WWW-Authenticate": "ApiKey"})
+    owner = key_owner(request, session, key)
+    if owner is None:
+        raise HTTPException(status_code=403, detail="this API key is not valid")
+    return Actor(owner, _client(request), True)
+
+
+def search_actor(request: Request, settings: SettingsDep, session: SessionDep,
+                 key: Annotated[str | None, Security(api_key_header)] = None) -> Actor:
+    """Searches need a key only when TBPS_SEARCH_REQUIRES_KEY is set."""
+    if settings.search_requires_key:
+        return require_admin(request, settings, session, key)
+    owner = key_owner(request, session, key) if key else None
+    return Actor(owner or "anonymous", _client(request), owner is not None)
+
+
+AdminDep = Annotated[Actor, Depends(require_admin)]
+SearcherDep = Annotated[Actor, Depends(search_actor)]

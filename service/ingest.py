@@ -1,0 +1,104 @@
+"""Adding crops: from a folder (``tbps ingest``) or from uploaded bytes (the admin API)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from service import crud, storage
+from service.catalog import touch_stamp
+from service.config import Settings
+from service.orm import Crop, CropStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FileResult:
+    name: str
+    status: str  # "added" | "duplicate" | "rejected"
+    crop_id: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class IngestReport:
+    results: list[FileResult] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def added(self) -> int:
+        return self.count("added")
+
+    @property
+    def duplicates(self) -> int:
+        return self.count("duplicate")
+
+    @property
+    def rejected(self) -> list[FileResult]:
+        return [r for r in self.results if r.status == "rejected"]
+
+
+def ingest_bytes(session: Session, settings: Settings, *, name: str, data: bytes,
+                 camera: str | None, captured_at: datetime | None = None,
+                 person_id: str | None = None) -> FileResult:
+    """Validate, store content-addressed and record one crop. Duplicates are not stored twice."""
+    try:
+        image = storage.check_image(data, max_bytes=settings.max_upload_bytes,
+                                    max_pixels=settings.max_image_pixels)
+    except storage.ImageRejected as exc:
+        return FileResult(name, "rejected", reason=str(exc))
+    existing = crud.get_crop_by_sha(session, sha256=image.sha256)
+    if existing is not None and existing.status != CropStatus.deleted:
+        return FileResult(name, "duplicate", crop_id=existing.id)
+    rel = storage.store(image, settings.resolved_crops_dir)
+    cam = crud.get_or_create_camera(session, name=camera) if camera else None
+    if existing is not None:  # deleted before, uploaded again
+        crud.revive_crop(session, existing, stored_path=rel, camera=cam, captured_at=captured_at,
+                         person_id=person_id, original_name=name)
+        return FileResult(name, "added", crop_id=existing.id)
+    crop: Crop = crud.add_crop(session, sha256=image.sha256, stored_path=rel, width=image.width,
+                               height=image.height, camera=cam, captured_at=captured_at,
+                               person_id=person_id, original_name=name)
+    return FileResult(name, "added", crop_id=crop.id)
+
+
+def iter_files(folder: Path) -> Iterator[Path]:
+    """Every regular file below ``folder``, in a stable order; hidden files skipped."""
+    for path in sorted(folder.rglob("*")):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if path.is_file() and not hidden:
+            yield path
+
+
+def ingest_folder(session: Session, settings: Settings, folder: Path, *,
+                  camera: str | None = None, commit_every: int = 500) -> IngestReport:
+    """Ingest every file below ``folder``. Without ``camera`` the first sub-folder names it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder")
+    report = IngestReport()
+    for i, path in enumerate(iter_files(folder), 1):
+        rel = path.relative_to(folder)
+        cam = camera or (rel.parts[0] if len(rel.parts) > 1 else None)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            report.results.append(FileResult(str(rel), "rejected", reason=f"unreadable: {exc}"))
+            continue
+        result = ingest_bytes(session, settings, name=str(rel), data=data, camera=cam)
+        if result.status == "rejected":
+            log.warning("skipped %s: %s", rel, result.reason)
+        report.results.append(result)
+        if i % commit_every == 0:
+            session.commit()
+    session.commit()
+    touch_stamp(settings.data_dir)
+    return report

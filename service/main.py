@@ -1,0 +1,99 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from models.factory import load_encoder
+from service.audit import AuditBuffer
+from service.config import Settings, get_settings
+from service.keys import KeyRing
+from service.limits import BodySizeLimit
+from service.metrics import Metrics, MetricsMiddleware
+from service.routes import admin, crops, health, search
+from service.search import SearchEngine
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+log = logging.getLogger(__name__)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """One readable sentence per problem: where it is and what to fix."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+async def _on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+    return JSONResponse(status_code=422,
+                        content={"detail": errors, "message": _validation_message(exc)})
+
+
+def limit_threads(n: int) -> None:
+    import faiss
+    import torch
+
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
+def spawn_worker() -> subprocess.Popen:
+    """A `tbps worker` beside the API, for single-machine runs (TBPS_SPAWN_WORKER=true)."""
+    log.info("starting a job worker subprocess")
+    return subprocess.Popen([sys.executable, "-m", "service.cli", "worker"])
+
+
+def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings.ensure_dirs()
+        limit_threads(settings.api_threads)
+        worker = spawn_worker() if settings.spawn_worker else None
+        enc = encoder or load_encoder(settings.checkpoint, settings.device)
+        app.state.engine = SearchEngine(enc, settings.resolved_index_dir, settings.data_dir)
+        app.state.engine.live_index()
+        app.state.audit = AuditBuffer(settings.resolved_database_url).start()
+        try:
+            yield
+        finally:
+            app.state.audit.close()
+            if worker is not None:
+                worker.terminate()
+                worker.wait(timeout=30)
+
+    app = FastAPI(title="tbps", version="0.2.0", lifespan=lifespan,
+                  description="Text-based person search: describe a person, get ranked crops. "
+                  "Admin endpoints need an API key in the `X-API-Key` header.")
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.keys = KeyRing(settings.admin_key_digests)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    for module in (health, search, crops, admin):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index_page() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html")
+
+    @app.get("/admin", include_in_schema=False)
+    def admin_page() -> FileResponse:
+        return FileResponse(WEB_DIR / "admin.html")
+
+    return app

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Security
+from fastapi.responses import FileResponse
+
+from service import crud
+from service.admin import thumbnail
+from service.deps import SessionDep, SettingsDep, api_key_header, key_owner
+from service.orm import Crop, CropStatus
+from service.schemas import ErrorResponse
+from service.urls import valid_signature
+
+
+def image_access(request: Request, settings: SettingsDep, session: SessionDep,
+                 key: Annotated[str | None, Security(api_key_header)] = None,
+                 exp: Annotated[int | None, Query(ge=0, le=2**40, description="Expiry of a "
+                                                  "signed URL (unix time)",
+                                                  examples=[1780000000])] = None,
+                 sig: Annotated[str | None, Query(max_length=64, description="Signature of a "
+                                                  "URL from search results",
+                                                  examples=["3f2a9c0d"])] = None) -> None:
+    """Images are public unless searches need a key; then a key or a signed URL is needed."""
+    if not settings.search_requires_key:
+        return
+    if key and key_owner(request, session, key) is not None:
+        return
+    if valid_signature(settings, request.url.path, exp, sig):
+        return
+    if not key and sig is None:
+        raise HTTPException(status_code=401, detail="send X-API-Key or use the signed URL "
+                            "from the search results")
+    raise HTTPException(status_code=403, detail="the key or the URL signature is not valid "
+                        "(signed URLs expire after an hour)")
+
+
+router = APIRouter(tags=["crops"], dependencies=[Depends(image_access)], responses={
+    401: {"model": ErrorResponse, "description": "Key or signed URL needed"},
+    403: {"model": ErrorResponse, "description": "Key or signature not valid"}})
+
+MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "bmp": "image/bmp", "webp": "image/webp"}
+CACHE = {"Cache-Control": "public, max-age=86400, immutable"}
+CropId = Path(..., ge=1, le=2**62, description="Crop id", examples=[42])
+
+
+def _live_crop(session, crop_id: int) -> Crop:
+    crop = crud.get_crop(session, crop_id=crop_id)
+    if crop is None or crop.status == CropStatus.deleted:
+        raise HTTPException(status_code=404, detail=f"no crop with id {crop_id}")
+    return crop
+
+
+@router.get("/crops/{crop_id}/image", response_class=FileResponse,
+            responses={200: {"content": {m: {"schema": {"type": "string", "format": "binary"}}
+                                         for m in MEDIA_TYPES.values()},
+                             "description": "The image"},
+                       404: {"model": ErrorResponse}})
+def crop_image(session: SessionDep, settings: SettingsDep, crop_id: int = CropId) -> FileResponse:
+    """The stored crop, as uploaded."""
+    crop = _live_crop(session, crop_id)
+    path = settings.resolved_crops_dir / crop.stored_path
+    if not path.is_file():
+        raise HTTPException(status_code=404, detail=f"the file of crop {crop_id} is missing")
+    media = MEDIA_TYPES.get(path.suffix.lstrip("."), "application/octet-stream")
+    return FileResponse(path, media_type=media, headers=CACHE)
+
+
+@router.get("/crops/{crop_id}/thumbnail", response_class=FileResponse,
+            responses={200: {"content": {"image/jpeg": {"schema": {"type": "string",
+                                                                    "format": "binary"}}},
+                             "description": "A JPEG thumbnail"},
+                       404: {"model": ErrorResponse}})
+def crop_thumbnail(session: SessionDep, settings: SettingsDep,
+                   crop_id: int = CropId) -> FileResponse:
+    """A small JPEG of the crop (longest side TBPS_THUMBNAIL_SIZE), made once and cached."""
+    crop = _live_crop(session, crop_id)
+    path = thumbnail(settings, crop)
+    if path is None:
+        raise HTTPException(status_code=404, detail=f"the file of crop {crop_id} is missing")
+    return FileResponse(path, media_type="image/jpeg", headers=CACHE)

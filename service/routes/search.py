@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request
+
+from service import crud
+from service.config import Settings
+from service.deps import EngineDep, SearcherDep, SessionDep, SettingsDep
+from service.schemas import ErrorResponse, PersonHit, SearchHit, SearchRequest, SearchResponse
+from service.search import BadCursor, CursorExpired, Hit, IndexNotReady, SearchQuery
+from service.urls import crop_url
+
+router = APIRouter(tags=["search"])
+
+
+def hit_out(hit: Hit, settings: Settings) -> SearchHit:
+    return SearchHit(crop_id=hit.crop_id, score=hit.score, camera=hit.camera,
+                     captured_at=hit.captured_at, person_id=hit.person_id, width=hit.width,
+                     height=hit.height, image_url=crop_url(settings, hit.crop_id, "image"),
+                     thumbnail_url=crop_url(settings, hit.crop_id, "thumbnail"), parts=hit.parts)
+
+
+@router.post("/search", response_model=SearchResponse,
+             responses={400: {"model": ErrorResponse, "description": "Bad cursor"},
+                        401: {"model": ErrorResponse, "description": "Key required"},
+                        403: {"model": ErrorResponse, "description": "Key not valid"},
+                        409: {"model": ErrorResponse, "description": "Cursor from an older index"},
+                        503: {"model": ErrorResponse, "description": "No usable index yet"}})
+def search(body: SearchRequest, request: Request, session: SessionDep, engine: EngineDep,
+           settings: SettingsDep, actor: SearcherDep) -> SearchResponse:
+    """Rank the gallery's crops (or persons) by how well they match the description.
+
+    Filters are exact; pages follow `next_cursor`. A key is needed only when the service is
+    configured so (TBPS_SEARCH_REQUIRES_KEY)."""
+    query = SearchQuery(description=body.description, top_k=body.top_k,
+                        cameras=tuple(body.cameras) if body.cameras is not None else None,
+                        time_from=body.time_from, time_to=body.time_to, group_by=body.group_by,
+                        cursor=body.cursor)
+    try:
+        result = engine.search(session, query)
+    except IndexNotReady as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None
+    except CursorExpired as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    except BadCursor as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from None
+    request.app.state.metrics.search_seconds.observe(result.took_ms / 1000)
+    if settings.audit_searches:
+        detail = body.model_dump(mode="json", exclude_none=True, exclude={"cursor"})
+        detail["hits"] = len(result.hits) or len(result.persons)
+        request.app.state.audit.record(actor=actor.name, action="search", detail=detail,
+                                       client=actor.client)
+    persons = [PersonHit(person_id=p.person_id, score=p.score,
+                         crops=[hit_out(h, settings) for h in p.crops], first_seen=p.first_seen,
+                         last_seen=p.last_seen, crop_count=p.crop_count) for p in result.persons]
+    return SearchResponse(query=body.description, index_version=result.index_version,
+                          took_ms=round(result.took_ms, 2), group_by=body.group_by,
+                          matching=result.matching,
+                          hits=[hit_out(h, settings) for h in result.hits],
+                          persons=persons, next_cursor=result.next_cursor)
+
+
+@router.get("/cameras", response_model=list[str],
+            responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+def camera_names(session: SessionDep, _actor: SearcherDep) -> list[str]:
+    """Camera names, for the search filter."""
+    return [cam.name for cam, _ in crud.cameras_with_counts(session)]

@@ -1,0 +1,228 @@
+"""Request and response schemas, apart from database rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_DESCRIPTION = 512
+
+
+def _aware(value: datetime) -> datetime:
+    """Times without a zone are UTC (SQLite returns them so); every time leaves as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UTCDateTime = Annotated[datetime, AfterValidator(_aware)]
+
+_SEARCH_EXAMPLE = {"description": "a woman in a red coat with a black backpack", "top_k": 10,
+                   "cameras": ["gate-3"], "time_from": "2026-05-01T08:00:00Z",
+                   "time_to": "2026-05-01T18:00:00Z", "group_by": "crop", "cursor": None}
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_SEARCH_EXAMPLE]})
+
+    description: str = Field(..., min_length=1, max_length=MAX_DESCRIPTION,
+                             description="What the person looks like, in plain words.",
+                             examples=["a man in a blue jacket and black trousers"])
+    top_k: int = Field(10, ge=1, le=100, description="Hits (or persons) per page, 1-100.",
+                       examples=[10])
+    cameras: list[str] | None = Field(
+        None, max_length=100, description="Only crops from these cameras (by name). Unknown "
+        "names match nothing. Omit for every camera.", examples=[["gate-3", "lobby"]])
+    time_from: UTCDateTime | None = Field(None, description="Only crops captured at or after this "
+                                       "time (ISO 8601; no zone means UTC).",
+                                       examples=["2026-05-01T08:00:00Z"])
+    time_to: UTCDateTime | None = Field(None, description="Only crops captured at or before this "
+                                     "time (ISO 8601; no zone means UTC).",
+                                     examples=["2026-05-01T18:00:00Z"])
+    group_by: Literal["crop", "person"] = Field(
+        "crop", description="`crop`: ranked crops in `hits`. `person`: one entry per person/"
+        "track in `persons`, with its best crops and time span.", examples=["person"])
+    cursor: str | None = Field(None, max_length=2048, description="`next_cursor` of the previous "
+                               "page, with the other fields unchanged.", examples=[None])
+
+    @field_validator("description")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("description is blank: describe the person, e.g. "
+                             "'a man in a red jacket'")
+        return value
+
+    @field_validator("cameras")
+    @classmethod
+    def _camera_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not name or len(name) > 128 for name in value):
+            raise ValueError("camera names are 1-128 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> SearchRequest:
+        if self.time_from and self.time_to:
+            start, end = _aware(self.time_from), _aware(self.time_to)
+            if start > end:
+                raise ValueError("time_from is after time_to")
+        return self
+
+
+class SearchHit(BaseModel):
+    crop_id: int = Field(..., description="Crop id.", examples=[42])
+    score: float = Field(..., description="Model similarity; higher is a better match.",
+                         examples=[0.734])
+    camera: str | None = Field(None, description="Camera name.", examples=["gate-3"])
+    captured_at: UTCDateTime | None = Field(None, description="When the crop was captured (UTC).",
+                                         examples=["2026-05-01T12:30:00Z"])
+    person_id: str | None = Field(None, description="Person/track id, when known.",
+                                  examples=["track-0017"])
+    width: int = Field(..., description="Image width in pixels.", examples=[64])
+    height: int = Field(..., description="Image height in pixels.", examples=[128])
+    image_url: str = Field(..., description="The stored crop.", examples=["/crops/42/image"])
+    thumbnail_url: str = Field(..., description="A small JPEG of the crop.",
+                               examples=["/crops/42/thumbnail"])
+    parts: dict[str, float] = Field(
+        default_factory=dict, description="Per-part scores (global, and each stripe for models "
+        "that have them) summing to score; the part layout comes from the model's checkpoint.",
+        examples=[{"global": 0.41, "stripe_1": 0.12, "stripe_2": 0.2}])
+
+
+class PersonHit(BaseModel):
+    person_id: str | None = Field(..., description="Person/track id; null for a crop with "
+                                  "none, which is its own entry.", examples=["track-0017"])
+    score: float = Field(..., description="Score of the person's best crop.", examples=[0.734])
+    crops: list[SearchHit] = Field(..., description="The person's best matching crops, best "
+                                   "first (up to 3).")
+    first_seen: UTCDateTime | None = Field(None, description="Earliest matching crop's time.",
+                                        examples=["2026-05-01T12:30:00Z"])
+    last_seen: UTCDateTime | None = Field(None, description="Latest matching crop's time.",
+                                       examples=["2026-05-01T12:41:00Z"])
+    crop_count: int = Field(..., description="Matching crops of this person.", examples=[5])
+
+
+class SearchResponse(BaseModel):
+    query: str = Field(..., description="The description searched for.",
+                       examples=["a man in a red jacket"])
+    index_version: str = Field(..., description="Index version that answered.",
+                               examples=["20261123T110000000000Z"])
+    took_ms: float = Field(..., description="Server time for the search.", examples=[12.5])
+    group_by: Literal["crop", "person"] = Field("crop", description="As requested.",
+                                                examples=["crop"])
+    matching: int = Field(0, description="Searchable crops that pass the filters.",
+                          examples=[1234])
+    hits: list[SearchHit] = Field(..., description="Ranked crops (group_by=crop).")
+    persons: list[PersonHit] = Field(default_factory=list,
+                                     description="Ranked persons (group_by=person).")
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null "
+                                    "on the last page.", examples=[None])
+
+
+class Health(BaseModel):
+    status: str = Field(..., description="`ok`", examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"] = Field(..., examples=["ready"])
+    model: str | None = Field(None, description="Loaded model name.", examples=["tiny-clip"])
+    index_version: str | None = Field(None, description="Live index version.",
+                                      examples=["20261123T110000000000Z"])
+    index_count: int = Field(0, description="Vectors in the live index.", examples=[1000])
+    reason: str | None = Field(None, description="Why not ready.", examples=[None])
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(..., description="What went wrong and what to do.",
+                        examples=["no crop with id 12"])
+
+
+class FileOutcome(BaseModel):
+    name: str = Field(..., description="The uploaded file's name.", examples=["cam3-0001.jpg"])
+    status: Literal["added", "duplicate", "rejected"] = Field(..., examples=["added"])
+    crop_id: int | None = Field(None, description="New or existing crop id.", examples=[42])
+    reason: str | None = Field(None, description="Why a file was rejected.",
+                               examples=["not an image (send JPEG, PNG, BMP or WebP)"])
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int = Field(..., examples=[7])
+    kind: str = Field(..., description="`reindex` (full) or `add` (new crops).",
+                      examples=["reindex"])
+    status: Literal["queued", "running", "succeeded", "failed"] = Field(..., examples=["running"])
+    progress: float = Field(..., ge=0, le=1, description="Fraction done, 0-1.", examples=[0.4])
+    message: str | None = Field(None, description="Progress or error text.",
+                                examples=["encoded 400/1000 crops"])
+    created_at: UTCDateTime = Field(..., examples=["2026-05-01T12:30:00Z"])
+    started_at: UTCDateTime | None = Field(None, examples=["2026-05-01T12:30:01Z"])
+    finished_at: UTCDateTime | None = Field(None, examples=[None])
+
+
+class UploadResponse(BaseModel):
+    added: int = Field(..., description="New crops stored.", examples=[2])
+    duplicates: int = Field(..., description="Files already in the gallery.", examples=[0])
+    rejected: int = Field(..., description="Files refused (see files).", examples=[1])
+    files: list[FileOutcome] = Field(..., description="One outcome per file, in upload order.")
+    job: JobOut | None = Field(None, description="The job that makes the new crops searchable.")
+
+
+class DeleteResponse(BaseModel):
+    deleted: int = Field(..., description="Crops deleted.", examples=[3])
+    crop_ids: list[int] = Field(..., description="Their ids.", examples=[[4, 5, 9]])
+
+
+class CameraIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=128, pattern=r"\S",
+                      description="Unique camera name.", examples=["gate-3"])
+    description: str | None = Field(None, max_length=1000, examples=["north entrance"])
+
+
+class CameraRename(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=128, pattern=r"\S",
+                      description="New unique name.", examples=["gate-3-north"])
+    description: str | None = Field(None, max_length=1000, examples=["north entrance"])
+
+
+class CameraOut(BaseModel):
+    id: int = Field(..., examples=[1])
+    name: str = Field(..., examples=["gate-3"])
+    description: str | None = Field(None, examples=["north entrance"])
+    crop_count: int = Field(0, description="Crops not deleted.", examples=[120])
+    created_at: UTCDateTime = Field(..., examples=["2026-05-01T12:30:00Z"])
+
+
+class IndexInfo(BaseModel):
+    version: str | None = Field(None, examples=["20261123T110000000000Z"])
+    count: int = Field(0, examples=[1000])
+    dim: int = Field(0, examples=[512])
+    factory: str | None = Field(None, examples=["IDMap2,Flat"])
+
+
+class Stats(BaseModel):
+    crops: dict[str, int] = Field(..., description="Crops by status.",
+                                  examples=[{"indexed": 990, "pending": 10}])
+    cameras: int = Field(..., examples=[4])
+    persons: int = Field(..., description="Distinct person/track ids.", examples=[250])
+    index: IndexInfo
+    jobs: dict[str, int] = Field(..., description="Jobs by status.",
+                                 examples=[{"succeeded": 3}])
+    searches: int = Field(..., description="Searches in the audit log.", examples=[17])
+
+
+class AuditOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int = Field(..., examples=[1])
+    at: UTCDateTime = Field(..., examples=["2026-05-01T12:30:00Z"])
+    actor: str = Field(..., description="Key name, or `anonymous`.", examples=["ops"])
+    action: str = Field(..., examples=["crops.delete"])
+    target: str | None = Field(None, examples=["crop:42"])
+    detail: dict | None = Field(None, examples=[{"camera": "gate-3"}])
+    client: str | None = Field(None, description="Client address.", examples=["127.0.0.1"])

@@ -1,0 +1,369 @@
+"""Search logic: one text encoding, one index search (exactly filtered), one metadata query for
+the hits. No FastAPI imports here.
+
+Filters are exact: the in-memory catalog (``service.catalog``) turns camera and time filters
+into the set of allowed crop ids. When few crops are excluded the search fetches ``k + excluded``
+and drops them (the top k of the rest are inside); otherwise it passes the allowed ids to the
+index's id selector. Either way a filtered search returns ``top_k`` hits whenever that many
+match.
+
+Pagination is keyset-based on (score, id) within one index build: pages after the first leave
+out crops added since it, and deleted crops simply vanish, so no hit repeats or is skipped.
+Incremental generations of the same build keep cursors valid; a cursor from before a full
+rebuild (new scores) is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faiss
+import numpy as np
+from sqlalchemy.orm import Session
+
+from indexer.store import IndexStore, LoadedIndex
+from models.encoder import Encoder, part_scores
+from service import crud
+from service.catalog import Catalog, extend_catalog, load_catalog, read_stamp
+from service.orm import as_utc
+
+log = logging.getLogger(__name__)
+
+GROUP_BY = ("crop", "person")
+BEST_CROPS_PER_PERSON = 3
+OVERFETCH_LIMIT = 2048  # at most this many excluded ids are dropped after the search
+PERSON_FANOUT = 8  # crops fetched per wanted person before falling back to all matches
+CATALOG_MARGIN_S = 600.0  # rows created this long before a load are read again at the next
+PERSON_MIN_CANDIDATES = 512  # a person's best crops are taken among at least this many
+
+
+class IndexNotReady(RuntimeError):
+    """No index is published yet, or it was built by another model."""
+
+
+class BadCursor(ValueError):
+    """The cursor was not issued by this service for this query."""
+
+
+class CursorExpired(BadCursor):
+    """The index changed since the cursor was issued."""
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    description: str
+    top_k: int = 10
+    cameras: tuple[str, ...] | None = None
+    time_from: datetime | None = None
+    time_to: datetime | None = None
+    group_by: str = "crop"
+    cursor: str | None = None
+
+    def fingerprint(self) -> str:
+        """Identifies the result set a cursor pages through (everything but top_k/cursor)."""
+        key = [self.description, sorted(self.cameras) if self.cameras is not None else None,
+               _iso(self.time_from), _iso(self.time_to), self.group_by]
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Hit:
+    crop_id: int
+    score: float
+    camera: str | None
+    captured_at: datetime | None
+    person_id: str | None
+    width: int
+    height: int
+    parts: dict[str, float]
+
+
+@dataclass
+class PersonHit:
+    person_id: str | None  # None: a crop with no person/track id, its own group
+    score: float  # the best crop's score
+    crops: list[Hit]  # best crops first
+    first_seen: datetime | None  # time span over this person's matching crops
+    last_seen: datetime | None
+    crop_count: int  # matching crops of this person
+
+
+@dataclass
+class SearchResult:
+    index_version: str
+    took_ms: float
+    matching: int  # searchable crops that pass the filters
+    hits: list[Hit] = field(default_factory=list)
+    persons: list[PersonHit] = field(default_factory=list)
+    next_cursor: str | None = None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return as_utc(value).isoformat() if value is not None else None
+
+
+def encode_cursor(*, version: str, fingerprint: str, seen: int, key: list, max_id: int) -> str:
+    raw = json.dumps({"v": version, "f": fingerprint, "n": seen, "k": key, "m": max_id},
+                     separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, *, fingerprint: str, version: str) -> tuple[int, list, int]:
+    """-> (hits already returned, keyset key of the last one, largest crop id then)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+        seen, key, max_id = int(data["n"]), list(data["k"]), int(data["m"])
+        ok = (isinstance(data["v"], str) and 0 <= seen <= 1_000_000 and len(key) == 2
+              and isinstance(key[0], (int, float)) and isinstance(key[1], (int, str)))
+    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise BadCursor("cursor is not one this service issued; pass next_cursor unchanged")
+    if data["f"] != fingerprint:
+        raise BadCursor("cursor belongs to another query: keep description, cameras, time range "
+                        "and group_by unchanged between pages")
+    if data["v"] != version:
+        raise CursorExpired(f"the index changed since this cursor was issued (now {version}); "
+                            "search again from the first page")
+    return seen, key, max_id
+
+
+def base_version(pointer: str) -> str:
+    """Generations of one base ("<base>+<gen>") only add or hide crops: scores stay the same."""
+    return pointer.split("+", 1)[0]
+
+
+def _after(score: float, key, cursor_key: list | None) -> bool:
+    """Strictly after the cursor in (score descending, key ascending) order."""
+    if cursor_key is None:
+        return True
+    s0, k0 = float(cursor_key[0]), cursor_key[1]
+    return score < s0 or (score == s0 and type(key) is type(k0) and key > k0)
+
+
+def index_ids(live: LoadedIndex) -> np.ndarray:
+    """Crop ids searchable in a loaded index."""
+    if hasattr(live, "live_ids"):
+        return np.asarray(live.live_ids(), dtype=np.int64)
+    return faiss.vector_to_array(faiss.downcast_index(live.index).id_map).astype(np.int64)
+
+
+class SearchEngine:
+    """Holds the encoder, the live index and the catalog; reloads each when it changes."""
+
+    def __init__(self, encoder: Encoder, index_root: Path, data_dir: Path | None = None) -> None:
+        self.encoder = encoder
+        self.store = IndexStore(index_root)
+        self.data_dir = Path(data_dir) if data_dir is not None else Path(index_root)
+        self._live: LoadedIndex | None = None
+        self._catalog: Catalog | None = None
+        self._catalog_stamp: tuple[str, str] | None = None
+        self._catalog_loaded_at = self._catalog_full_at = 0.0
+        self._membership: tuple[tuple[str, int], np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    def live_index(self) -> LoadedIndex | None:
+        version = self.store.current_version()
+        if version is None:
+            return None
+        if self._live is None or self._live.version != version:
+            with self._lock:
+                if self._live is None or self._live.version != version:
+                    self._live = self.store.load(version)
+                    log.info("loaded index %s (%d vectors)", version, self._live.count)
+        return self._live
+
+    def check_ready(self) -> LoadedIndex:
+        live = self.live_index()
+        if live is None:
+            raise IndexNotReady("no index has been built yet: run `tbps index` or "
+                                "POST /admin/reindex")
+        built_with = live.manifest.get("checkpoint_sha256")
+        if built_with != self.encoder.spec.checkpoint_sha256:
+            raise IndexNotReady(f"the live index {live.version} was built with another model; "
+                                "run `tbps index` (or POST /admin/reindex) with the current "
+                                "checkpoint")
+        return live
+
+    def catalog(self, session: Session) -> Catalog:
+        stamp = read_stamp(self.data_dir)
+        if self._catalog is None or stamp != self._catalog_stamp:
+            with self._lock:
+                if self._catalog is None or stamp != self._catalog_stamp:
+                    self._reload_catalog(session, stamp)
+        return self._catalog
+
+    def _reload_catalog(self, session: Session, stamp: tuple[str, str]) -> None:
+        """Only new rows after uploads; everything after deletions or every 10 minutes."""
+        now = time.time()
+        old = self._catalog
+        if (old is None or self._catalog_stamp is None or stamp[1] != self._catalog_stamp[1]
+                or now - self._catalog_full_at > CATALOG_MARGIN_S):
+            catalog, self._catalog_full_at = load_catalog(session), now
+        else:
+            since = datetime.fromtimestamp(self._catalog_loaded_at - CATALOG_MARGIN_S, UTC)
+            catalog = extend_catalog(session, old, since=since)
+        catalog.generation = old.generation + 1 if old else 1
+        self._catalog, self._catalog_stamp, self._catalog_loaded_at = catalog, stamp, now
+        log.info("catalog: %d crops", catalog.size)
+
+    def _in_index(self, live: LoadedIndex, catalog: Catalog) -> np.ndarray:
+        """(N,) bool: which catalog crops the live index holds (cached per index/catalog)."""
+        key = (live.version, catalog.generation)
+        if self._membership is None or self._membership[0] != key:
+            self._membership = (key, np.isin(catalog.ids, index_ids(live)))
+        return self._membership[1]
+
+    def search(self, session: Session, query: SearchQuery) -> SearchResult:
+        started = time.perf_counter()
+        live = self.check_ready()
+        catalog = self.catalog(session)
+        fmask = catalog.filter_mask(cameras=list(query.cameras) if query.cameras is not None
+                                    else None, time_from=query.time_from, time_to=query.time_to)
+        in_index = self._in_index(live, catalog)
+        mask = in_index if fmask is None else in_index & fmask  # (N,) searchable and matching
+        fingerprint, version = query.fingerprint(), base_version(live.version)
+        max_id = int(catalog.ids[-1]) if catalog.size else 0
+        seen, key = 0, None
+        if query.cursor:  # the result set of the first page: crops added since are left out
+            seen, key, max_id = decode_cursor(query.cursor, fingerprint=fingerprint,
+                                              version=version)
+            mask = mask & (catalog.ids <= max_id)
+        qvec = self.encoder.encode_text([query.description])  # (1, D)
+        ranker = _Ranker(live, catalog, mask, qvec)
+        result = SearchResult(live.version, 0.0, ranker.allowed)
+        if query.group_by == "person":
+            groups, more = _person_page(ranker, catalog, seen, key, query.top_k)
+            hits = self._hits(session, live, qvec[0], [c for g in groups for c in g[2]])
+            result.persons = [_person_hit(g, hits, catalog, mask) for g in groups]
+            last = (groups[-1][1], groups[-1][0]) if groups else None
+        else:
+            pairs, more = _crop_page(ranker, seen, key, query.top_k)
+            hits = self._hits(session, live, qvec[0], pairs)
+            result.hits = [hits[i] for _, i in pairs if i in hits]
+            last = (pairs[-1][0], pairs[-1][1]) if pairs else None
+        if more and last is not None:
+            result.next_cursor = encode_cursor(version=version, fingerprint=fingerprint,
+                                               seen=seen + query.top_k, key=list(last),
+                                               max_id=max_id)
+        result.took_ms = (time.perf_counter() - started) * 1000
+        return result
+
+    def _hits(self, session: Session, live: LoadedIndex, query: np.ndarray,
+              ranked: list[tuple[float, int]]) -> dict[int, Hit]:
+        """One metadata query for all shown crops; per-part scores from their vectors."""
+        rows = crud.crops_by_ids(session, ids=[i for _, i in ranked])
+        shown = [(s, i) for s, i in ranked if i in rows]
+        if not shown:
+            return {}
+        parts = part_scores(self.encoder.spec, query, _vectors(live, [i for _, i in shown]))
+        out = {}
+        for (score, crop_id), part in zip(shown, parts, strict=False):
+            crop = rows[crop_id]
+            out[crop_id] = Hit(crop_id, score,
+                               crop.camera.name if crop.camera else None,
+                               as_utc(crop.captured_at), crop.person_id, crop.width,
+                               crop.height, part)
+        return out
+
+
+def _vectors(live: LoadedIndex, ids: list[int]) -> np.ndarray:
+    """(len(ids), D) stored vectors of the given crops."""
+    if hasattr(live, "vectors"):
+        return np.asarray(live.vectors(np.asarray(ids, dtype=np.int64)), dtype=np.float32)
+    return np.stack([live.index.reconstruct(int(i)) for i in ids])
+
+
+class _Ranker:
+    """The index search for one request: top k among the allowed crops, exactly."""
+
+    def __init__(self, live: LoadedIndex, catalog: Catalog, mask: np.ndarray,
+                 qvec: np.ndarray) -> None:
+        self.live, self.catalog, self.mask, self.qvec = live, catalog, mask, qvec
+        self.allowed = int(mask.sum())
+        self.excluded = live.count - self.allowed  # filtered out, deleted, or unknown
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> scores (n,), crop ids (n,), n = min(k, allowed), by score then id."""
+        k = min(k, self.allowed)
+        if k <= 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        if self.excluded == 0:
+            scores, ids = self.live.search(self.qvec, k)
+        elif self.excluded <= OVERFETCH_LIMIT:
+            scores, ids = self.live.search(self.qvec, k + self.excluded)
+        else:
+            scores, ids = self.live.search(self.qvec, k,
+                                           allowed_ids=self.catalog.ids[self.mask])
+        scores, ids = scores[0], ids[0]
+        pos = self.catalog.positions(ids)
+        keep = (ids >= 0) & (pos >= 0)
+        keep[keep] = self.mask[pos[keep]]
+        scores, ids = scores[keep], ids[keep]
+        order = np.lexsort((ids, -scores))[:k]
+        return scores[order], ids[order]
+
+
+def _crop_page(ranker: _Ranker, seen: int, key: list | None,
+               top_k: int) -> tuple[list[tuple[float, int]], bool]:
+    scores, ids = ranker.top(seen + top_k)  # at most `seen` hits precede the cursor
+    ranked = zip(scores.tolist(), ids.tolist(), strict=True)
+    after = [(s, i) for s, i in ranked if _after(s, i, key)]
+    page = after[:top_k]
+    more = len(page) == top_k and (len(after) > top_k or len(ids) < ranker.allowed)
+    return page, more
+
+
+Group = tuple[str, float, list[tuple[float, int]], int]  # key, best score, crops, person code
+
+
+def _group(catalog: Catalog, scores: np.ndarray, ids: np.ndarray) -> list[Group]:
+    """Crops ranked -> persons ranked by their best crop; crops without a person stand alone."""
+    codes = catalog.persons[catalog.positions(ids)]
+    groups: dict[str, Group] = {}
+    for s, i, code in zip(scores.tolist(), ids.tolist(), codes.tolist(), strict=False):
+        gkey = f"p:{catalog.person_names[code]}" if code >= 0 else f"c:{i:020d}"
+        if gkey not in groups:
+            groups[gkey] = (gkey, s, [], code)
+        if len(groups[gkey][2]) < BEST_CROPS_PER_PERSON:
+            groups[gkey][2].append((s, i))
+    return sorted(groups.values(), key=lambda g: (-g[1], g[0]))
+
+
+def _person_page(ranker: _Ranker, catalog: Catalog, seen: int, key: list | None,
+                 top_k: int) -> tuple[list[Group], bool]:
+    """One search usually; a second over every match only when the first found too few people."""
+    scores, ids = ranker.top(max((seen + top_k) * PERSON_FANOUT, PERSON_MIN_CANDIDATES))
+    groups = _group(catalog, scores, ids)
+    complete = len(ids) >= ranker.allowed
+    if len(groups) < seen + top_k and not complete:
+        scores, ids = ranker.top(ranker.allowed)
+        groups, complete = _group(catalog, scores, ids), True
+    after = [g for g in groups if _after(g[1], g[0], key)]
+    page = after[:top_k]
+    return page, len(page) == top_k and (len(after) > top_k or not complete)
+
+
+def _person_hit(group: Group, hits: dict[int, Hit], catalog: Catalog,
+                mask: np.ndarray) -> PersonHit:
+    gkey, score, crops, code = group
+    shown = [hits[i] for _, i in crops if i in hits]
+    if code < 0:
+        when = shown[0].captured_at if shown else None
+        return PersonHit(None, score, shown, when, when, 1)
+    times = catalog.times[mask & (catalog.persons == code)]
+    known = times[~np.isnan(times)]
+    first, last = ((datetime.fromtimestamp(known.min(), UTC),
+                    datetime.fromtimestamp(known.max(), UTC)) if len(known)
+                   else (None, None))
+    return PersonHit(catalog.person_names[code], score, shown, first, last, len(times))

@@ -1,0 +1,114 @@
+"""Shared fixtures: settings on a temporary data dir, a real SQLite or PostgreSQL database
+(a throwaway database on 127.0.0.1:5432, created and dropped by the suite), the tiny model,
+and small generated images. Nothing here touches ../shared/data.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import create_engine, text
+
+from service.config import Settings
+
+PG_ADMIN_URL = os.environ.get("TBPS_TEST_PG_ADMIN_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def make_image(seed: int, size: tuple[int, int] = (48, 96), fmt: str = "PNG") -> bytes:
+    """A small person-shaped crop: a coloured upper and lower half plus noise, as bytes."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    pixels = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    pixels[: h // 2] += rng.integers(0, 190, 3, dtype=np.uint8)
+    pixels[h // 2 :] += rng.integers(0, 190, 3, dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def image_bytes():
+    return make_image
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Six good crops over two cameras, plus a text file and a truncated JPEG."""
+    root = tmp_path / "gallery"
+    for i in range(6):
+        cam = root / ("cam-a" if i < 3 else "cam-b")
+        cam.mkdir(parents=True, exist_ok=True)
+        (cam / f"p{i}.png").write_bytes(make_image(i))
+    (root / "cam-a" / "notes.txt").write_text("not an image")
+    (root / "cam-b" / "cut.jpg").write_bytes(make_image(99, fmt="JPEG")[:200])
+    return root
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    """Create a throwaway PostgreSQL database for the session; drop it afterwards."""
+    name = f"tbps_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    from service.db import get_engine
+
+    get_engine.cache_clear()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _reset_postgres(url: str) -> None:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path: Path) -> str:
+    """A fresh, empty database of each kind, not yet migrated."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.sqlite3'}"
+    url = request.getfixturevalue("pg_server_url")
+    from service.db import get_engine
+
+    get_engine.cache_clear()
+    _reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = Settings(data_dir=tmp_path / "data", environment="test", device="cpu")
+    s.ensure_dirs()
+    return s
+
+
+@pytest.fixture
+def migrated_settings(settings: Settings, database_url: str) -> Settings:
+    from service.db import migrate
+
+    s = settings.model_copy(update={"database_url": database_url})
+    migrate(s.resolved_database_url)
+    return s
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    """The untrained tiny open_clip stand-in, built once (deterministic from its seed)."""
+    from models.factory import create_model
+    from models.torch_encoder import TorchEncoder
+
+    model = create_model("tiny-clip")
+    return TorchEncoder(model, "untrained-tiny-clip-seed0", device="cpu")

@@ -1,0 +1,88 @@
+"""The HTTP API through FastAPI's test client, on a real database, index and model."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from indexer.jobs import build_full
+from service.db import session_scope
+from service.ingest import ingest_folder
+from service.main import create_app
+
+
+@pytest.fixture
+def client(migrated_settings, tiny_encoder):
+    with TestClient(create_app(migrated_settings, encoder=tiny_encoder)) as c:
+        yield c
+
+
+@pytest.fixture
+def indexed(migrated_settings, image_folder, tiny_encoder):
+    s = migrated_settings
+    with session_scope(s.resolved_database_url) as session:
+        ingest_folder(session, s, image_folder)
+    with session_scope(s.resolved_database_url) as session:
+        build_full(session, tiny_encoder, s.resolved_crops_dir, s.resolved_index_dir)
+    return s
+
+
+def test_healthz(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_search_before_any_index_says_what_to_do(client):
+    r = client.post("/search", json={"description": "a man in a red jacket"})
+    assert r.status_code == 503 and "tbps index" in r.json()["detail"]
+
+
+def test_search_returns_ranked_hits_with_metadata(indexed, client, tiny_encoder):
+    r = client.post("/search", json={"description": "a man in a red jacket", "top_k": 4})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    hits = body["hits"]
+    assert len(hits) == 4
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert {h["camera"] for h in hits} <= {"cam-a", "cam-b"}
+    assert all(h["image_url"] == f"/crops/{h['crop_id']}/image" for h in hits)
+    assert all(abs(sum(h["parts"].values()) - h["score"]) < 1e-4 for h in hits)
+    img = client.get(hits[0]["image_url"])
+    assert img.status_code == 200 and img.headers["content-type"] == "image/png"
+
+
+def test_top_k_larger_than_gallery_returns_everything(indexed, client):
+    r = client.post("/search", json={"description": "someone", "top_k": 100})
+    assert r.status_code == 200 and len(r.json()["hits"]) == 6
+
+
+@pytest.mark.parametrize("payload, where", [
+    ({"description": ""}, "description"),
+    ({"description": "   "}, "description is blank"),
+    ({"description": "x" * 513}, "description"),
+    ({"description": "a man", "top_k": 0}, "top_k"),
+    ({"description": "a man", "top_k": 101}, "top_k"),
+    ({"description": "a man", "top_k": "many"}, "top_k"),
+    ({"description": 42}, "description"),
+    ({"top_k": 5}, "description: Field required"),
+    ({"description": "a man", "colour": "red"}, "colour"),
+])
+def test_bad_search_requests_get_422_saying_what_to_fix(client, payload, where):
+    r = client.post("/search", json=payload)
+    assert r.status_code == 422
+    assert where in r.json()["message"]
+
+
+def test_malformed_json_gets_422(client):
+    r = client.post("/search", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["message"]
+
+
+def test_unknown_crop_image_is_404(client):
+    r = client.get("/crops/12345/image")
+    assert r.status_code == 404 and "12345" in r.json()["detail"]
+    assert client.get("/crops/abc/image").status_code == 422
+
+
+def test_web_page_is_served(client):
+    r = client.get("/")
+    assert r.status_code == 200 and 'id="search-form"' in r.text
+    assert client.get("/static/app.js").status_code == 200

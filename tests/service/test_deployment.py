@@ -1,0 +1,106 @@
+"""Deployment files, without a Docker engine: the compose file parses and names real entry
+points, the Dockerfile is multi-stage with a CUDA build argument, the prestart script migrates
+the local PostgreSQL, and the health check script answers."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import text
+
+from service.cli import build_parser
+from service.db import get_engine
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _argv(command) -> list[str]:
+    return command if isinstance(command, list) else shlex.split(command)
+
+
+def test_compose_has_database_prestart_api_and_worker(compose):
+    services = compose["services"]
+    assert set(services) == {"db", "prestart", "api", "worker"}
+    for name in ("db", "api", "worker"):
+        assert services[name]["healthcheck"]["test"], name
+    for name in ("api", "worker"):
+        assert services[name]["depends_on"] == {
+            "prestart": {"condition": "service_completed_successfully"}}
+    assert services["prestart"]["depends_on"]["db"]["condition"] == "service_healthy"
+    env = services["api"]["environment"]
+    assert env["TBPS_ENVIRONMENT"] == "production" and "@db:5432/" in env["TBPS_DATABASE_URL"]
+    assert services["api"]["volumes"] == services["worker"]["volumes"] == ["data:/data"]
+
+
+def test_compose_commands_are_real_entry_points(compose):
+    parser = build_parser()
+    for name in ("api", "worker"):
+        argv = _argv(compose["services"][name]["command"])
+        assert argv[0] == "tbps"
+        args = parser.parse_args(argv[1:])  # exits (fails the test) on an unknown command
+        assert callable(args.func)
+    prestart = _argv(compose["services"]["prestart"]["command"])
+    assert (ROOT / prestart[-1]).is_file()
+    for name in ("api", "worker"):
+        test = compose["services"][name]["healthcheck"]["test"]
+        assert (ROOT / test[2]).is_file() and test[3] == name
+
+
+def test_dockerfile_is_multi_stage_cpu_by_default_cuda_by_argument():
+    text_ = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM \S+ AS (\w+)", text_, flags=re.M)
+    assert stages == ["build", "runtime"]
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11", text_, flags=re.M)
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text_
+    assert "nvidia/cuda" in text_  # documented CUDA build
+    for src in re.findall(r"^COPY (?!--from)(\S+) ", text_, flags=re.M):
+        assert (ROOT / src).exists(), src
+    cmd = re.search(r'^CMD \[(.*)\]', text_, flags=re.M).group(1)
+    argv = [a.strip().strip('"') for a in cmd.split(",")]
+    assert argv[0] == "tbps" and callable(build_parser().parse_args(argv[1:]).func)
+
+
+@pytest.mark.postgres
+def test_prestart_migrates_the_local_postgres(pg_server_url, tmp_path):
+    from tests.conftest import _reset_postgres
+
+    _reset_postgres(pg_server_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TBPS_")}
+    env.update(TBPS_DATABASE_URL=pg_server_url, TBPS_DATA_DIR=str(tmp_path / "data"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+               TBPS=f"{sys.executable} -m service.cli")
+    proc = subprocess.run(["sh", "docker/prestart.sh"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    get_engine.cache_clear()
+    with get_engine(pg_server_url).connect() as conn:
+        version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    heads = sorted(p.name.split("_")[0] for p in (ROOT / "migrations/versions").glob("0*.py"))
+    assert version == heads[-1]
+
+
+def test_healthcheck_script_reports_a_missing_worker(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TBPS_")}
+    env.update(TBPS_DATA_DIR=str(tmp_path / "data"))
+
+    def run(role: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "docker/healthcheck.py", role], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    assert run("worker").returncode == 1  # no heartbeat yet
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "worker.heartbeat").touch()
+    assert run("worker").returncode == 0
+    assert run("db").returncode == 0  # the default SQLite file is created on connect

@@ -1,0 +1,37 @@
+from service import crud
+from service.db import session_scope
+from service.ingest import ingest_bytes, ingest_folder
+
+
+def test_ingest_folder_stores_skips_and_reports(migrated_settings, image_folder):
+    s = migrated_settings
+    with session_scope(s.resolved_database_url) as session:
+        report = ingest_folder(session, s, image_folder)
+    assert report.added == 6 and report.duplicates == 0
+    assert sorted(r.name for r in report.rejected) == ["cam-a/notes.txt", "cam-b/cut.jpg"]
+    assert all(r.reason for r in report.rejected)
+    stored = list(s.resolved_crops_dir.rglob("*.png"))
+    assert len(stored) == 6
+    with session_scope(s.resolved_database_url) as session:
+        assert crud.count_crops(session) == 6
+        cams = {c.camera.name for c in crud.crops_by_ids(session, ids=range(1, 7)).values()}
+    assert cams == {"cam-a", "cam-b"}
+
+
+def test_ingest_again_finds_duplicates_and_stores_nothing_new(migrated_settings, image_folder):
+    s = migrated_settings
+    with session_scope(s.resolved_database_url) as session:
+        ingest_folder(session, s, image_folder, camera="lobby")
+    with session_scope(s.resolved_database_url) as session:
+        again = ingest_folder(session, s, image_folder, camera="lobby")
+        assert (again.added, again.duplicates) == (0, 6)
+        assert crud.count_crops(session) == 6
+
+
+def test_rejected_bytes_are_not_stored(migrated_settings):
+    s = migrated_settings
+    with session_scope(s.resolved_database_url) as session:
+        result = ingest_bytes(session, s, name="x.jpg", data=b"\xff\xd8garbage", camera="c")
+        assert result.status == "rejected" and "image" in result.reason
+        assert crud.count_crops(session) == 0
+    assert not any(s.resolved_crops_dir.rglob("*.*"))

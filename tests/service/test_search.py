@@ -1,0 +1,145 @@
+"""POST /search: exact filters, grouping by person, cursor pages, per-part scores."""
+
+from datetime import timedelta
+
+import pytest
+
+from tests.service.conftest import T0
+
+
+def search(api, **body):
+    r = api.post("/search", json={"description": "a person in a red shirt", **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_hits_carry_metadata_urls_and_parts(api, tiny_encoder):
+    body = search(api, top_k=12)
+    assert len(body["hits"]) == 12 and body["matching"] == 12 and body["next_cursor"] is None
+    part_names = {p.name for p in tiny_encoder.spec.parts} or {"global"}
+    for hit in body["hits"]:
+        assert set(hit["parts"]) == part_names  # the layout from the checkpoint
+        assert abs(sum(hit["parts"].values()) - hit["score"]) < 1e-4
+        assert hit["thumbnail_url"] == f"/crops/{hit['crop_id']}/thumbnail"
+        assert hit["person_id"].startswith("p") and hit["camera"].startswith("cam-")
+    thumb = api.get(body["hits"][0]["thumbnail_url"])
+    assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+
+
+def test_camera_filter_is_exact(api):
+    everything = search(api, top_k=100)["hits"]
+    expected = [h["crop_id"] for h in everything if h["camera"] == "cam-1"]
+    hits = search(api, top_k=4, cameras=["cam-1"])["hits"]
+    assert [h["crop_id"] for h in hits] == expected  # all 4 of cam-1, in the global order
+    assert search(api, top_k=3, cameras=["nowhere"])["hits"] == []
+
+
+def test_time_filter_is_exact_and_inclusive(api):
+    start, end = T0 + timedelta(hours=2), T0 + timedelta(hours=5)
+    hits = search(api, top_k=10, time_from=start.isoformat(), time_to=end.isoformat())["hits"]
+    assert len(hits) == 4
+    hits = search(api, top_k=2, cameras=["cam-0", "cam-2"], time_from=start.isoformat())["hits"]
+    assert len(hits) == 2 and {h["camera"] for h in hits} <= {"cam-0", "cam-2"}
+
+
+def test_reversed_time_range_is_422(api):
+    r = api.post("/search", json={"description": "x", "time_from": "2026-05-02T00:00:00Z",
+                                  "time_to": "2026-05-01T00:00:00Z"})
+    assert r.status_code == 422 and "time_from is after time_to" in r.json()["message"]
+
+
+def test_group_by_person(api):
+    body = search(api, top_k=10, group_by="person")
+    persons = body["persons"]
+    assert body["hits"] == [] and [p["person_id"] for p in persons].count("p0") == 1
+    assert len(persons) == 4
+    for p in persons:
+        assert p["crop_count"] == 3 and 1 <= len(p["crops"]) <= 3
+        assert p["score"] == p["crops"][0]["score"]
+        n = int(p["person_id"][1:])
+        assert p["first_seen"].startswith((T0 + timedelta(hours=3 * n)).isoformat()[:19])
+        assert p["last_seen"].startswith((T0 + timedelta(hours=3 * n + 2)).isoformat()[:19])
+    scores = [p["score"] for p in persons]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("group_by, key", [("crop", "hits"), ("person", "persons")])
+def test_cursor_pages_cover_the_result_set_once(api, group_by, key):
+    full = search(api, top_k=100, group_by=group_by)[key]
+    pages, cursor = [], None
+    while True:
+        body = search(api, top_k=5 if group_by == "crop" else 1, group_by=group_by,
+                      cursor=cursor)
+        pages += body[key]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == full
+
+
+def test_deleting_between_pages_neither_repeats_nor_skips(api):
+    first = search(api, top_k=4)
+    doomed = search(api, top_k=12)["hits"][1]["crop_id"]  # already shown on page 1
+    assert api.delete(f"/admin/crops/{doomed}").status_code == 200
+    rest = search(api, top_k=20, cursor=first["next_cursor"])["hits"]
+    ids = [h["crop_id"] for h in first["hits"] + rest]
+    assert len(ids) == len(set(ids)) == 12
+
+
+def test_bad_cursor_is_400_and_a_cursor_for_another_query_too(api):
+    assert api.post("/search", json={"description": "x", "cursor": "nonsense"}).status_code == 400
+    cursor = search(api, top_k=2)["next_cursor"]
+    r = api.post("/search", json={"description": "someone else", "cursor": cursor})
+    assert r.status_code == 400 and "another query" in r.json()["detail"]
+
+
+def test_search_is_audited(api):
+    search(api, top_k=1, cameras=["cam-0"])
+    entries = api.get("/admin/audit", params={"action": "search"}).json()
+    assert entries[0]["detail"]["cameras"] == ["cam-0"] and entries[0]["actor"].startswith("env")
+
+
+class _Counting:
+    """Counts calls to one method of a wrapped object, delegating everything."""
+
+    def __init__(self, inner, method: str) -> None:
+        self._inner, self._method, self.calls = inner, method, 0
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if name != self._method:
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+@pytest.mark.parametrize("body", [{}, {"cameras": ["cam-1"]}, {"group_by": "person"},
+                                  {"time_from": T0.isoformat(), "top_k": 3}])
+def test_one_encoding_one_index_search_one_query_per_request(api, gallery, monkeypatch, body):
+    from sqlalchemy import event
+
+    from service.db import get_engine
+
+    search(api, **body)  # the catalog and the index are loaded once, not per request
+    engine = api.app.state.engine
+    encoder = _Counting(engine.encoder, "encode_text")
+    monkeypatch.setattr(engine, "encoder", encoder)
+    live = _Counting(engine.live_index(), "search")
+    monkeypatch.setattr(engine, "live_index", lambda: live)
+    statements = []
+
+    def record(_conn, _cursor, statement, *_args):
+        statements.append(statement)
+
+    db = get_engine(gallery.resolved_database_url)
+    event.listen(db, "before_cursor_execute", record)
+    try:
+        assert search(api, **body)["matching"] > 0
+    finally:
+        event.remove(db, "before_cursor_execute", record)
+    assert (encoder.calls, live.calls) == (1, 1)
+    assert [s.split()[0] for s in statements] == ["SELECT"], statements

@@ -1,0 +1,70 @@
+"""The whole path as a user runs it: generate crops, `tbps ingest`, `tbps index`, `tbps serve`,
+then search over real HTTP and get the crops back ranked."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+TBPS = [sys.executable, "-m", "service.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(args, env):
+    proc = subprocess.run(TBPS + args, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("TBPS_")}
+    e.update(TBPS_DATA_DIR=str(tmp_path / "data"), TBPS_DEVICE="cpu")
+    return e
+
+
+def test_ingest_index_serve_search(env, image_folder):
+    out = _run(["ingest", str(image_folder), "--camera", "lobby"], env)
+    assert "ingested 6 new crops" in out and "2 files rejected" in out
+    assert "skipped cam-a/notes.txt" in out and "skipped cam-b/cut.jpg" in out
+    assert "6 crops indexed" in _run(["index"], env)
+    cli_hits = _run(["search", "a person in a red shirt", "--top-k", "3"], env)
+    assert "3 hits from index" in cli_hits
+
+    port = _free_port()
+    server = subprocess.Popen(TBPS + ["serve", "--port", str(port)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        r = httpx.post(f"{base}/search", json={"description": "a person in a red shirt",
+                                                "top_k": 6}, timeout=30)
+        assert r.status_code == 200, r.text
+        hits = r.json()["hits"]
+        assert sorted(h["crop_id"] for h in hits) == [1, 2, 3, 4, 5, 6]
+        scores = np.array([h["score"] for h in hits])
+        assert np.all(np.diff(scores) <= 1e-6)
+        assert {h["camera"] for h in hits} == {"lobby"}
+        image = httpx.get(base + hits[0]["image_url"], timeout=10)
+        assert image.status_code == 200 and image.content[:4] == b"\x89PNG"
+        bad = httpx.post(f"{base}/search", json={"description": "", "top_k": 3}, timeout=10)
+        assert bad.status_code == 422
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
