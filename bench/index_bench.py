@@ -1,0 +1,120 @@
+"""End-to-end indexing throughput: image files -> ingest -> ``build_full`` -> published index.
+
+    .venv/bin/python -m bench.index_bench --n 10000 --checkpoint runs/tiny/model.pt \
+        --keep /tmp/bench-index --out bench/results/index_cpu_vgsg-effl0.json
+
+Crops come from a folder of person images (CUHK-PEDES by default). When ``--n`` exceeds the
+files there, mirrored and cropped copies are added (real images, real model outputs; say so).
+Reports crops/s of the build (reader -> encoder -> writer -> index -> publish), seconds per
+stage, peak memory, and the machine's load (the cores may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from bench.envinfo import environment, peak_rss_mib
+
+DEFAULT_IMAGES = Path("/work/shared/data/cuhk-pedes/imgs")
+
+
+def make_gallery(source: Path, folder: Path, n: int) -> dict[str, int]:
+    """Copy up to ``n`` images; top up with mirrored, then cropped, variants."""
+    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in {".jpg", ".png"})
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {"original": 0, "mirrored": 0, "cropped": 0}
+    variants = [("original", lambda im: im), ("mirrored", ImageOps.mirror),
+                ("cropped", lambda im: im.crop((2, 4, im.width - 2, im.height - 4)))]
+    for kind, transform in variants:
+        for i, path in enumerate(files):
+            if sum(counts.values()) >= n:
+                return counts
+            with Image.open(path) as im:
+                transform(im.convert("RGB")).save(folder / f"{kind}-{i:06d}.png")
+            counts[kind] += 1
+    return counts
+
+
+def load_bench_encoder(args: argparse.Namespace):
+    from models.factory import create_model, load_encoder
+    from models.torch_encoder import TorchEncoder
+
+    if args.config:  # architecture only (random weights): throughput of e.g. vgsg-rn50-clip
+        return TorchEncoder(create_model(args.config), f"random-{args.config}",
+                            device=args.device, batch_size=args.batch_size)
+    encoder = load_encoder(Path(args.checkpoint) if args.checkpoint else None, args.device)
+    encoder.batch_size = args.batch_size
+    return encoder
+
+
+def run(args: argparse.Namespace) -> dict:
+    from indexer.jobs import build_full
+    from indexer.pipeline import ReadOptions
+    from indexer.reader import default_workers
+    from service.config import Settings
+    from service.db import migrate, session_scope
+    from service.ingest import ingest_folder
+
+    work = Path(args.keep or tempfile.mkdtemp(prefix="tbps-index-bench-"))
+    settings = Settings(data_dir=work / "data", environment="test", device=args.device)
+    settings.ensure_dirs()
+    migrate(settings.resolved_database_url)
+    counts = make_gallery(Path(args.images), work / "gallery", args.n)
+    started = time.perf_counter()
+    with session_scope(settings.resolved_database_url) as session:
+        ingest_folder(session, settings, work / "gallery", camera="bench")
+    ingest_s = time.perf_counter() - started
+    encoder = load_bench_encoder(args)
+    options = ReadOptions(batch_size=args.batch_size, workers=args.workers)
+    with session_scope(settings.resolved_database_url) as session:
+        report = build_full(session, encoder, settings.resolved_crops_dir,
+                            settings.resolved_index_dir, options=options)
+    return {
+        "what": "end-to-end build_full from image files (decode, resize, encode, write shards, "
+                "build index, publish)",
+        "images": {"source": str(args.images), **counts},
+        "encoder": {"name": encoder.spec.name, "dim": encoder.spec.dim,
+                    "image_size": list(encoder.spec.image_size),
+                    "checkpoint": args.checkpoint, "config": args.config,
+                    "device": str(encoder.device), "batch_size": args.batch_size},
+        "reader_workers": options.workers if options.workers is not None else default_workers(),
+        "crops": report.indexed + len(report.failed),
+        "failed": len(report.failed), "build_seconds": round(report.seconds, 2),
+        "crops_per_second": round(report.rate, 1), "ingest_seconds": round(ingest_s, 2),
+        "stage_seconds": {k: round(v, 2) for k, v in report.stages.items()},
+        "peak_rss_mib": peak_rss_mib(), "index_version": report.version,
+        "index_dir": str(settings.resolved_index_dir) if args.keep else None,
+        "environment": environment(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", default=str(DEFAULT_IMAGES))
+    parser.add_argument("--n", type=int, default=2000, help="crops to index")
+    parser.add_argument("--checkpoint", help="tbps checkpoint (default: the bundled model)")
+    parser.add_argument("--config", help="model config with random weights instead")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--keep", help="work folder to keep (its index feeds search_bench)")
+    parser.add_argument("--out", help="write the result JSON here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    result = run(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
