@@ -1,10 +1,12 @@
-"""The machine a benchmark ran on: CPU model, cores, load, GPU, library versions."""
+"""What every benchmark shares: the machine it ran on (CPU model, cores, load, GPU, library
+versions), its peak memory, and the table it prints."""
 
 from __future__ import annotations
 
 import os
 import platform
 import resource
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,3 +46,29 @@ def environment() -> dict[str, Any]:
         "versions": {"torch": torch.__version__, "faiss": faiss.__version__,
                      "numpy": np.__version__, "python": platform.python_version()},
     }
+
+
+Column = tuple[str, Callable[[dict[str, Any]], Any]]
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
+    """A Markdown table (readable in a terminal, pasteable into docs/results.md)."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:,.4g}" if abs(value) < 1 else f"{value:,.1f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(get(row)) for _, get in columns) + " |")
+    return "\n".join(lines)
+
+
+def machine_line(env: dict[str, Any]) -> str:
+    gpu = env.get("cuda") or "no GPU"
+    return (f"{env['cpu_model']}, {env['cpu_cores']} cores, {gpu}; load {env['loadavg_1min']} "
+            f"at {env['when']}")

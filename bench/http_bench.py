@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.envinfo import environment
+from bench.envinfo import environment, format_table, machine_line
 from bench.search_bench import synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,7 +252,13 @@ def main() -> None:
     out = args.out or ROOT / "bench" / "results" / f"http_{args.n}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(format_table(runs, [
+        ("spec", lambda r: r["spec"]), ("request", lambda r: r["scenario"]),
+        ("clients", lambda r: r["concurrency"]), ("p50 ms", lambda r: r["p50_ms"]),
+        ("p90 ms", lambda r: r["p90_ms"]), ("p99 ms", lambda r: r["p99_ms"]),
+        ("server p50 ms", lambda r: r["server_p50_ms"]), ("req/s", lambda r: r["rps"]),
+        ("errors", lambda r: r["errors"])]))
+    print(f"{machine_line(before)}; wrote {out}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from bench.envinfo import environment, peak_rss_mib
+from bench.envinfo import environment, format_table, machine_line, peak_rss_mib
 
 DEFAULT_IMAGES = Path("/work/shared/data/cuhk-pedes/imgs")
 
@@ -110,7 +110,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = run(args)
     text = json.dumps(result, indent=2)
-    print(text)
+    print(format_table([result], [
+        ("encoder", lambda r: r["encoder"]["name"]), ("device", lambda r: r["encoder"]["device"]),
+        ("crops", lambda r: r["crops"]), ("failed", lambda r: r["failed"]),
+        ("crops/s", lambda r: r["crops_per_second"]), ("build s", lambda r: r["build_seconds"]),
+        ("peak RSS MiB", lambda r: round(r["peak_rss_mib"]["self"]
+                                         + r["peak_rss_mib"]["children"], 1))]))
+    print(machine_line(result["environment"]))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
 import sys
 import time
@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.envinfo import cpu_model, format_table  # noqa: E402
 from models.factory import load_encoder, read_checkpoint  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -32,13 +33,6 @@ QUERIES = ["a man in a red coat and blue jeans carrying a black backpack",
            "a woman with long hair wearing a white dress and sandals",
            "a young man in a grey hoodie, black trousers and white sneakers",
            "a girl wearing a yellow shirt and a short blue skirt"]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def inference_parameters(model: torch.nn.Module) -> int:
@@ -85,6 +79,7 @@ def bench(path: Path, args: argparse.Namespace) -> dict:
         "dev": {k: history[-1].get(k) for k in ("rank1", "rank5", "rank10", "mAP", "mINP")},
         "trained_steps": payload.get("extra", {}).get("step"),
         "threads": args.threads, "batch": args.batch, "cpu": cpu_model(),
+        "loadavg_1min": round(os.getloadavg()[0], 2),
         "torch": torch.__version__, "date": datetime.now(UTC).isoformat(),
     }
 
@@ -99,12 +94,19 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    results = []
     for path in args.checkpoints:
         result = bench(path, args)
         out = RESULTS / f"model_{result['model']}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps({k: result[k] for k in ("model", "params_inference",
-                                                 "query_latency_ms", "image_throughput_per_s")}))
+        results.append(result)
+        print(f"wrote {out}", flush=True)
+    print(format_table(results, [
+        ("model", lambda r: r["model"]), ("params", lambda r: f"{r['params_inference']:,}"),
+        ("query ms median", lambda r: r["query_latency_ms"]["median"]),
+        ("query ms p90", lambda r: r["query_latency_ms"]["p90"]),
+        ("images/s", lambda r: r["image_throughput_per_s"])]))
+    print(f"{cpu_model()}, {args.threads} torch thread(s)")
     return 0
 
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.envinfo import environment, peak_rss_mib
+from bench.envinfo import environment, format_table, machine_line, peak_rss_mib
 
 log = logging.getLogger("search_bench")
-CAPTIONS = Path("/work/shared/data/cuhk-pedes/reid_raw.json")
+CAPTIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk-pedes" / "reid_raw.json"
 LATENT = 64
 
 
@@ -258,7 +258,15 @@ def main() -> None:
               "environment": environment()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(rows, indent=1))
+    print(format_table(rows, [
+        ("data", lambda r: r["dataset"]), ("spec", lambda r: r["spec"]),
+        ("nprobe", lambda r: r["nprobe"]), ("candidates", lambda r: r["candidates"]),
+        ("build s", lambda r: r["build_s"]), ("recall@10", lambda r: r["recall@10"]),
+        ("search p50 ms", lambda r: r["search_ms"]["p50"]),
+        ("search p99 ms", lambda r: r["search_ms"]["p99"]),
+        ("text+search p50 ms", lambda r: r.get("text_plus_search_ms", {}).get("p50")),
+        ("load", lambda r: r["loadavg_1min"])]))
+    print(f"{machine_line(result['environment'])}; wrote {args.out}")
 
 
 if __name__ == "__main__":
