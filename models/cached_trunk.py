@@ -11,6 +11,7 @@ crop) and random erasing of a rectangle of the feature grid.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -72,24 +73,25 @@ def compute_trunk_cache(model: Any, dataset: CaptionedImages, batch_size: int = 
 def load_or_build_cache(model: Any, dataset: CaptionedImages, path: Path) -> dict[str, Any]:
     """Load ``path`` (memory-mapped, so concurrent runs share pages), or build and write it.
 
-    While another run builds it (``<path>.lock`` exists), wait for it instead of rebuilding.
+    Builders hold an exclusive ``flock`` on ``<path>.lock``: a second run waits for the first
+    instead of rebuilding, and a killed builder's lock dies with its process (a stale lock file
+    left behind never blocks anyone).
     """
-    lock = path.with_suffix(".lock")
-    while lock.exists() and not path.is_file():
-        time.sleep(5)
-    if path.is_file():
-        log.info("trunk cache: loading %s", path)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock.touch()
-    try:
+    with open(path.with_suffix(".lock"), "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("trunk cache: another run is building %s; waiting for it", path)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            log.info("trunk cache: loading %s", path)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         started = time.time()
         cache = compute_trunk_cache(model, dataset)
         tmp = path.with_suffix(".tmp")
         torch.save(cache, tmp)
         tmp.replace(path)
-    finally:
-        lock.unlink(missing_ok=True)
     log.info("trunk cache: %d images %s, %d captions %s in %.0fs -> %s", len(dataset),
              tuple(cache["images"].shape[1:]), cache["hidden_states"].shape[0],
              tuple(cache["hidden_states"].shape[1:]), time.time() - started, path)

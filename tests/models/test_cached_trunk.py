@@ -102,3 +102,45 @@ def test_flush_denormals_is_scoped():
     except RuntimeError:
         pass
     assert not flushing_denormals()
+
+
+def _fake_cache() -> dict:
+    return {"images": torch.zeros(2, 3, 4, 2, dtype=torch.float16),
+            "hidden_states": torch.zeros(3, 5, 8, dtype=torch.float16)}
+
+
+def test_a_stale_lock_from_a_killed_builder_does_not_block(tmp_path, monkeypatch):
+    from models import cached_trunk
+
+    path = tmp_path / "cache" / "abc.pt"
+    path.parent.mkdir()
+    path.with_suffix(".lock").touch()  # what a SIGKILLed builder leaves behind
+    monkeypatch.setattr(cached_trunk, "compute_trunk_cache", lambda model, dataset: _fake_cache())
+    cache = cached_trunk.load_or_build_cache(None, [], path)
+    assert path.is_file() and cache["images"].shape == (2, 3, 4, 2)
+
+
+def test_a_second_run_waits_for_the_builder_instead_of_rebuilding(tmp_path, monkeypatch):
+    import fcntl
+    import threading
+    import time
+
+    from models import cached_trunk
+
+    path = tmp_path / "abc.pt"
+    locked = threading.Event()
+
+    def builder() -> None:
+        with open(path.with_suffix(".lock"), "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            locked.set()
+            time.sleep(0.5)
+            torch.save(_fake_cache(), path)
+
+    thread = threading.Thread(target=builder)
+    thread.start()
+    locked.wait(5)
+    monkeypatch.setattr(cached_trunk, "compute_trunk_cache", None)  # must not be called
+    cache = cached_trunk.load_or_build_cache(None, [], path)
+    thread.join()
+    assert cache["hidden_states"].shape == (3, 5, 8)
