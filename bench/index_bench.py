@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 
 from bench.envinfo import environment, format_table, machine_line, peak_rss_mib
 
-DEFAULT_IMAGES = Path("/work/shared/data/cuhk-pedes/imgs")
+DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk-pedes" / "imgs"
 
 
 def make_gallery(source: Path, folder: Path, n: int) -> dict[str, int]:
