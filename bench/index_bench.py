@@ -21,8 +21,9 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from bench.envinfo import environment, format_table, machine_line, peak_rss_mib
+from service.config import DEFAULT_DEMO_GALLERY
 
-DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk-pedes" / "imgs"
+DEFAULT_IMAGES = DEFAULT_DEMO_GALLERY  # run from the repository root
 
 
 def make_gallery(source: Path, folder: Path, n: int) -> dict[str, int]:

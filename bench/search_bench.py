@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from bench.envinfo import environment, format_table, machine_line, peak_rss_mib
+from service.config import DEFAULT_DEMO_GALLERY
 
 log = logging.getLogger("search_bench")
-CAPTIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cuhk-pedes" / "reid_raw.json"
+CAPTIONS = DEFAULT_DEMO_GALLERY.parent / "reid_raw.json"  # run from the repository root
 LATENT = 64
 
 
