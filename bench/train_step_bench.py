@@ -1,0 +1,98 @@
+"""Where a cached-trunk training step spends its time, per training config, on this CPU.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.train_step_bench \
+        models/configs/train/vgsg-effl0-minilm-cached-sgtl-ft.yaml ... [--steps 3]
+
+Builds each config's model (1,280 ID classes, as the trainval-dev split), feeds it random
+batches shaped like cached trunk outputs (P x K images of the trunk's grid, captions of
+``--tokens`` tokens) and times ``--steps`` full optimizer steps after one warm-up step, then
+profiles one more with ``torch.profiler``. Prints a table of step times and the top operators
+per config; writes ``bench/results/train_step_<model name>.json``. Dataset-free, so it isolates
+the model's cost from data loading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.envinfo import environment, format_table, machine_line
+from models.train import TrainSettings, flush_denormals, load_train_config, model_config
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def fake_batch(model: Any, batch: int, tokens: int) -> dict[str, Any]:
+    """Random inputs with the shapes the cached-trunk loader yields (the trunks' own widths)."""
+    with torch.no_grad():
+        grid = model.image_trunk(torch.zeros(1, 3, *model.config.image_size)).shape[1:]
+        hidden = model.text_trunk(model.tokenize(["a"]))["hidden_states"].shape[-1]
+    return {"images": torch.randn(batch, *grid).clamp(min=0),
+            "tokens": {"hidden_states": torch.randn(batch, tokens, hidden),
+                       "attention_mask": torch.ones(batch, tokens, dtype=torch.long)},
+            "pids": torch.arange(batch) // 4, "from_trunk": True}
+
+
+def measure(path: Path, steps: int, tokens: int, top: int) -> dict[str, Any]:
+    from torch.profiler import ProfilerActivity, profile
+
+    from models.factory import create_model
+
+    data = load_train_config(path)
+    settings = TrainSettings(**data.get("train", {}))
+    model = create_model(model_config(data, 1280)).train()
+    batch = fake_batch(model, settings.p * settings.k, tokens)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step() -> None:
+        loss = sum(model.training_losses(batch).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    with flush_denormals():
+        step()  # warm-up
+        times = []
+        for _ in range(steps):
+            started = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - started)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return {"config": str(path), "model": model.config.name, "batch": settings.p * settings.k,
+            "tokens": tokens, "step_s": statistics.median(times), "steps": steps,
+            "top_ops": [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "calls": e.count}
+                        for e in ops[:top]]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("configs", nargs="+", type=Path, help="training config files")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=60, help="caption length in tokens")
+    parser.add_argument("--top", type=int, default=6, help="operators to list per config")
+    args = parser.parse_args()
+    env = environment()
+    rows = [measure(path, args.steps, args.tokens, args.top) for path in args.configs]
+    print(machine_line(env))
+    print(format_table(rows, [("model", lambda r: r["model"]), ("batch", lambda r: r["batch"]),
+                              ("step s (median)", lambda r: r["step_s"])]))
+    for row in rows:
+        print(f"\n{row['model']}: top operators by self time in one step")
+        print(format_table(row["top_ops"], [("operator", lambda o: o["op"]),
+                                            ("self s", lambda o: o["self_s"]),
+                                            ("calls", lambda o: o["calls"])]))
+        RESULTS.mkdir(exist_ok=True)
+        out = RESULTS / f"train_step_{row['model']}.json"
+        out.write_text(json.dumps({**row, "environment": env}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
