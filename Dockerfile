@@ -1,16 +1,15 @@
 # syntax=docker/dockerfile:1
 # tbps image: CPU by default.
 #   docker build -t tbps .
-# CUDA (torch CUDA wheels on an NVIDIA runtime base):
-#   docker build -t tbps:cuda \
-#     --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 \
-#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 .
+# Dependencies come from requirements.lock (every package pinned with hashes; `make lock`), the
+# same lock `make setup` installs. Its torch is PyPI's Linux wheel, which runs on the CPU and,
+# on an NVIDIA runtime base, on the GPU:
+#   docker build -t tbps:cuda --build-arg BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 .
 # One image runs every role: `tbps serve` (API), `tbps worker` (jobs), docker/prestart.sh.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---- build: a virtual environment with the pinned dependencies and tbps (editable, /app) ----
 FROM ${BASE_IMAGE} AS build
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
 RUN if ! command -v python3 >/dev/null; then \
       apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -22,12 +21,14 @@ RUN if ! command -v python3 >/dev/null; then \
  && python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY models ./models
 COPY indexer ./indexer
 COPY migrations ./migrations
-RUN pip install --extra-index-url "${TORCH_INDEX_URL}" -e .
+RUN pip install --no-deps -e .
 
 # ---- runtime: the environment, the sources, a non-root user ----
 FROM ${BASE_IMAGE} AS runtime

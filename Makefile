@@ -1,14 +1,23 @@
 # The two commands a newcomer needs: `make run` and `make test`. Both set up everything first.
+# Every dependency, transitive ones included, is pinned with hashes in requirements.lock, made by
+# `make lock` (uv pip compile) from pyproject.toml. Run `make lock` after changing a dependency in
+# pyproject.toml (tests/test_lock.py fails until the two agree); commit both files together.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tbps-installed
+LOCK := requirements.lock
+UV_VERSION := 0.13.9
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint lock clean
 
-$(STAMP): pyproject.toml
+# Reinstalls when the lock or the project metadata changes. The lock is installed with pip in
+# hash-checking mode (so a changed file on the registry is refused), then tbps itself, editable,
+# without letting pip resolve anything again.
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -21,6 +30,13 @@ run: setup
 test: setup
 	bash scripts/ensure_test_deps.sh
 	$(BIN)/python -m pytest -q
+
+## make lock: re-resolve every dependency of pyproject.toml (runtime and test extra) into requirements.lock
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	$(BIN)/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 \
+	  --generate-hashes --no-header --quiet -o $(LOCK) --custom-compile-command "make lock"
 
 lint: setup
 	$(BIN)/ruff check service models indexer tests bench

@@ -77,7 +77,7 @@ class ClipViTBackbone(FreezableMixin, nn.Module):
                                      width=int(arch["width"]), layers=int(arch["layers"]),
                                      heads=int(arch["heads"]),
                                      mlp_ratio=float(arch.get("mlp_ratio", 4.0)),
-                                     output_dim=embed_dim)
+                                     output_dim=embed_dim, output_tokens=True)
         if cfg.weights:
             visual, _ = split_towers(load_clip_state_dict(cfg.weights))
             self.net.load_state_dict(visual)
@@ -100,11 +100,9 @@ class ClipViTBackbone(FreezableMixin, nn.Module):
             self.net.positional_embedding.requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.net.transformer(self.net._embeds(images))  # (B, 1 + h*w, C)
-        x = self.net.ln_post(x)
-        pooled = x[:, 0] @ self.net.proj  # (B, D)
-        b, _, c = x.shape
-        fmap = x[:, 1:].transpose(1, 2).reshape(b, c, *self.grid)  # (B, C, h, w)
+        pooled, tokens = self.net(images)  # (B, D) class token through ln_post + proj; (B, h*w, C)
+        b, _, c = tokens.shape
+        fmap = tokens.transpose(1, 2).reshape(b, c, *self.grid)  # (B, C, h, w)
         return fmap, pooled
 
 

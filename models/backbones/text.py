@@ -39,7 +39,8 @@ class ClipTextBackbone(FreezableMixin, nn.Module):
         self.net = TextTransformer(context_length=self.context_length,
                                    vocab_size=int(arch.get("vocab_size", 49408)),
                                    width=int(arch["width"]), heads=int(arch["heads"]),
-                                   layers=int(arch["layers"]), output_dim=embed_dim)
+                                   layers=int(arch["layers"]), output_dim=embed_dim,
+                                   output_tokens=True)
         if cfg.weights:
             _, text = split_towers(load_clip_state_dict(cfg.weights))
             self.net.load_state_dict(text)
@@ -65,11 +66,8 @@ class ClipTextBackbone(FreezableMixin, nn.Module):
     def forward(self, tokens: dict[str, torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ids = tokens["input_ids"]  # (B, L)
-        x, attn_mask = self.net._embeds(ids)
-        x = self.net.ln_final(self.net.transformer(x, attn_mask=attn_mask))  # (B, L, W)
-        x = x @ self.net.text_projection  # (B, L, D)
-        eos = ids.argmax(dim=-1)  # the [EOS] token has the largest id
-        pooled = x[torch.arange(x.shape[0]), eos]  # (B, D)
+        pooled, x = self.net(ids)  # (B, D) projected [EOS] token, (B, L, W) after ln_final
+        x = x @ self.net.text_projection  # (B, L, D): every token in the joint space
         return x, pooled, ids != 0
 
 
@@ -137,14 +135,16 @@ class MiniLMBackbone(FreezableMixin, nn.Module):
 
     def _layers(self, x: torch.Tensor, mask: torch.Tensor, start: int, stop: int
                 ) -> torch.Tensor:
-        """BERT layers ``start:stop``, the attention mask built as ``BertModel.forward`` does."""
+        """BERT layers ``start:stop``. The padding mask is built by transformers' public
+        ``create_bidirectional_mask``, the helper ``BertModel.forward`` itself uses."""
         if start >= stop:
             return x
-        attn, _ = self.net._create_attention_masks(
-            attention_mask=mask, encoder_attention_mask=None, embedding_output=x,
-            encoder_hidden_states=None, past_key_values=None)
+        from transformers.masking_utils import create_bidirectional_mask
+
+        attn = create_bidirectional_mask(config=self.net.config, inputs_embeds=x,
+                                         attention_mask=mask)
         for layer in self.net.encoder.layer[start:stop]:
-            x = layer(x, attn, None, encoder_attention_mask=None, past_key_values=None)
+            x = layer(x, attention_mask=attn)
         return x
 
 

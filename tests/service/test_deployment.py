@@ -58,12 +58,13 @@ def test_compose_commands_are_real_entry_points(compose):
         assert (ROOT / test[2]).is_file() and test[3] == name
 
 
-def test_dockerfile_is_multi_stage_cpu_by_default_cuda_by_argument():
+def test_dockerfile_is_multi_stage_from_the_lock_cuda_by_argument():
     text_ = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM \S+ AS (\w+)", text_, flags=re.M)
     assert stages == ["build", "runtime"]
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11", text_, flags=re.M)
-    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text_
+    assert "pip install --require-hashes -r requirements.lock" in text_  # the committed lock
+    assert "pip install --no-deps -e ." in text_  # and nothing resolved after it
     assert "nvidia/cuda" in text_  # documented CUDA build
     for src in re.findall(r"^COPY (?!--from)(\S+) ", text_, flags=re.M):
         assert (ROOT / src).exists(), src
