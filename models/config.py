@@ -86,8 +86,16 @@ class TextBackboneConfig:
 
 @dataclass
 class VGSGLossConfig:
-    """Weights and temperatures of Eq. 13's terms; a weight of 0 switches a term off."""
+    """Weights and temperatures of Eq. 13's terms; a weight of 0 switches a term off.
 
+    ``itc_form`` picks the contrastive loss behind the ``itc_*`` terms: "infonce" (Eq. 2 as the
+    paper writes it, temperature ``tau``), "mp-margin" (identity-aware multi-positive InfoNCE
+    with ``margin``, this project's first form) or "sdm" (similarity-distribution matching with
+    one learnable logit scale, init ``sdm_scale`` and clamped at ``sdm_scale_max``)."""
+
+    itc_form: str = "infonce"
+    sdm_scale: float = 50.0
+    sdm_scale_max: float = 100.0
     id: float = 1.0  # ID loss on global and local features of both modalities
     label_smoothing: float = 0.1
     itc_global: float = 1.0  # Eq. 2 on global pairs

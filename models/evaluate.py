@@ -73,13 +73,13 @@ def evaluate_encoder(encoder: Any, records: Sequence[Record], batch_size: int = 
     return metrics
 
 
-def evaluate_model(model: Any, records: Sequence[Record], batch_size: int = 64
-                   ) -> dict[str, float | int]:
-    """Evaluate an in-memory model (used by the trainer for dev metrics)."""
+def evaluate_model(model: Any, records: Sequence[Record], batch_size: int = 64,
+                   device: str = "cpu") -> dict[str, float | int]:
+    """Evaluate an in-memory model (used by the trainer for dev metrics) on its device."""
     from models.torch_encoder import TorchEncoder
 
     was_training = model.training
-    encoder = TorchEncoder(model, "in-training", device="cpu", batch_size=batch_size)
+    encoder = TorchEncoder(model, "in-training", device=device, batch_size=batch_size)
     try:
         return evaluate_encoder(encoder, records, batch_size)
     finally:

@@ -18,16 +18,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
+import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader
@@ -35,10 +40,11 @@ from torch.utils.data import DataLoader
 from models.cli_support import run_subcommand
 from models.config import read_config_file
 from models.data.datasets import read_dataset, select_split
-from models.data.sampler import IdentityBalancedSampler
+from models.data.sampler import IdentityBalancedSampler, RandomBatchSampler, ResumableBatches
 from models.data.training_set import CaptionedImages, collate
 from models.data.transforms import build_train_transform
 from models.factory import create_model, parse_config, save_checkpoint
+from models.torch_encoder import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +53,33 @@ log = logging.getLogger(__name__)
 class TrainSettings:
     epochs: int = 10
     max_steps: int = 0  # stop after this many optimizer steps (0 = epochs decide)
-    p: int = 8  # person ids per batch
-    k: int = 4  # images per id
+    batching: str = "pk"  # "pk": P ids x K images, a random caption each; "pairs": every caption
+    p: int = 8  # person ids per batch (pk)
+    k: int = 4  # images per id (pk)
+    batch_size: int = 64  # (image, caption) pairs per batch (pairs)
     lr: float = 1e-4  # pretrained backbone parameters
     head_lr: float = 5e-4  # everything else
     weight_decay: float = 0.02
     warmup_steps: int = 100
+    warmup_fraction: float = 0.0  # > 0: warm-up over this fraction of all steps instead
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CPU or CUDA) | fp16 (CUDA, loss scaling)
+    device: str = "cpu"  # cpu | cuda | auto
+    num_workers: int = 0  # DataLoader worker processes (augmentation off the training thread)
     max_minutes: float = 0.0  # stop (and save) after this long; 0 = no limit
+    save_every_minutes: float = 10.0  # resume state written at least this often (and each epoch)
     eval_every: int = 1  # epochs between dev evaluations (0 = only at the end)
     log_every: int = 20
     threads: int = 2
     seed: int = 0
+    erase_p: float = 0.5  # random erasing probability of the pixel augmentation
     cache_trunk: bool = False  # train on cached frozen-trunk outputs (models/cached_trunk.py)
     cache_dir: str = "runs/cache"
     feature_shift: int = 1  # cached trunk: random shift by up to this many grid cells
     feature_erase_p: float = 0.5  # cached trunk: random erasing of a grid rectangle
+
+
+AUTO_RESUME = Path("<output>/last.pt")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def load_train_config(path: Path) -> dict[str, Any]:
@@ -130,43 +148,92 @@ def cosine_with_warmup(step: int, progress: float, warmup: int) -> float:
 class Trainer:
     def __init__(self, data: dict[str, Any], settings: TrainSettings, output: Path) -> None:
         self.settings, self.output = settings, Path(output)
+        if settings.precision not in PRECISIONS:
+            raise ValueError(f"train.precision {settings.precision!r}; known: {list(PRECISIONS)}")
         torch.manual_seed(settings.seed)
         torch.set_num_threads(settings.threads)
+        self.device = resolve_device(settings.device)
         d = data["data"]
         records = read_dataset(d.get("dataset", "cuhk-pedes"), Path(d["root"]))
         train_records = select_split(records, d.get("split", "trainval-dev"))
         self.dev_records = select_split(records, d["dev_split"]) if d.get("dev_split") else []
         classes = len({r.pid for r in train_records})
-        self.model = create_model(model_config(data, classes))
+        self.model = create_model(model_config(data, classes)).to(self.device)
         cfg = self.model.config
         self.dataset = CaptionedImages(train_records, cfg.image_size, build_train_transform(
-            cfg.image_size, cfg.mean, cfg.std), seed=settings.seed)
-        self.sampler = IdentityBalancedSampler(self.dataset.labels, settings.p, settings.k,
-                                               seed=settings.seed)
-        self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=0,
-                                 collate_fn=lambda items: collate(items, self.model.tokenize))
-        if settings.cache_trunk:
-            from models.cached_trunk import cached_trunk_loader
-
-            self.loader = cached_trunk_loader(  # type: ignore[assignment]
-                self.model, self.dataset, self.sampler, d, Path(settings.cache_dir),
-                settings.feature_shift, settings.feature_erase_p, settings.seed)
+            cfg.image_size, cfg.mean, cfg.std, erase_p=settings.erase_p), seed=settings.seed,
+            pairs=settings.batching == "pairs")
+        self.batches = ResumableBatches(self._sampler())
+        self.loader = self._loader(d)
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, settings))
         for group in self.optimizer.param_groups:
             group["base_lr"] = group["lr"]
-        self.total_steps = settings.max_steps or settings.epochs * len(self.sampler)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=settings.precision == "fp16")
+        self.steps_per_epoch = len(self.batches.sampler)
+        self.total_steps = settings.max_steps or settings.epochs * self.steps_per_epoch
+        self.warmup = (round(settings.warmup_fraction * self.total_steps)
+                       if settings.warmup_fraction else settings.warmup_steps)
         self.epoch, self.step, self.best, self.elapsed = 0, 0, -1.0, 0.0
         self.history: list[dict[str, Any]] = []
-        log.info("training %s on %d images / %d ids; %d steps/epoch", cfg.name,
-                 len(self.dataset), classes, len(self.sampler))
+        self.stop_requested, self.last_save = False, time.time()
+        log.info("training %s on %d images / %d ids / %d items on %s (%s); %d steps/epoch",
+                 cfg.name, len(self.dataset.records), classes, len(self.dataset), self.device,
+                 settings.precision, self.steps_per_epoch)
+
+    def _sampler(self) -> IdentityBalancedSampler | RandomBatchSampler:
+        s = self.settings
+        if s.batching == "pairs":
+            return RandomBatchSampler(len(self.dataset), s.batch_size, seed=s.seed)
+        if s.batching == "pk":
+            return IdentityBalancedSampler(self.dataset.labels, s.p, s.k, seed=s.seed)
+        raise ValueError(f"train.batching {s.batching!r}; known: pk, pairs")
+
+    def _loader(self, d: dict[str, Any]) -> Any:
+        s = self.settings
+        if s.cache_trunk:
+            from models.cached_trunk import cached_trunk_loader
+
+            return cached_trunk_loader(self.model, self.dataset, self.batches, d,
+                                       Path(s.cache_dir), s.feature_shift, s.feature_erase_p,
+                                       s.seed)
+        # Its own generator: starting an epoch's iterator then draws nothing from the global
+        # RNG, so a run resumed mid-epoch continues on exactly the augmentation stream.
+        return DataLoader(self.dataset, batch_sampler=self.batches, num_workers=s.num_workers,
+                          collate_fn=functools.partial(collate, tokenize=self.model.tokenize),
+                          generator=torch.Generator().manual_seed(s.seed))
+
+    # ---- resumable state ----
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue as if never stopped."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "elapsed": self.elapsed,
+                "epoch": self.epoch, "step": self.step, "best": self.best,
+                "history": self.history, "settings": dataclasses.asdict(self.settings),
+                "rng": rng_state(), "caption_rng": self.dataset.rng.getstate()}
 
     def resume(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
         self.best, self.history = state.get("best", -1.0), state.get("history", [])
-        log.info("resumed from %s at epoch %d step %d", path, self.epoch, self.step)
+        if "rng" in state:
+            set_rng_state(state["rng"])
+            self.dataset.rng.setstate(state["caption_rng"])
+        self.batches.skip = self.step - self.epoch * self.steps_per_epoch
+        log.info("resumed from %s at epoch %d step %d (batch %d of the epoch)", path,
+                 self.epoch, self.step, self.batches.skip)
+
+    def save(self) -> None:
+        """Write ``last.pt`` atomically (a crash mid-write leaves the previous one)."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        tmp = self.output / "last.pt.tmp"
+        torch.save(self.state(), tmp)
+        tmp.replace(self.output / "last.pt")
+        self.last_save = time.time()
 
     @property
     def limit(self) -> float:
@@ -182,53 +249,74 @@ class Trainer:
                 or self.step >= self.total_steps)
 
     def fit(self) -> dict[str, Any]:
-        with flush_denormals(self.settings.cache_trunk):
+        with flush_denormals(self.settings.cache_trunk), stop_on_signals(self):
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
-        while not self.done():
+        while not self.done() and not self.stop_requested:
             self.train_epoch()
+            if self.stop_requested:
+                break
             self.epoch += 1
             every = self.settings.eval_every
             final = self.done()
             if self.dev_records and ((every and self.epoch % every == 0) or final):
                 self.evaluate()
             self.save()
-        save_checkpoint(self.output / "model.pt", self.model, extra=self.extra())
+        if self.stop_requested:
+            self.save()
+            log.info("stopped at step %d; `tbps train --resume` continues", self.step)
+        else:
+            save_checkpoint(self.output / "model.pt", self.model, extra=self.extra())
         return {"epochs": self.epoch, "steps": self.step, "train_minutes": self.elapsed / 60,
-                "best_dev_rank1": self.best, "history": self.history}
+                "best_dev_rank1": self.best, "history": self.history,
+                "stopped": self.stop_requested}
 
     def train_epoch(self) -> None:
         self.model.train()
-        self.sampler.set_epoch(self.epoch)
+        self.batches.set_epoch(self.epoch)
         tick = time.time()
         for batch in self.loader:
             started = time.time()
-            factor = cosine_with_warmup(self.step, self.progress(), self.settings.warmup_steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor
-            terms = self.model.training_losses(batch)
-            loss = sum(terms.values())
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            loss, terms, factor = self.train_step(batch)
             self.elapsed += time.time() - started
             self.step += 1
             if self.step % self.settings.log_every == 0:
                 rate = self.settings.log_every / (time.time() - tick)
                 tick = time.time()
                 log.info("epoch %d step %d/%d lr×%.3f loss %.3f %s (%.2f it/s)", self.epoch,
-                         self.step, self.total_steps, factor, loss.item(),
-                         " ".join(f"{k}={v.item():.3f}" for k, v in terms.items()), rate)
+                         self.step, self.total_steps, factor, loss,
+                         " ".join(f"{k}={v:.3f}" for k, v in terms.items()), rate)
             if self.elapsed >= self.limit or self.step >= self.total_steps:
                 log.info("budget reached")
                 break
+            if self.stop_requested:
+                break
+            if time.time() - self.last_save >= self.settings.save_every_minutes * 60:
+                self.save()
+
+    def train_step(self, batch: dict[str, Any]) -> tuple[float, dict[str, float], float]:
+        """One optimizer step under the configured precision -> loss, terms, lr factor."""
+        factor = cosine_with_warmup(self.step, self.progress(), self.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        batch = batch_to(batch, self.device)
+        dtype = PRECISIONS[self.settings.precision]
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32,
+                            enabled=dtype is not None):
+            terms = self.model.training_losses(batch)
+        loss = sum(t.float() for t in terms.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.item(), {k: v.item() for k, v in terms.items()}, factor
 
     def evaluate(self) -> None:
         from models.evaluate import evaluate_model
 
-        metrics = evaluate_model(self.model, self.dev_records)
-        metrics.update(epoch=self.epoch, step=self.step)
+        metrics = evaluate_model(self.model, self.dev_records, device=str(self.device))
+        metrics.update(epoch=self.epoch, step=self.step, train_minutes=self.elapsed / 60)
         self.history.append(metrics)
         log.info("dev after epoch %d: %s", self.epoch, json.dumps(metrics))
         if metrics["rank1"] > self.best:
@@ -239,14 +327,51 @@ class Trainer:
         return {"epoch": self.epoch, "step": self.step, "history": self.history,
                 "train_settings": dataclasses.asdict(self.settings)}
 
-    def save(self) -> None:
-        self.output.mkdir(parents=True, exist_ok=True)
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "elapsed": self.elapsed, "epoch": self.epoch,
-                 "step": self.step, "best": self.best, "history": self.history}
-        tmp = self.output / "last.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(self.output / "last.pt")
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    if device.type == "cpu":
+        return batch
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(device, non_blocking=True)
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        return value
+    return {k: move(v) for k, v in batch.items()}
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer) -> Iterator[None]:
+    """SIGTERM / SIGINT ask the trainer to stop after the current step and save its state
+    (``tbps train --resume`` then continues); the previous handlers are restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def request(signum: int, _frame: Any) -> None:
+        log.warning("signal %d: stopping after this step", signum)
+        trainer.stop_requested = True
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def register_cli(subparsers: Any) -> argparse.ArgumentParser:
@@ -257,18 +382,43 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
                     "checkpoints carry config, tokenizer, preprocessing and format version.")
     parser.add_argument("--config", type=Path, required=True, help="training config (YAML)")
     parser.add_argument("--output", type=Path, default=None, help="overrides `output`")
-    parser.add_argument("--resume", type=Path, default=None,
-                        help="a last.pt written by an earlier run of the same config")
+    parser.add_argument("--resume", type=Path, nargs="?", const=AUTO_RESUME, default=None,
+                        help="continue an interrupted run from its state (model, optimiser, "
+                             "schedule, data order, RNG): a last.pt, or with no value the "
+                             "OUTPUT/last.pt of this config")
     parser.add_argument("--epochs", type=int, default=None, help="overrides train.epochs")
     parser.add_argument("--max-steps", type=int, default=None, help="overrides train.max_steps")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="overrides train.max_minutes (stop and save after this long)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override one value of the training config by its dotted path, "
+                             "VALUE read as YAML (e.g. data.root=/data/cuhk-pedes or "
+                             "model_overrides.text_backbone.weights=/models/minilm); repeatable")
     parser.set_defaults(func=run_train)
     return parser
 
 
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """``a.b.c=VALUE``: set ``data["a"]["b"]["c"]`` (intermediate mappings created) to the YAML
+    value of VALUE."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set {assignment!r}: expected KEY=VALUE")
+    *parents, leaf = key.split(".")
+    node = data
+    for name in parents:
+        child = node.setdefault(name, {})
+        if not isinstance(child, dict):
+            raise SystemExit(f"--set {assignment!r}: {name!r} is not a mapping")
+        node = child
+    node[leaf] = yaml.safe_load(raw)
+
+
 def run_train(args: argparse.Namespace) -> int:
     data = load_train_config(args.config)
+    for assignment in args.overrides:
+        apply_override(data, assignment)
     train = dict(data.get("train") or {})
     if args.epochs is not None:
         train["epochs"] = args.epochs
@@ -277,9 +427,13 @@ def run_train(args: argparse.Namespace) -> int:
     if args.max_minutes is not None:
         train["max_minutes"] = args.max_minutes
     settings = TrainSettings(**train)
-    trainer = Trainer(data, settings, args.output or Path(data["output"]))
+    output = args.output or Path(data["output"])
+    trainer = Trainer(data, settings, output)
     if args.resume:
-        trainer.resume(args.resume)
+        path = output / "last.pt" if args.resume == AUTO_RESUME else args.resume
+        if not path.is_file():
+            raise SystemExit(f"--resume: no run state at {path} (nothing to resume)")
+        trainer.resume(path)
     summary = trainer.fit()
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0

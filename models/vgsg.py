@@ -11,6 +11,7 @@ Similarity at inference: cos(global) + cos(concatenated local). Both sides expor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,14 @@ from models.base import DualEncoderModel
 from models.config import VGSGConfig
 from models.encoder import Part
 from models.factory import register_family
-from models.losses.contrastive import contrastive_loss
+from models.losses.contrastive import contrastive_loss, infonce_loss
 from models.losses.identity import IdentityClassifier
 from models.losses.knowledge_transfer import class_probability_transfer, similarity_transfer
+from models.losses.sdm import sdm_loss
 from models.sgtl import SGTL, ConvLocal, masked_softmax_attention
 
-TRAINING_ONLY_PREFIXES = ("id_global.", "id_local.", "vgkt.")
+TRAINING_ONLY_PREFIXES = ("id_global.", "id_local.", "vgkt.", "logit_scale")
+ITC_FORMS = ("infonce", "mp-margin", "sdm")
 
 
 class VisionGuidedText(nn.Module):
@@ -81,6 +84,10 @@ class VGSG(DualEncoderModel):
                 self.id_local = IdentityClassifier(k * dim, config.num_classes, smoothing)
         if config.vgkt and self.has_local:
             self.vgkt = VisionGuidedText(self.visual.channels, dim, k)
+        if config.loss.itc_form not in ITC_FORMS:
+            raise ValueError(f"loss.itc_form {config.loss.itc_form!r}; known: {ITC_FORMS}")
+        if config.loss.itc_form == "sdm":  # training only: the logit scale of SDM
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(config.loss.sdm_scale)))
 
     # ---- inference path ----
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -146,8 +153,7 @@ class VGSG(DualEncoderModel):
         txt_g, txt_l, words, mask = self.encode_text_parts(batch["tokens"], from_trunk)
         terms: dict[str, torch.Tensor] = {}
         if cfg.itc_global:
-            terms["itc_global"] = cfg.itc_global * contrastive_loss(
-                img_g, txt_g, pids, cfg.tau, cfg.margin)
+            terms["itc_global"] = cfg.itc_global * self.itc(img_g, txt_g, pids)
         if cfg.id and hasattr(self, "id_global"):
             terms["id_global"] = cfg.id * (self.id_global(img_g, pids)
                                            + self.id_global(txt_g, pids))
@@ -156,14 +162,23 @@ class VGSG(DualEncoderModel):
                                             mask, pids))
         return terms
 
+    def itc(self, image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+        """The contrastive term of Eq. 2 in the configured form (``loss.itc_form``)."""
+        cfg = self.config.loss
+        if cfg.itc_form == "infonce":
+            return infonce_loss(image, text, cfg.tau)
+        if cfg.itc_form == "sdm":
+            scale = self.logit_scale.exp().clamp(max=cfg.sdm_scale_max)
+            return sdm_loss(image, text, pids, scale)
+        return contrastive_loss(image, text, pids, cfg.tau, cfg.margin)
+
     def _local_losses(self, img_l: torch.Tensor, txt_l: torch.Tensor, fmap: torch.Tensor,
                       words: torch.Tensor, mask: torch.Tensor,
                       pids: torch.Tensor) -> dict[str, torch.Tensor]:
         """img_l, txt_l: (B, K*D) concatenated stripes / semantic groups."""
         cfg, terms = self.config.loss, {}
         if cfg.itc_local:
-            terms["itc_local"] = cfg.itc_local * contrastive_loss(img_l, txt_l, pids, cfg.tau,
-                                                                  cfg.margin)
+            terms["itc_local"] = cfg.itc_local * self.itc(img_l, txt_l, pids)
         has_id = cfg.id and hasattr(self, "id_local")
         if has_id:
             terms["id_local"] = cfg.id * (self.id_local(img_l, pids) + self.id_local(txt_l, pids))
@@ -171,7 +186,7 @@ class VGSG(DualEncoderModel):
             return terms
         vg = self.vgkt(fmap, words, mask).flatten(1)  # (B, K*D)
         if cfg.itc_vg:
-            terms["itc_vg"] = cfg.itc_vg * contrastive_loss(img_l, vg, pids, cfg.tau, cfg.margin)
+            terms["itc_vg"] = cfg.itc_vg * self.itc(img_l, vg, pids)
         if cfg.similarity_transfer:
             terms["similarity_transfer"] = cfg.similarity_transfer * similarity_transfer(
                 img_l, vg, txt_l, cfg.st_tau)

@@ -86,8 +86,11 @@ def select_split(records: Sequence[Record], split: str) -> list[Record]:
     """Records of one split.
 
     ``train``/``val``/``test`` are the dataset's own splits; ``dev`` is the held-out val ids
-    (``dev_ids``); ``trainval-dev`` is everything trained on: train plus the other val ids.
+    (``dev_ids``); ``trainval-dev`` is everything trained on during model selection: train plus
+    the other val ids; ``trainval`` is train plus every val id (the final, all-data training).
     """
+    if split == "trainval":
+        return [r for r in records if r.split in ("train", "val")]
     if split in ("dev", "trainval-dev"):
         held = dev_ids(records)
         if split == "dev":
@@ -96,7 +99,7 @@ def select_split(records: Sequence[Record], split: str) -> list[Record]:
                 if r.split == "train" or (r.split == "val" and r.pid not in held)]
     out = [r for r in records if r.split == split]
     if not out:
-        known = sorted({r.split for r in records} | {"dev", "trainval-dev"})
+        known = sorted({r.split for r in records} | {"dev", "trainval-dev", "trainval"})
         raise ValueError(f"split {split!r} is empty; known: {known}")
     return out
 

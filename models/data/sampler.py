@@ -1,9 +1,11 @@
-"""Identity-balanced batches: P person ids x K images each."""
+"""Batch samplers: identity-balanced (P person ids x K images each) or plain random batches,
+and ``ResumableBatches``, which restarts an epoch part-way for ``tbps train --resume``."""
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
+import itertools
 from collections.abc import Iterator, Sequence
 
 from torch.utils.data import Sampler
@@ -43,3 +45,43 @@ class IdentityBalancedSampler(Sampler[list[int]]):
                 else:
                     batch.extend(rng.choices(items, k=self.k))
             yield batch
+
+
+class RandomBatchSampler(Sampler[list[int]]):
+    """Every item once per epoch in a random order, in batches of ``batch_size`` (the last,
+    short batch dropped); the order is a function of ``seed`` and ``set_epoch``."""
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0) -> None:
+        if size < batch_size:
+            raise ValueError(f"{size} items cannot fill a batch of {batch_size}")
+        self.size, self.batch_size, self.seed, self.epoch = size, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(range(self.size))
+        random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield order[start : start + self.batch_size]
+
+
+class ResumableBatches(Sampler[list[int]]):
+    """A batch sampler whose next epoch starts after its first ``skip`` batches: the batches
+    are the same as without it, so a resumed run sees exactly what the interrupted one would."""
+
+    def __init__(self, sampler: IdentityBalancedSampler | RandomBatchSampler) -> None:
+        self.sampler, self.skip = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.sampler), skip, None)

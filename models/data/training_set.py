@@ -19,25 +19,35 @@ log = logging.getLogger(__name__)
 class CaptionedImages(Dataset):
     """Images decoded and resized once into memory; ``transform`` augments each access.
 
-    An item is ``(image (3, H, W) float, caption str, class index int)``.
+    An item is ``(image (3, H, W) float, caption str, class index int)``: by default one item
+    per image with one of its captions drawn at random; with ``pairs`` one item per (image,
+    caption) pair, so that an epoch passes over every caption once (the reference recipe).
     """
 
     def __init__(self, records: Sequence[Record], image_size: Sequence[int],
-                 transform: Callable[[torch.Tensor], torch.Tensor], seed: int = 0) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor], seed: int = 0,
+                 pairs: bool = False) -> None:
         self.records = [r for r in records if r.captions]
         self.classes = remap_pids(self.records)
-        self.labels = [self.classes[r.pid] for r in self.records]
+        self.pairs = [(i, c) for i, r in enumerate(self.records)
+                      for c in range(len(r.captions))] if pairs else []
+        owners = [i for i, _ in self.pairs] if pairs else range(len(self.records))
+        self.labels = [self.classes[self.records[i].pid] for i in owners]
         self.transform = transform
         self.rng = random.Random(seed)
         log.info("decoding %d images at %s", len(self.records), tuple(image_size))
         self.pixels = [load_resized(r.image_path, image_size) for r in self.records]
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str, int]:
-        caption = self.rng.choice(self.records[index].captions)
-        return self.transform(self.pixels[index]), caption, self.labels[index]
+        if self.pairs:
+            image, caption_index = self.pairs[index]
+            caption = self.records[image].captions[caption_index]
+        else:
+            image, caption = index, self.rng.choice(self.records[index].captions)
+        return self.transform(self.pixels[image]), caption, self.labels[index]
 
 
 def collate(items: list[tuple[torch.Tensor, str, int]], tokenize: Callable[[list[str]], Any]

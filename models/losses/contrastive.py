@@ -1,4 +1,10 @@
-"""Identity-aware cross-modal contrastive loss (VGSG Eq. 2)."""
+"""Cross-modal contrastive losses for VGSG's Eq. 2.
+
+``infonce_loss`` is Eq. 2 as the paper writes it: the symmetric image-text InfoNCE of CLIP over
+cosine similarities with a temperature, the paired caption the one positive. ``contrastive_loss``
+is the variant this project trained with first (identity-aware: every same-person pair a
+positive, plus an additive margin); it stays selectable as ``loss.itc_form: mp-margin``.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,24 @@ import torch
 import torch.nn.functional as F
 
 
+def infonce_loss(image: torch.Tensor, text: torch.Tensor, tau: float = 0.02) -> torch.Tensor:
+    """VGSG Eq. 2: ``L = 1/2 (L_i2t + L_t2i)``, with
+
+    ``L_i2t = -1/B sum_i log( exp(S_ii / tau) / sum_j exp(S_ij / tau) )``, ``S_ij = cos(v_i, t_j)``
+
+    and ``L_t2i`` the same over ``S^T``: row i's positive is its own pair (the diagonal).
+    image, text: (B, D) unnormalised, row i of each from the same (image, caption) pair.
+    """
+    image = F.normalize(image.float(), dim=-1)
+    text = F.normalize(text.float(), dim=-1)
+    logits = image @ text.t() / tau  # (B, B)
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
 def contrastive_loss(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor,
                      tau: float = 0.02, margin: float = 0.1) -> torch.Tensor:
-    """Eq. 2 as implemented here: InfoNCE in both directions over cosine similarities, with
+    """The identity-aware variant of Eq. 2 (``itc_form: mp-margin``): InfoNCE in both directions over cosine similarities, with
 
     - every same-person pair in the batch a positive (the P x K sampler puts K images of a
       person, and their captions, in one batch), the positives' probability mass summed;
@@ -21,8 +42,8 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor
 
     image, text: (B, D) unnormalised; pids: (B,).
     """
-    image = F.normalize(image, dim=-1)
-    text = F.normalize(text, dim=-1)
+    image = F.normalize(image.float(), dim=-1)
+    text = F.normalize(text.float(), dim=-1)
     positive = (pids[:, None] == pids[None, :]).float()  # (B, B)
     sim = image @ text.t() - margin * positive  # (B, B)
     loss_i2t = _multi_positive_nce(sim / tau, positive)

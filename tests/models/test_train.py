@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+import torch
 import yaml
 
 from models import evaluate, train
@@ -42,3 +44,76 @@ def test_train_resume_and_eval_cli(tmp_path, capsys):
     assert set(metrics) == {"rank1", "rank5", "rank10", "mAP", "mINP", "queries", "gallery"}
     assert metrics["queries"] == 12 and metrics["gallery"] == 6
     assert 0 <= metrics["rank1"] <= 100
+
+
+def _pairs_config(tmp_path, name, **train_overrides):
+    root = tmp_path / "data"
+    if not (root / "reid_raw.json").exists():
+        write_cuhk_fixture(root, {"train": [1, 2, 3, 4], "val": [7, 8]})
+    settings = {"batching": "pairs", "batch_size": 4, "epochs": 2, "warmup_fraction": 0.2,
+                "log_every": 1, "threads": 1, "eval_every": 0, **train_overrides}
+    config = {"model": tiny_vgsg(loss={"itc_form": "sdm", "id": 0.5}, vgkt=False),
+              "data": {"dataset": "cuhk-pedes", "root": str(root), "split": "train"},
+              "train": settings, "output": str(tmp_path / name)}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _trainer(path):
+    data = train.load_train_config(path)
+    return train.Trainer(data, train.TrainSettings(**data["train"]), data["output"])
+
+
+def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path):
+    """4 ids x 2 images x 2 captions = 16 pairs: 4 steps an epoch, 8 in all. One run goes
+    straight through; the other is stopped after step 3 (mid-epoch, as SIGTERM does) and
+    resumed with `--resume` (no path: OUTPUT/last.pt). The weights must be identical."""
+    straight = _trainer(_pairs_config(tmp_path, "straight"))
+    assert straight.fit()["steps"] == 8
+
+    path = _pairs_config(tmp_path, "stopped")
+    first = _trainer(path)
+    step = first.train_step
+
+    def stop_after_three(batch):
+        out = step(batch)
+        first.stop_requested = first.step == 2  # the trainer counts this step next
+        return out
+
+    first.train_step = stop_after_three
+    summary = first.fit()
+    assert summary["stopped"] and summary["steps"] == 3
+    assert not (tmp_path / "stopped" / "model.pt").exists()
+    assert train.main(["--config", str(path), "--resume"]) == 0
+    assert (tmp_path / "stopped" / "model.pt").is_file()
+    resumed = torch.load(tmp_path / "stopped" / "last.pt", weights_only=False)
+    assert resumed["step"] == 8
+    expected = straight.model.state_dict()
+    assert set(resumed["model"]) == set(expected)
+    for key, value in resumed["model"].items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_resume_without_state_says_so(tmp_path):
+    path = _pairs_config(tmp_path, "none")
+    with pytest.raises(SystemExit, match="no run state"):
+        train.main(["--config", str(path), "--resume"])
+
+
+def test_bf16_autocast_trains_with_finite_losses(tmp_path):
+    trainer = _trainer(_pairs_config(tmp_path, "bf16", precision="bf16", max_steps=2))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    summary = trainer.fit()
+    assert summary["steps"] == 2
+    after = trainer.model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all(torch.isfinite(v).all() for v in after.values()
+                           if v.is_floating_point())
+
+
+def test_unknown_precision_and_batching_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="precision"):
+        _trainer(_pairs_config(tmp_path, "p", precision="fp8"))
+    with pytest.raises(ValueError, match="batching"):
+        _trainer(_pairs_config(tmp_path, "b", batching="random"))
