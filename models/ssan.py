@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbones.image import build_image_backbone
-from models.base import DualEncoderModel
+from models.base import DualEncoderModel, seeded_init
 from models.config import BaseModelConfig, ImageBackboneConfig
 from models.encoder import Part
 from models.factory import register_family
@@ -148,10 +148,10 @@ class BranchNorm(nn.Module):
 class SSAN(OptionalWeightsMixin, DualEncoderModel):
     training_only_prefixes = ("id_global.", "id_local.")
 
+    @seeded_init
     def __init__(self, config: SSANConfig) -> None:
         super().__init__()
         self.config = config
-        torch.manual_seed(config.seed)
         if not config.vocab:
             if not config.vocab_from:
                 raise ValueError("SSAN needs a vocabulary: set `vocab` or `vocab_from`")

@@ -21,7 +21,7 @@ from torch import nn
 
 from models.backbones.image import build_image_backbone
 from models.backbones.text import build_text_backbone
-from models.base import DualEncoderModel
+from models.base import DualEncoderModel, seeded_init
 from models.config import BaseModelConfig, ImageBackboneConfig, TextBackboneConfig
 from models.factory import register_family
 from models.family_tools import NestedConfigMixin, OptionalWeightsMixin
@@ -62,10 +62,10 @@ class VFETPSConfig(NestedConfigMixin, BaseModelConfig):
 class VFETPS(OptionalWeightsMixin, DualEncoderModel):
     training_only_prefixes = ("tgmim.",)
 
+    @seeded_init
     def __init__(self, config: VFETPSConfig) -> None:
         super().__init__()
         self.config = config
-        torch.manual_seed(config.seed)
         dim = config.embed_dim
         self.visual = build_image_backbone(config.image_backbone, dim, config.image_size)
         self.textual = build_text_backbone(config.text_backbone, dim)
