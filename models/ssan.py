@@ -68,7 +68,7 @@ class SSANLossConfig:
     margin: float = 0.2  # alpha of the strong term
     beta: float = 0.1  # weight of the weak (same identity, other image) term
     cr_margin: str = "paper"  # weak-term margin: paper (Eq. 20-21) | similarity | fixed
-    id_form: str = "paper"  # paper: per part, on global/local/relation | concat: global + concat local
+    id_form: str = "paper"  # paper: per part, global/local/relation | concat: global + concat local
     label_smoothing: float = 0.0
 
 
