@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.factory import create_model, load_model, read_checkpoint, save_checkpoint
+from models.config import CONFIG_DIR, read_config_file
+from models.factory import (
+    create_model,
+    load_model,
+    parse_config,
+    read_checkpoint,
+    save_checkpoint,
+)
 from models.losses.compound_ranking import compound_ranking_loss, weak_margins
 from models.losses.identity import IdentityClassifier, part_identity_loss
 from models.ssan import MultiViewNonLocal, PartRelation, WordAttention
@@ -325,3 +332,36 @@ def test_generic_trainer_and_evaluator(tmp_path, capsys):
     payload, metrics = train_and_eval(tmp_path, config, capsys)
     assert payload["config"]["num_classes"] == 4 and "coat" in payload["config"]["vocab"]
     assert metrics["queries"] == 12 and 0 <= metrics["rank1"] <= 100
+
+
+def _train_model_config(name: str) -> dict:
+    from models.train import load_train_config, model_config
+
+    return model_config(load_train_config(CONFIG_DIR / "train" / f"{name}.yaml"), 10)
+
+
+def test_shipped_configs_are_the_paper_form_and_variants_exist():
+    paper = parse_config(read_config_file("ssan-resnet50"))
+    assert (paper.embed_dim, paper.relation_dim, paper.lstm_hidden) == (1024, 512, 2048)
+    assert paper.image_backbone.pool_width == 0 and not paper.branch_norm  # no neck: C = 2048
+    for name in ("ssan-resnet50", "ssan-effl0"):
+        cfg = parse_config(read_config_file(name))
+        assert (cfg.mvnln, cfg.loss.cr_margin, cfg.loss.id_form, cfg.loss.beta) == (
+            "paper", "paper", "paper", 0.1)
+        assert (cfg.loss.global_weight, cfg.loss.local_weight, cfg.loss.relation_weight) == (
+            1.0, 0.5, 0.5)
+    variants = parse_config(_train_model_config("ssan-effl0-variants"))
+    assert (variants.mvnln, variants.loss.cr_margin, variants.loss.id_form) == (
+        "shared-mha", "similarity", "concat")
+    assert not parse_config(_train_model_config("ssan-effl0-nobranchnorm")).branch_norm
+    assert not parse_config(_train_model_config("ssan-effl0-norelation")).relation
+
+
+def test_pre16_yaml_of_issue_6_reads_in_its_own_form():
+    old_yaml = {**read_config_file("ssan-effl0"), "loss": {
+        "ranking": 1.0, "margin": 0.2, "beta": 0.5, "adaptive_margin": True, "id": 1.0}}
+    for key in ("mvnln", "relation_dim", "branch_norm"):
+        old_yaml.pop(key)
+    cfg = parse_config(old_yaml)
+    assert (cfg.mvnln, cfg.relation_dim, cfg.branch_norm, cfg.loss.cr_margin) == (
+        "shared-mha", 256, True, "similarity")

@@ -304,3 +304,21 @@ def test_generic_trainer_and_evaluator(tmp_path, capsys):
     payload, metrics = train_and_eval(tmp_path, tiny_vfe_tps(), capsys)
     assert payload["config"]["family"] == "vfe-tps" and payload["extra"]["step"] == 2
     assert metrics["queries"] == 12 and 0 <= metrics["rank1"] <= 100
+
+
+def test_shipped_configs_are_the_paper_form_and_a_variant_exists():
+    from models.config import CONFIG_DIR, read_config_file
+    from models.factory import parse_config
+    from models.train import load_train_config, model_config
+
+    for name in ("vfe-tps-effl0-minilm", "vfe-tps-vitb16-clip"):
+        cfg = parse_config(read_config_file(name))
+        loss = cfg.loss
+        assert (loss.cmpm_logits, loss.gvfc_logits, loss.gvfc_pairs, loss.gvfc_average) == (
+            "cosine", "cosine", 20, "batch")
+        assert loss.cmpm_tau == loss.gvfc_tau == 0.02
+        assert (cfg.mca_queries, cfg.masked_pass_bn) == ("global+patches", "frozen")
+    train = load_train_config(CONFIG_DIR / "train" / "vfe-tps-effl0-minilm-variants.yaml")
+    cfg = parse_config(model_config(train, 10))
+    assert (cfg.loss.cmpm_logits, cfg.loss.gvfc_pairs, cfg.mca_queries, cfg.masked_pass_bn) == (
+        "projection", 0, "patches", "update")
