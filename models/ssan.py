@@ -355,7 +355,7 @@ class SSAN(OptionalWeightsMixin, DualEncoderModel):
         image = self.encode_image_branches(batch["images"])
         text = self.encode_text_branches(batch["tokens"])
         weights = dict(zip(BRANCHES, (cfg.global_weight, cfg.local_weight,
-                                      cfg.relation_weight)))
+                                      cfg.relation_weight), strict=True))
         terms: dict[str, torch.Tensor] = {}
         for name in image:
             if not (cfg.ranking and weights[name]):

@@ -21,5 +21,6 @@ def test_building_a_model_leaves_the_callers_rng_untouched(family):
     assert torch.equal(torch.rand(3), expected)
     torch.manual_seed(7)  # another caller state: the weights depend on config.seed only
     second = create_model(CONFIGS[family]())
-    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(),
+                                    strict=True):
         assert torch.equal(a, b), name

@@ -158,14 +158,16 @@ def test_mvnln_matches_a_loop_over_parts():
             query = unit(lin(m.theta, k, rows[k]))
             others = [i for i in range(3) if i != k]
             keys = {i: unit(lin(m.phi, i, rows[i])) for i in others}
-            cos = {i: sum(q * c for q, c in zip(query, keys[i])) for i in others}  # Eq. 13
+            cos = {i: sum(q * c for q, c in zip(query, keys[i], strict=True))
+                   for i in others}  # Eq. 13
             total = sum(math.exp(v) for v in cos.values())
             weights = {i: math.exp(cos[i]) / total for i in others}  # Eq. 14
             assert abar[b, k, k].item() == 0.0
             for i in others:
                 assert abar[b, k, i].item() == pytest.approx(weights[i], rel=1e-5)
             context = [sum(weights[i] * keys[i][d] for i in others) for d in range(2)]
-            residual = [x + g for x, g in zip(rows[k], lin(m.gamma, k, context))]  # Eq. 15
+            update = lin(m.gamma, k, context)
+            residual = [x + g for x, g in zip(rows[k], update, strict=True)]  # Eq. 15
             expected = lin(m.out, k, residual)  # Eq. 16
             assert out[b, k].tolist() == pytest.approx(expected, rel=1e-4, abs=1e-5)
 

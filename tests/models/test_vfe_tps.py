@@ -69,18 +69,18 @@ def test_patch_mask_masks_the_configured_ratio():
 def _kl_rows_by_loops(logits, positive):
     """``1/N sum_i KL(softmax(logits_i) || q_i)`` written out, rows without a positive adding 0."""
     total = 0.0
-    for row, pos in zip(logits, positive):
+    for row, pos in zip(logits, positive, strict=True):
         if not any(pos):
             continue
         exps = [math.exp(v) for v in row]
         p = [e / sum(exps) for e in exps]
         q = [y / sum(pos) for y in pos]
-        total += sum(pj * math.log(pj / (qj + 1e-8)) for pj, qj in zip(p, q))
+        total += sum(pj * math.log(pj / (qj + 1e-8)) for pj, qj in zip(p, q, strict=True))
     return total / len(logits)
 
 
 def _cos(a, b):
-    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(
+    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(
         y * y for y in b))
 
 
