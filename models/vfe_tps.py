@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,11 +189,9 @@ class VFETPS(OptionalWeightsMixin, DualEncoderModel):
         patches = random_patch_mask(images.shape[0], self.visual.grid,
                                     self.config.loss.mask_ratio, generator)  # (B, h, w)
         masked = apply_patch_mask(images, patches, self.patch)  # (B, 3, H, W)
-        if self.config.masked_pass_bn == "frozen":
-            with frozen_batchnorm_stats(self.visual):
-                fmap, pooled = self.visual(masked)  # (B, C, h, w), (B, D)
-        else:
-            fmap, pooled = self.visual(masked)
+        frozen = self.config.masked_pass_bn == "frozen"
+        with frozen_batchnorm_stats(self.visual) if frozen else nullcontext():
+            fmap, pooled = self.visual(masked)  # (B, C, h, w), (B, D) f^v
         pixels = self.tgmim(fmap, words, mask, pooled)  # (B, 3, H, W)
         return masked_l1_loss(pixels, images.detach(), patches.to(images.device), self.patch)
 
