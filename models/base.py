@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from models.config import BaseModelConfig
 from models.encoder import Part
+
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def seeded_init(init: F) -> F:
+    """Decorate a model's ``__init__(self, config, ...)``: its weights are drawn from
+    ``torch.manual_seed(config.seed)`` inside a forked CPU RNG, so that building a model is
+    reproducible and leaves the caller's global RNG state untouched."""
+
+    @functools.wraps(init)
+    def wrapper(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            init(self, config, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class DualEncoderModel(nn.Module):

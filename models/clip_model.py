@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from models.base import DualEncoderModel
+from models.base import DualEncoderModel, seeded_init
 from models.config import ClipConfig
 from models.factory import register_family
 
@@ -19,10 +19,10 @@ from models.factory import register_family
 class ClipDualEncoder(DualEncoderModel):
     """CLIP with global features only: cos(image, text) is the similarity."""
 
+    @seeded_init
     def __init__(self, config: ClipConfig) -> None:
         super().__init__()
         self.config = config
-        torch.manual_seed(config.seed)
         self.clip = CLIP(
             embed_dim=config.embed_dim,
             vision_cfg=CLIPVisionCfg(**config.vision),

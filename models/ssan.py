@@ -10,16 +10,22 @@ modalities:
   shared 1x1 conv (on a pooled vector: a linear layer);
 - local: K horizontal stripes max-pooled (image) and, for text, the Word Attention Module's
   sigmoid word-part weights followed by max pooling; then one 1x1 conv per part, shared;
-- relation: the MV-NLN part-relation module over the K local features, shared.
+- relation: MV-NLN (Eq. 13-16) over the K local features: part-specific projections, cosine
+  affinities to the *other* parts, a residual and a part-specific output projection W_n^k to
+  N dimensions (``mvnln: paper``; ``shared-mha``: the earlier shared multi-head attention).
 
 Similarity at inference ``S_g + S_l + S_n``: both sides export
 ``[l2n(global), l2n(concat local), l2n(concat relation)]``; the text side never sees an image.
-Training: Compound Ranking loss on each of the three similarities plus ID loss. The ID
-classifiers are training-only and not exported.
+Training: ``L = sum_b w_b (L_cr^b + L_id^b)`` over the branches b = global, local, relation
+with ``w = 1, 0.5, 0.5``; Compound Ranking (beta 0.1, adaptive margin Eq. 20-21) and ID loss
+with one classifier per part (global, each local part, each relation part). The ID
+classifiers are training-only and not exported. Configs stored before issue 16 (their loss
+has ``adaptive_margin``) are read in the form they were trained in (``upgrade_pre16``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,25 +36,39 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbones.image import build_image_backbone
-from models.base import DualEncoderModel
+from models.base import DualEncoderModel, seeded_init
 from models.config import BaseModelConfig, ImageBackboneConfig
 from models.encoder import Part
 from models.factory import register_family
 from models.family_tools import NestedConfigMixin, OptionalWeightsMixin
-from models.losses.compound_ranking import compound_ranking_loss
-from models.losses.identity import IdentityClassifier
+from models.losses.compound_ranking import MARGIN_FORMS, compound_ranking_loss
+from models.losses.identity import IdentityClassifier, part_identity_loss
 from models.text_lstm import BiLSTMText, WordTokenizer, build_vocabulary
+
+log = logging.getLogger(__name__)
+
+MVNLN_FORMS = ("paper", "shared-mha")
+ID_FORMS = ("paper", "concat")
+BRANCHES = ("global", "local", "relation")
 
 
 @dataclass
 class SSANLossConfig:
-    """Compound Ranking (per branch) and ID loss weights; 0 switches a term off."""
+    """Loss weights (0 switches a term off) and settings; the defaults are the paper's.
+
+    ``L = sum_b w_b (ranking L_cr^b + id L_id^b)``, b = global / local / relation, with
+    ``w_b`` = ``global_weight`` / ``local_weight`` / ``relation_weight`` (1 / 0.5 / 0.5).
+    """
 
     ranking: float = 1.0  # weight of each branch's compound ranking loss
+    id: float = 1.0  # weight of each branch's ID loss
+    global_weight: float = 1.0
+    local_weight: float = 0.5
+    relation_weight: float = 0.5
     margin: float = 0.2  # alpha of the strong term
-    beta: float = 0.5  # weight of the weak (same identity, other image) term
-    adaptive_margin: bool = True
-    id: float = 1.0
+    beta: float = 0.1  # weight of the weak (same identity, other image) term
+    cr_margin: str = "paper"  # weak-term margin: paper (Eq. 20-21) | similarity | fixed
+    id_form: str = "paper"  # paper: per part, global/local/relation | concat: global + concat local
     label_smoothing: float = 0.0
 
 
@@ -56,7 +76,8 @@ class SSANLossConfig:
 class SSANConfig(NestedConfigMixin, BaseModelConfig):
     """SSAN. ``vocab``: the word list (filled from ``vocab_from`` = {dataset, root, split,
     min_count} when empty, then stored in checkpoints). ``lstm_hidden`` must equal the image
-    map's channels: the 1x1 convs are shared by both modalities."""
+    map's channels C: the 1x1 convs are shared by both modalities (C = 2048 for ResNet-50 in
+    the paper). ``embed_dim`` is M (1024 in the paper), ``relation_dim`` N (512)."""
 
     image_backbone: ImageBackboneConfig = field(default_factory=ImageBackboneConfig)
     num_parts: int = 6  # K
@@ -66,10 +87,50 @@ class SSANConfig(NestedConfigMixin, BaseModelConfig):
     vocab: list[str] = field(default_factory=list)
     vocab_from: dict[str, Any] = field(default_factory=dict)
     relation: bool = True  # MV-NLN branch
-    relation_views: int = 4
+    mvnln: str = "paper"  # paper (Eq. 13-16) | shared-mha (earlier variant, width M)
+    relation_dim: int = 256  # N: MV-NLN's affinity space and output width (paper form)
+    relation_views: int = 4  # heads of the shared-mha variant
+    branch_norm: bool = False  # per-modality BatchNorm after the shared projections
     num_classes: int = 0
     loss: SSANLossConfig = field(default_factory=SSANLossConfig)
     seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SSANConfig:
+        return super().from_dict(upgrade_pre16(data))  # type: ignore[misc]
+
+    def validate(self) -> None:
+        choices = {"mvnln": (self.mvnln, MVNLN_FORMS), "loss.id_form": (self.loss.id_form,
+                   ID_FORMS), "loss.cr_margin": (self.loss.cr_margin, MARGIN_FORMS)}
+        for key, (value, known) in choices.items():
+            if value not in known:
+                raise ValueError(f"SSAN {key} {value!r}; known: {known}")
+        if self.relation and self.mvnln == "paper" and self.num_parts < 2:
+            raise ValueError("MV-NLN relates a part to the other parts: num_parts >= 2")
+        if self.relation and self.mvnln == "shared-mha" and self.relation_dim != self.embed_dim:
+            raise ValueError("mvnln shared-mha keeps the local width: relation_dim must equal "
+                             f"embed_dim ({self.relation_dim} != {self.embed_dim})")
+
+
+def upgrade_pre16(data: dict[str, Any]) -> dict[str, Any]:
+    """A config stored before issue 16 (its loss has the boolean ``adaptive_margin``) is read
+    in the form it was trained in: shared-MHA MV-NLN of width M, BranchNorm, similarity
+    margin, all branch weights 1, ID loss on global + concatenated local features."""
+    loss = data.get("loss") or {}
+    if not isinstance(loss, dict) or "adaptive_margin" not in loss:
+        return data
+    log.warning("SSAN config %r predates issue 16: read in its pre-issue-16 form",
+                data.get("name"))
+    loss = dict(loss)
+    loss.setdefault("cr_margin", "similarity" if loss.pop("adaptive_margin") else "fixed")
+    for key, value in (("beta", 0.5), ("local_weight", 1.0), ("relation_weight", 1.0),
+                       ("id_form", "concat")):
+        loss.setdefault(key, value)
+    data = {**data, "loss": loss}
+    for key, value in (("mvnln", "shared-mha"), ("branch_norm", True),
+                       ("relation_dim", data.get("embed_dim", 512))):
+        data.setdefault(key, value)
+    return data
 
 
 def vocabulary_from(source: dict[str, Any]) -> list[str]:
@@ -111,9 +172,41 @@ class WordAttention(nn.Module):
         return weighted.amax(dim=2)  # (B, K, H)
 
 
+class MultiViewNonLocal(nn.Module):
+    """MV-NLN (Eq. 13-16) over the K part features ``l_k`` (B, K, M), every map part-specific:
+
+    - Eq. 13: ``a_ki = cos(theta_k(l_k), phi_i(l_i))``, theta_k, phi_i: M -> N;
+    - Eq. 14: ``abar_ki = softmax_{i != k}(a_ki)``: a part never attends to itself;
+    - Eq. 15: ``r_k = l_k + W_gamma^k sum_{i != k} abar_ki phibar_i(l_i)``, phibar the unit-norm
+      phi (the aggregated features are the normalised projections, as the authors' code);
+    - Eq. 16: ``n_k = W_n^k r_k``, W_n^k: M -> N.
+    """
+
+    def __init__(self, parts: int, dim: int, relation_dim: int) -> None:
+        super().__init__()
+        self.theta = PartwiseLinear(parts, dim, relation_dim)
+        self.phi = PartwiseLinear(parts, dim, relation_dim)
+        self.gamma = PartwiseLinear(parts, relation_dim, dim)  # W_gamma^k
+        self.out = PartwiseLinear(parts, dim, relation_dim)  # W_n^k
+
+    def affinities(self, parts: torch.Tensor) -> torch.Tensor:
+        """parts (B, K, M) -> abar (B, K, K), row k over the other parts i (diagonal 0)."""
+        query = F.normalize(self.theta(parts), dim=-1)  # (B, K, N)
+        key = F.normalize(self.phi(parts), dim=-1)  # (B, K, N)
+        cosine = query @ key.transpose(1, 2)  # (B, K, K)  a_ki
+        eye = torch.eye(parts.shape[1], dtype=torch.bool, device=parts.device)
+        return cosine.masked_fill(eye, float("-inf")).softmax(dim=-1)  # (B, K, K)
+
+    def forward(self, parts: torch.Tensor) -> torch.Tensor:
+        """parts (B, K, M) -> relation features (B, K, N)."""
+        values = F.normalize(self.phi(parts), dim=-1)  # (B, K, N)  phibar_i
+        context = self.affinities(parts) @ values  # (B, K, N)
+        return self.out(parts + self.gamma(context))  # (B, K, N)
+
+
 class PartRelation(nn.Module):
-    """MV-NLN as implemented here: a non-local block over the K part features, each part
-    attending to all parts in ``views`` subspaces (attention heads), residual added:
+    """``mvnln: shared-mha``, the earlier variant: one multi-head attention shared by all
+    parts over all K parts (itself included), scaled dot products, residual, no W_n^k:
     ``n_k = p_k + W_o concat_v sum_j softmax_j(q_kv . k_jv) v_jv``."""
 
     def __init__(self, dim: int, views: int) -> None:
@@ -129,10 +222,11 @@ class PartRelation(nn.Module):
 
 
 class BranchNorm(nn.Module):
-    """One modality's batch norms after the shared projections: global (B, D) and local
-    (B, K, D), statistics per modality. Max-pooled maps are all-positive with a large common
-    component; without centring, every feature points the same way and hardest-negative
-    ranking stalls at its collapse value (seen in a first CPU run, loss fixed at 2 alpha)."""
+    """``branch_norm: true`` (not in the paper): one modality's batch norms after the shared
+    projections, global (B, D) and local (B, K, D), statistics per modality. Max-pooled maps
+    are all-positive with a large common component; without centring, every feature points
+    the same way and hardest-negative ranking stalls at its collapse value (seen in the first
+    stand-in CPU run of issue 6, loss fixed at 2 alpha)."""
 
     def __init__(self, dim: int, parts: int) -> None:
         super().__init__()
@@ -146,12 +240,13 @@ class BranchNorm(nn.Module):
 
 @register_family("ssan", SSANConfig)
 class SSAN(OptionalWeightsMixin, DualEncoderModel):
-    training_only_prefixes = ("id_global.", "id_local.")
+    training_only_prefixes = ("id_global.", "id_local.", "id_relation.")
 
+    @seeded_init
     def __init__(self, config: SSANConfig) -> None:
         super().__init__()
         self.config = config
-        torch.manual_seed(config.seed)
+        config.validate()
         if not config.vocab:
             if not config.vocab_from:
                 raise ValueError("SSAN needs a vocabulary: set `vocab` or `vocab_from`")
@@ -168,14 +263,36 @@ class SSAN(OptionalWeightsMixin, DualEncoderModel):
         self.word_attention = WordAttention(channels, k)
         self.global_proj = nn.Linear(channels, dim)  # shared 1x1 conv, global branch
         self.part_proj = PartwiseLinear(k, channels, dim)  # shared 1x1 convs, one per part
-        self.image_norm, self.text_norm = BranchNorm(dim, k), BranchNorm(dim, k)
+        if config.branch_norm:
+            self.image_norm, self.text_norm = BranchNorm(dim, k), BranchNorm(dim, k)
         if config.relation:
-            self.relation = PartRelation(dim, config.relation_views)
+            self.relation = (MultiViewNonLocal(k, dim, config.relation_dim)
+                             if config.mvnln == "paper" else PartRelation(dim,
+                                                                          config.relation_views))
         if config.num_classes:
-            self.id_global = IdentityClassifier(dim, config.num_classes,
-                                                config.loss.label_smoothing)
-            self.id_local = IdentityClassifier(k * dim, config.num_classes,
-                                               config.loss.label_smoothing)
+            self._build_id_heads()
+
+    def _build_id_heads(self) -> None:
+        """Training-only classifiers, each shared by the two modalities: ``paper`` one per
+        part (global; each local part; each relation part), ``concat`` global + one over the
+        concatenated local features."""
+        cfg, k, dim = self.config, self.config.num_parts, self.config.embed_dim
+
+        def head(width: int) -> IdentityClassifier:
+            return IdentityClassifier(width, cfg.num_classes, cfg.loss.label_smoothing)
+
+        self.id_global = head(dim)
+        if cfg.loss.id_form == "concat":
+            self.id_local = head(k * dim)
+            return
+        self.id_local = nn.ModuleList(head(dim) for _ in range(k))
+        if cfg.relation:
+            self.id_relation = nn.ModuleList(head(self.relation_width) for _ in range(k))
+
+    @property
+    def relation_width(self) -> int:
+        """N: the width of one relation feature (M for the shared-mha variant)."""
+        return self.config.relation_dim if self.config.mvnln == "paper" else self.config.embed_dim
 
     # ---- inference path ----
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -186,25 +303,28 @@ class SSAN(OptionalWeightsMixin, DualEncoderModel):
                 "max_length": self.config.max_words, "vocab": list(self.config.vocab)}
 
     def encode_image_branches(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """-> global (B, D), local (B, K, D), relation (B, K, D) when configured."""
+        """-> global (B, M), local (B, K, M), relation (B, K, N) when configured."""
         fmap, _ = self.visual(images)  # (B, C, h, w)
         pooled = fmap.amax(dim=(2, 3))  # (B, C) global max pooling
         stripes = F.adaptive_max_pool2d(fmap, (self.config.num_parts, 1))  # (B, C, K, 1)
         parts = stripes.squeeze(-1).transpose(1, 2)  # (B, K, C)
-        return self._branches(pooled, parts, self.image_norm)
+        return self._branches(pooled, parts, "image")
 
     def encode_text_branches(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         words, mask = self.textual(tokens)  # (B, L, H), (B, L)
         pooled = words.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)  # (B, H)
-        return self._branches(pooled, self.word_attention(words, mask), self.text_norm)
+        return self._branches(pooled, self.word_attention(words, mask), "text")
 
     def _branches(self, pooled: torch.Tensor, parts: torch.Tensor,
-                  norm: BranchNorm) -> dict[str, torch.Tensor]:
-        """pooled (B, C), parts (B, K, C) -> the shared projections, then the modality's norm."""
-        glob, local = norm(self.global_proj(pooled), self.part_proj(parts))  # (B, D), (B, K, D)
+                  modality: str) -> dict[str, torch.Tensor]:
+        """pooled (B, C), parts (B, K, C) -> the shared projections, then (``branch_norm``)
+        the modality's norm, then the shared relation module."""
+        glob, local = self.global_proj(pooled), self.part_proj(parts)  # (B, M), (B, K, M)
+        if self.config.branch_norm:
+            glob, local = getattr(self, f"{modality}_norm")(glob, local)
         out = {"global": glob, "local": local}
         if self.config.relation:
-            out["relation"] = self.relation(out["local"])  # (B, K, D)
+            out["relation"] = self.relation(local)  # (B, K, N)
         return out
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -214,37 +334,56 @@ class SSAN(OptionalWeightsMixin, DualEncoderModel):
         return self._export(self.encode_text_branches(tokens))
 
     def _export(self, branches: dict[str, torch.Tensor]) -> torch.Tensor:
-        """-> (B, D + K*D [+ K*D]): each branch unit-norm, so <a, b> = S_g + S_l + S_n."""
+        """-> (B, M + K*M [+ K*N]): each branch unit-norm, so <a, b> = S_g + S_l + S_n."""
         return torch.cat([F.normalize(v.flatten(1), dim=-1) for v in branches.values()], dim=1)
 
     def parts(self) -> tuple[Part, ...]:
-        d, k = self.config.embed_dim, self.config.num_parts
+        d, k, n = self.config.embed_dim, self.config.num_parts, self.relation_width
         out = [Part("global", 0, d, "global")]
         out += [Part(f"part_{i + 1}", d * (1 + i), d * (2 + i), "local") for i in range(k)]
         if self.config.relation:
-            out += [Part(f"relation_{i + 1}", d * (1 + k + i), d * (2 + k + i), "relation")
+            start = d * (1 + k)
+            out += [Part(f"relation_{i + 1}", start + n * i, start + n * (i + 1), "relation")
                     for i in range(k)]
         return tuple(out)
 
     # ---- training ----
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Compound Ranking on S_g, S_l, S_n (``cr_<branch>``) plus ID loss on the global and
-        concatenated local features of both modalities (classifiers shared)."""
+        """``w_b`` x Compound Ranking on S_g, S_l, S_n (``cr_<branch>``) plus ``w_b`` x ID loss
+        (``id_<branch>``) of both modalities."""
         cfg, pids = self.config.loss, batch["pids"]
         image = self.encode_image_branches(batch["images"])
         text = self.encode_text_branches(batch["tokens"])
+        weights = dict(zip(BRANCHES, (cfg.global_weight, cfg.local_weight,
+                                      cfg.relation_weight), strict=True))
         terms: dict[str, torch.Tensor] = {}
         for name in image:
+            if not (cfg.ranking and weights[name]):
+                continue
             sim = (F.normalize(image[name].flatten(1), dim=-1)
                    @ F.normalize(text[name].flatten(1), dim=-1).t())  # (B, B)
-            if cfg.ranking:
-                terms[f"cr_{name}"] = cfg.ranking * compound_ranking_loss(
-                    sim, pids, cfg.margin, cfg.beta, cfg.adaptive_margin)
+            terms[f"cr_{name}"] = weights[name] * cfg.ranking * compound_ranking_loss(
+                sim, pids, cfg.margin, cfg.beta, cfg.cr_margin)
         if cfg.id and self.config.num_classes:
-            for name, head in (("global", self.id_global), ("local", self.id_local)):
-                terms[f"id_{name}"] = cfg.id * (head(image[name].flatten(1), pids)
-                                                + head(text[name].flatten(1), pids))
+            for name, value in self._id_losses(image, text, pids).items():
+                if weights[name]:
+                    terms[f"id_{name}"] = weights[name] * cfg.id * value
         return terms
+
+    def _id_losses(self, image: dict[str, torch.Tensor], text: dict[str, torch.Tensor],
+                   pids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unweighted ID loss of each branch that has classifiers."""
+        out = {"global": self.id_global(image["global"], pids)
+               + self.id_global(text["global"], pids)}
+        if self.config.loss.id_form == "concat":
+            out["local"] = (self.id_local(image["local"].flatten(1), pids)
+                            + self.id_local(text["local"].flatten(1), pids))
+            return out
+        out["local"] = part_identity_loss(self.id_local, image["local"], text["local"], pids)
+        if self.config.relation:
+            out["relation"] = part_identity_loss(self.id_relation, image["relation"],
+                                                 text["relation"], pids)
+        return out
 
     # ---- checkpoints ----
     def backbone_towers(self) -> list[tuple[str, nn.Module, str]]:

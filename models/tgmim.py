@@ -1,15 +1,41 @@
 """TG-MIM: Text-Guided Masked Image Modelling (VFE-TPS Sec. 3.2, Eq. 1-3). Training only.
 
 Patches of the image are masked at random (Eq. 1); the image encoder's tokens of the masked
-image attend to the caption's word tokens through one multi-head cross-attention layer (Eq. 2),
-four transformer encoder layers mix them, and a Conv2d + PixelShuffle head predicts the raw
-(normalised) pixels; the L1 loss on the masked patches (Eq. 3) is in ``models.losses.tgmim``.
+image, its global feature f^v first and then the patch tokens, attend to the caption's word
+tokens through one multi-head cross-attention layer (MCA, Eq. 2), four transformer encoder
+layers mix them, and a Conv2d + PixelShuffle head predicts the raw (normalised) pixels from the
+patch tokens; the L1 loss on the masked patches (Eq. 3) is in ``models.losses.tgmim``.
+
+A CNN stand-in has trainable BatchNorms: the masked pass runs inside
+``frozen_batchnorm_stats`` so that half-masked images never enter the running statistics
+that inference uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+MCA_QUERIES = ("global+patches", "patches")
+
+
+@contextmanager
+def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+    """Inside the block the BatchNorms of ``module`` that are training normalise with their
+    running statistics and leave them untouched (gradients still reach their affine
+    weights); their training mode comes back afterwards."""
+    norms = [m for m in module.modules() if isinstance(m, BATCH_NORMS) and m.training]
+    for norm in norms:
+        norm.eval()
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.train()
 
 
 def random_patch_mask(batch: int, grid: tuple[int, int], ratio: float,
@@ -32,13 +58,19 @@ def apply_patch_mask(images: torch.Tensor, mask: torch.Tensor, patch: int) -> to
 
 
 class TextGuidedDecoder(nn.Module):
-    """Eq. 2 and the pixel head: image tokens (B, N, C) + word tokens (B, L, D) -> pixels."""
+    """Eq. 2 and the pixel head: [f^v;] image tokens (B, N, C) + word tokens (B, L, D) ->
+    pixels. ``queries``: "global+patches" (the paper: f^v, width D, is a query too) or
+    "patches" (the earlier variant here)."""
 
     def __init__(self, image_channels: int, text_dim: int, dim: int, heads: int, layers: int,
-                 grid: tuple[int, int], patch: int) -> None:
+                 grid: tuple[int, int], patch: int, queries: str = "global+patches") -> None:
         super().__init__()
+        if queries not in MCA_QUERIES:
+            raise ValueError(f"unknown MCA queries {queries!r}; known: {MCA_QUERIES}")
         self.grid, self.patch = grid, patch
         self.image_proj = nn.Linear(image_channels, dim)
+        if queries == "global+patches":
+            self.global_proj = nn.Linear(text_dim, dim)  # f^v lives in the joint space (D)
         self.text_proj = nn.Linear(text_dim, dim)
         self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.norm = nn.LayerNorm(dim)
@@ -48,14 +80,18 @@ class TextGuidedDecoder(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(dim, 3 * patch * patch, kernel_size=1),
                                   nn.PixelShuffle(patch))
 
-    def forward(self, fmap: torch.Tensor, words: torch.Tensor,
-                word_mask: torch.Tensor) -> torch.Tensor:
-        """fmap (B, C, h, w) of the masked image, words (B, L, D), word_mask (B, L) True = real
-        token -> predicted pixels (B, 3, h*patch, w*patch)."""
+    def forward(self, fmap: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
+                global_feature: torch.Tensor | None = None) -> torch.Tensor:
+        """fmap (B, C, h, w) and global_feature f^v (B, D) of the masked image, words (B, L, D),
+        word_mask (B, L) True = real token -> predicted pixels (B, 3, h*patch, w*patch)."""
         b, _, h, w = fmap.shape
         q = self.image_proj(fmap.flatten(2).transpose(1, 2))  # (B, h*w, dim)
+        if hasattr(self, "global_proj"):
+            if global_feature is None:
+                raise ValueError("MCA queries 'global+patches' need the global feature f^v")
+            q = torch.cat([self.global_proj(global_feature)[:, None], q], dim=1)  # (B, 1+h*w, dim)
         kv = self.text_proj(words)  # (B, L, dim)
         attended, _ = self.cross_attn(q, kv, kv, key_padding_mask=~word_mask, need_weights=False)
-        x = self.encoder(self.norm(q + attended))  # (B, h*w, dim)
+        x = self.encoder(self.norm(q + attended))[:, -h * w:]  # (B, h*w, dim) patch tokens
         x = x.transpose(1, 2).reshape(b, -1, h, w)  # (B, dim, h, w)
         return self.head(x)  # (B, 3, h*patch, w*patch)

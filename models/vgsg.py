@@ -23,7 +23,7 @@ from torch import nn
 from models.backbones.image import build_image_backbone
 from models.backbones.pooling import make_attention_pool, stripe_pool_from
 from models.backbones.text import build_text_backbone
-from models.base import DualEncoderModel
+from models.base import DualEncoderModel, seeded_init
 from models.config import VGSGConfig
 from models.encoder import Part
 from models.factory import register_family
@@ -59,10 +59,10 @@ class VisionGuidedText(nn.Module):
 
 @register_family("vgsg", VGSGConfig)
 class VGSG(DualEncoderModel):
+    @seeded_init
     def __init__(self, config: VGSGConfig) -> None:
         super().__init__()
         self.config = config
-        torch.manual_seed(config.seed)
         dim, k = config.embed_dim, config.stripes
         self.visual = build_image_backbone(config.image_backbone, dim, config.image_size)
         self.textual = build_text_backbone(config.text_backbone, dim)

@@ -87,7 +87,8 @@ class MiniLMBackbone(FreezableMixin, nn.Module):
             from safetensors.torch import load_file
 
             state = load_file(str(folder / "model.safetensors"))
-            self.net.load_state_dict(state, strict=False)
+            missing, unexpected = self.net.load_state_dict(state, strict=False)
+            check_bert_keys(missing, unexpected, folder)
         self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self._tokenizer.enable_truncation(self.max_length)
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
@@ -146,6 +147,22 @@ class MiniLMBackbone(FreezableMixin, nn.Module):
         for layer in self.net.encoder.layer[start:stop]:
             x = layer(x, attention_mask=attn)
         return x
+
+
+# Keys a sentence-transformers BERT file may lack or carry without harm: buffers that
+# ``BertModel`` rebuilds itself, and the pooler head this backbone does not build.
+BERT_OPTIONAL_MISSING = ("embeddings.position_ids", "embeddings.token_type_ids")
+BERT_OPTIONAL_UNEXPECTED = ("embeddings.position_ids", "embeddings.token_type_ids", "pooler.")
+
+
+def check_bert_keys(missing: Sequence[str], unexpected: Sequence[str], source: Any) -> None:
+    """Raise unless every missing / unexpected key of a non-strict BERT load is a known
+    harmless one: a file that lacks a real weight would otherwise leave it random."""
+    bad_missing = [k for k in missing if k not in BERT_OPTIONAL_MISSING]
+    bad_unexpected = [k for k in unexpected if not k.startswith(BERT_OPTIONAL_UNEXPECTED)]
+    if bad_missing or bad_unexpected:
+        raise ValueError(f"{source}: MiniLM weights do not match its config.json (missing "
+                         f"{bad_missing[:5]}, unexpected {bad_unexpected[:5]})")
 
 
 def _model_folder(ref: str) -> Path:

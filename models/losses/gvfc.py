@@ -1,16 +1,16 @@
-"""Identity-Supervised Global Visual Feature Calibration, IS-GVFC (VFE-TPS Eq. 4-5).
+"""Identity-Supervised Global Visual Feature Calibration, IS-GVFC (VFE-TPS Eq. 6-7).
 
-Image-image pairs of the batch get a similarity distribution that is pulled towards the
-identity-label distribution, so that images of one person cluster in the global image space
-before (and while) they are matched with text.
+Each image is compared with C images sampled from the batch (C = 20 in the paper); the
+distribution of their similarities is pulled towards the identity-label distribution, so that
+images of one person cluster in the global image space before (and while) they are matched
+with text.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from models.losses.cmpm import matching_kl
+from models.losses.cmpm import matching_kl, pair_logits
 
 
 def sample_pairs(batch: int, pairs: int, generator: torch.Generator | None = None
@@ -25,19 +25,20 @@ def sample_pairs(batch: int, pairs: int, generator: torch.Generator | None = Non
     return others.gather(1, order)  # (B, C)
 
 
-def is_gvfc_loss(image: torch.Tensor, pids: torch.Tensor, pairs: int = 0, tau: float = 0.0,
+def is_gvfc_loss(image: torch.Tensor, pids: torch.Tensor, pairs: int = 20,
+                 logits: str = "cosine", tau: float = 0.02, average: str = "batch",
                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Eq. 4: ``p_ij = softmax_{j in C(i)}(v_i^T vbar_j)`` over the C sampled pairs of anchor i
-    (cosine / ``tau`` when ``tau > 0``); Eq. 5: ``KL(p_i || q_i)`` with ``q_ij`` the normalised
-    same-identity labels, averaged over anchors that have a positive among their pairs.
+    """Eq. 6: ``p_ij = softmax_{j in C(i)}(cos(v_i, v_j) / tau)`` over the C sampled images of
+    anchor i; Eq. 7: ``L_gvfc = 1/B sum_i KL(p_i || q_i)``, ``q_ij`` the normalised
+    same-identity labels among the C; an anchor without a positive among them adds 0
+    (``average="anchors"``: divide by the anchors that have one instead of B).
 
     image: (B, D) global image features; pids: (B,).
     """
     index = sample_pairs(image.shape[0], pairs, generator).to(image.device)  # (B, C)
-    anchor = F.normalize(image, dim=-1) / tau if tau > 0 else image  # (B, D)
-    candidates = F.normalize(image, dim=-1)[index]  # (B, C, D)
-    logits = torch.einsum("bd,bcd->bc", anchor, candidates)  # (B, C)
+    full = pair_logits(image, image, logits, tau)  # (B, B)
+    chosen = full.gather(1, index)  # (B, C)
     positive = pids[index] == pids[:, None]  # (B, C)
     if not positive.any():
         return image.sum() * 0.0
-    return matching_kl(logits, positive)
+    return matching_kl(chosen, positive, average=average)

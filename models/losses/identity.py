@@ -28,3 +28,15 @@ class IdentityClassifier(nn.Module):
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.logits(features), labels,
                                label_smoothing=self.label_smoothing)
+
+
+def part_identity_loss(heads: nn.ModuleList, image: torch.Tensor, text: torch.Tensor,
+                       labels: torch.Tensor) -> torch.Tensor:
+    """SSAN's ID loss on part features (Sec. 3.4): one classifier ``W_k`` per part, shared by
+    the two modalities, ``L = 1/K sum_k CE(W_k v_k, y) + CE(W_k t_k, y)``.
+
+    image, text: (B, K, D); labels: (B,); ``heads``: K ``IdentityClassifier``s.
+    """
+    k = image.shape[1]
+    total = sum(heads[p](image[:, p], labels) + heads[p](text[:, p], labels) for p in range(k))
+    return total / k  # type: ignore[return-value]
