@@ -20,8 +20,13 @@ def infonce_loss(image: torch.Tensor, text: torch.Tensor, tau: float = 0.02) -> 
     and ``L_t2i`` the same over ``S^T``: row i's positive is its own pair (the diagonal).
     image, text: (B, D) unnormalised, row i of each from the same (image, caption) pair.
     """
-    image = F.normalize(image.float(), dim=-1)
-    text = F.normalize(text.float(), dim=-1)
+    with torch.autocast(image.device.type, enabled=False):  # similarities in fp32
+        return _infonce_loss(image.float(), text.float(), tau)
+
+
+def _infonce_loss(image: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
+    image = F.normalize(image, dim=-1)
+    text = F.normalize(text, dim=-1)
     logits = image @ text.t() / tau  # (B, B)
     labels = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
@@ -29,7 +34,8 @@ def infonce_loss(image: torch.Tensor, text: torch.Tensor, tau: float = 0.02) -> 
 
 def contrastive_loss(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor,
                      tau: float = 0.02, margin: float = 0.1) -> torch.Tensor:
-    """The identity-aware variant of Eq. 2 (``itc_form: mp-margin``): InfoNCE in both directions over cosine similarities, with
+    """The identity-aware variant of Eq. 2 (``itc_form: mp-margin``): InfoNCE in both
+    directions over cosine similarities, with
 
     - every same-person pair in the batch a positive (the P x K sampler puts K images of a
       person, and their captions, in one batch), the positives' probability mass summed;
@@ -42,8 +48,14 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor
 
     image, text: (B, D) unnormalised; pids: (B,).
     """
-    image = F.normalize(image.float(), dim=-1)
-    text = F.normalize(text.float(), dim=-1)
+    with torch.autocast(image.device.type, enabled=False):  # similarities in fp32
+        return _contrastive_loss(image.float(), text.float(), pids, tau, margin)
+
+
+def _contrastive_loss(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor, tau: float,
+                      margin: float) -> torch.Tensor:
+    image = F.normalize(image, dim=-1)
+    text = F.normalize(text, dim=-1)
     positive = (pids[:, None] == pids[None, :]).float()  # (B, B)
     sim = image @ text.t() - margin * positive  # (B, B)
     loss_i2t = _multi_positive_nce(sim / tau, positive)

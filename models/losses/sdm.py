@@ -17,10 +17,19 @@ def sdm_loss(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor,
     image i and text j show the same person, ``L_i2t = 1/B sum_i KL(p_i || q_i)
     = 1/B sum_ij p_ij (log p_ij - log(q_ij + eps))``.
 
-    image, text: (B, D) unnormalised; pids: (B,); logit_scale: ``s``.
+    image, text: (B, D) unnormalised; pids: (B,); logit_scale: ``s``. Computed in float32 even
+    under autocast: in bfloat16, cosines near 1 are resolved only to ~0.004, which erases the
+    differences the loss is about (a first bf16 run with bf16 losses sat at the uniform loss
+    value while its features collapsed to one direction).
     """
-    image = F.normalize(image.float(), dim=-1)
-    text = F.normalize(text.float(), dim=-1)
+    with torch.autocast(image.device.type, enabled=False):  # similarities in fp32
+        return _sdm_loss(image.float(), text.float(), pids, logit_scale, eps)
+
+
+def _sdm_loss(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor,
+              logit_scale: torch.Tensor | float, eps: float) -> torch.Tensor:
+    image = F.normalize(image, dim=-1)
+    text = F.normalize(text, dim=-1)
     same = (pids[:, None] == pids[None, :]).float()  # (B, B)
     target = same / same.sum(dim=1, keepdim=True)  # (B, B), rows sum to 1 (same is symmetric)
     logits = logit_scale * (image @ text.t())  # (B, B)

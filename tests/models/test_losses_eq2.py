@@ -64,3 +64,20 @@ def test_sdm_is_smallest_when_similarities_follow_identities():
     aligned = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     shuffled = aligned[[2, 0, 1, 3]]
     assert sdm_loss(aligned, aligned, pids, 20.0) < sdm_loss(aligned, shuffled, pids, 20.0)
+
+
+def test_similarity_losses_run_in_float32_under_bfloat16_autocast():
+    """Nearly collinear features (cosines ~0.99): bf16 matmuls would round the differences
+    away; the losses must give the float32 value inside autocast too."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(1, 64, generator=g)
+    image = base + 0.05 * torch.randn(8, 64, generator=g)
+    text = base + 0.05 * torch.randn(8, 64, generator=g)
+    pids = torch.arange(8)
+    plain = [sdm_loss(image, text, pids, 50.0), infonce_loss(image, text, 0.02),
+             contrastive_loss(image, text, pids, 0.02, 0.1)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = [sdm_loss(image, text, pids, 50.0), infonce_loss(image, text, 0.02),
+                 contrastive_loss(image, text, pids, 0.02, 0.1)]
+    for a, b in zip(plain, mixed, strict=True):
+        assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-6), (a, b)
