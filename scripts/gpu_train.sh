@@ -20,7 +20,7 @@ stage)
   mkdir -p "$STAGE"
   cp -r .gpu/a/. "$STAGE"/
   $PY -m pip install -q --no-deps --no-index "$STAGE"/wheels/*.whl
-  $PY -c "import open_clip, efficientnet_lite_pytorch, torch; print('staged; cuda', torch.cuda.is_available())"
+  $PY -c "import open_clip, timm, efficientnet_lite_pytorch, torch; print('staged; cuda', torch.cuda.is_available())"
   ;;
 train)
   config=${2:-models/configs/train/vgsg-effl0-minilm-gpu.yaml}
