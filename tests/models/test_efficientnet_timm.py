@@ -170,3 +170,19 @@ def _to_package_name(key: str, layout) -> str:
     if not key.startswith("visual.net."):
         return key
     return "visual.net." + timm_to_package_key(key[len("visual.net."):], layout)
+
+
+def test_training_settings_match_the_package():
+    """What eval-mode outputs cannot show: BN momentum/eps and the per-block drop-path rate."""
+    backbone = EfficientNetBackbone(_cfg("efficientnet-lite0"), 16, (64, 32))
+    package = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    bn = [m for m in package.modules() if isinstance(m, nn.BatchNorm2d)]
+    ours = [m for m in backbone.net.modules() if isinstance(m, nn.BatchNorm2d)]
+    for theirs, mine in zip(bn, ours, strict=True):  # the package's momentum is 1 - 0.99
+        assert mine.momentum == pytest.approx(theirs.momentum) and mine.eps == theirs.eps == 1e-3
+    rate = package._global_params.drop_connect_rate
+    flat = [b for stage in backbone.net.blocks for b in stage]
+    for idx, block in enumerate(flat):
+        if block.has_skip:  # the only blocks where either model drops a path
+            assert block.drop_path.drop_prob == pytest.approx(rate * idx / len(flat))
+    assert rate == 0.2 and any(b.has_skip for b in flat)
