@@ -118,6 +118,7 @@ def load_model(path: Path):
     model = create_model(payload["config"])
     state = {k: v.float() if v.is_floating_point() else v
              for k, v in payload["state_dict"].items()}
+    state = upgrade_legacy_keys(model, state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not getattr(model, "is_optional_weight", lambda k: False)(k)]
     if missing or unexpected:
@@ -125,6 +126,25 @@ def load_model(path: Path):
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.eval()
     return model, payload
+
+
+def upgrade_legacy_keys(model, state: dict[str, Any]) -> dict[str, Any]:
+    """Rename the keys of an older checkpoint to the model's current names.
+
+    Each submodule that renamed its weights (e.g. the EfficientNet backbone, once built on the
+    ``efficientnet_lite_pytorch`` package, now on timm) has a ``legacy_key(key) -> key`` for keys
+    relative to itself; current names pass through unchanged.
+    """
+    hooks = [(f"{name}." if name else "", module.legacy_key)
+             for name, module in model.named_modules() if hasattr(module, "legacy_key")]
+
+    def rename(key: str) -> str:
+        for prefix, legacy_key in hooks:
+            if key.startswith(prefix):
+                return prefix + legacy_key(key[len(prefix):])
+        return key
+
+    return {rename(k): v for k, v in state.items()}
 
 
 def load_encoder(checkpoint: Path | None = None, device: str = "auto"):

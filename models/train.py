@@ -43,7 +43,7 @@ from models.data.datasets import read_dataset, select_split
 from models.data.sampler import IdentityBalancedSampler, RandomBatchSampler, ResumableBatches
 from models.data.training_set import CaptionedImages, collate
 from models.data.transforms import build_train_transform
-from models.factory import create_model, parse_config, save_checkpoint
+from models.factory import create_model, parse_config, save_checkpoint, upgrade_legacy_keys
 from models.torch_encoder import resolve_device
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(upgrade_legacy_keys(self.model, state["model"]))
         self.optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])

@@ -33,18 +33,20 @@ train)
   echo "$(cat "$STAGE/parts/bundle.tar.sha256")  $STAGE/bundle.tar" | sha256sum -c -
   tar -xf "$STAGE/bundle.tar" -C "$STAGE"
   $PY -m pip install -q --no-deps --no-index "$STAGE"/bundle/wheels/*.whl
+  $PY -c "import open_clip, timm, efficientnet_lite_pytorch, torch; print('cuda', torch.cuda.is_available())"
   B=$STAGE/bundle
   run=runs/gpu
   extra=()
   if [ -n "${DEVICE:-}" ]; then extra+=(--set "train.device=$DEVICE" --set train.num_workers=0); fi
   if [ -n "${MAX_STEPS:-}" ]; then extra+=(--max-steps "$MAX_STEPS"); fi
   for kv in ${EXTRA_SET:-}; do extra+=(--set "$kv"); done  # e.g. EXTRA_SET="train.batch_size=8"
-  nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1 || true
+  # At most 8 files come back: the checkpoint's pieces (5), dev.json, train.log, the sha256.
+  nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/train.log" 2>&1 || true
   PYTHONUNBUFFERED=1 PYTHONPATH=. $PY -m models.train --config "$config" --output "$run" \
     --set "data.root=$B/data" \
     --set "model_overrides.image_backbone.weights=$B/efficientnet-lite0.pth" \
     --set "model_overrides.text_backbone.weights=$B/minilm" \
-    "${extra[@]}" 2>&1 | tee "$OUT/train.log"
+    "${extra[@]}" 2>&1 | tee -a "$OUT/train.log"
   # The checkpoint names its weights by the local paths used here: point them back at the pip
   # packages that hold the same files, so the checkpoint loads on any tbps install.
   PYTHONPATH=. $PY scripts/gpu_checkpoint.py "$run/model.pt" "$run/model-portable.pt"

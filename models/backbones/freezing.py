@@ -25,19 +25,13 @@ class FreezableMixin:
     def frozen_state_keys(self) -> set[str]:
         """State-dict keys (relative to this backbone) that freezing keeps at their init.
 
-        Stages may be ad-hoc ``ModuleList`` groups, so keys are found per registered module.
+        Stages may be ad-hoc groups (a ``Sequential`` made on the fly), so keys are found under
+        the first registered module on each path down from a stage.
         """
         names = {id(m): n for n, m in self.named_modules()}  # type: ignore[attr-defined]
         keys: set[str] = set()
         for stage in self.frozen_modules():
-            for module in stage.modules():
-                if id(module) not in names:
-                    continue
-                prefix = f"{names[id(module)]}." if names[id(module)] else ""
-                local = [n for n, _ in module.named_parameters(recurse=False)]
-                local += [n for n, _ in module.named_buffers(recurse=False)
-                          if n not in module._non_persistent_buffers_set]
-                keys.update(prefix + n for n in local)
+            keys |= _registered_state_keys(stage, names)
         return keys
 
     def train(self, mode: bool = True):  # type: ignore[override]
@@ -45,3 +39,11 @@ class FreezableMixin:
         for module in self.frozen_modules():
             module.eval()
         return self
+
+
+def _registered_state_keys(module: nn.Module, names: dict[int, str]) -> set[str]:
+    """``module``'s state keys under its registered name, or its children's when unregistered."""
+    if id(module) in names:
+        prefix = f"{names[id(module)]}." if names[id(module)] else ""
+        return set(module.state_dict(prefix=prefix, keep_vars=True))
+    return set().union(*(_registered_state_keys(c, names) for c in module.children()))

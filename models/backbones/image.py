@@ -15,6 +15,7 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from models.backbones.clip_weights import load_clip_state_dict, split_towers
+from models.backbones.effnet_keys import block_layout, is_package_key, package_to_timm_key
 from models.backbones.freezing import FreezableMixin
 from models.backbones.pooling import make_attention_pool, resize_grid_embedding
 from models.config import ImageBackboneConfig
@@ -107,79 +108,70 @@ class ClipViTBackbone(FreezableMixin, nn.Module):
 
 
 class EfficientNetBackbone(FreezableMixin, nn.Module):
-    """ImageNet EfficientNet-Lite, last stride-2 stage at stride 1 (output stride 16), then an
-    optional 1x1 neck to ``pool_width`` channels and CLIP-style global attention pooling."""
+    """ImageNet EfficientNet-Lite (timm's ``tf_efficientnet_lite*``: TF "same" padding, BN eps
+    1e-3 and momentum 0.01, ReLU6, drop path 0.2 as the package trains), last stride-2 stage at
+    stride 1 (output stride 16), then an optional 1x1 neck to ``pool_width`` channels and
+    CLIP-style global attention pooling. Weights: the package's state dict, keys renamed."""
 
     def __init__(self, cfg: ImageBackboneConfig, embed_dim: int,
                  image_size: tuple[int, int]) -> None:
         super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
+        import timm
 
         name = str(cfg.arch.get("name", "efficientnet-lite0"))
-        self.net = EfficientNet.from_name(name, image_size=None)  # dynamic "same" padding
-        self.net._fc = None
-        self.net._dropout = None
+        self.net = timm.create_model(_timm_name(name), pretrained=False, num_classes=0,
+                                     global_pool="", bn_momentum=0.01, drop_path_rate=0.2)
+        self.block_layout = block_layout(self.net)
         if cfg.weights:
-            state = torch.load(_weights_file(cfg.weights), map_location="cpu", weights_only=True)
-            state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-            self.net.load_state_dict(state)
+            self.net.load_state_dict(self._package_state(cfg.weights))
         stride = 32
         if cfg.last_stride == 1:
-            last = [b for b in self.net._blocks if _block_stride(b) == 2][-1]
-            last._depthwise_conv.stride = (1, 1)
+            last = [b for stage in self.net.blocks for b in stage if b.conv_dw.stride[0] == 2][-1]
+            last.conv_dw.stride = (1, 1)  # "same" padding follows the stride
             stride = 16
         self.grid = (image_size[0] // stride, image_size[1] // stride)
-        self.channels, self.neck = _neck(self.net._bn1.num_features, cfg.pool_width)
+        self.channels, self.neck = _neck(self.net.num_features, cfg.pool_width)
         self.global_pool = make_attention_pool(self.grid, self.channels, cfg.pool_heads, embed_dim)
         self.freeze(cfg.frozen_stages)
 
+    def _package_state(self, ref: str) -> dict[str, torch.Tensor]:
+        """The package's ``.pth`` (ImageNet classifier dropped), keys in timm's names."""
+        state = torch.load(_weights_file(ref), map_location="cpu", weights_only=True)
+        return {package_to_timm_key(k, self.block_layout): v
+                for k, v in state.items() if not k.startswith("_fc.")}
+
+    def legacy_key(self, key: str) -> str:
+        """A state key of a checkpoint from the package-based backbone -> the current name."""
+        if key.startswith("net.") and is_package_key(key[4:]):
+            return "net." + package_to_timm_key(key[4:], self.block_layout)
+        return key
+
     def stages(self) -> list[nn.Module]:
+        """Stem; one group per stage (a channel change); the last also holds conv_head + BN."""
         n = self.net
-        groups: list[list[nn.Module]] = [[n._conv_stem, n._bn0]]
-        for block in n._blocks:
-            args = block._block_args
-            if args.input_filters != args.output_filters:
-                groups.append([])
-            groups[-1].append(block)
-        groups[-1].extend([n._conv_head, n._bn1])
-        return [nn.ModuleList(g) for g in groups]
+        *middle, last = n.blocks
+        return [nn.Sequential(n.conv_stem, n.bn1), *middle,
+                nn.Sequential(last, n.conv_head, n.bn2)]
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmap = self.neck(self.net.extract_features(images))  # (B, C, h, w)
+        fmap = self.neck(self.net.forward_features(images))  # (B, C, h, w)
         return fmap, self.global_pool(fmap)  # (B, C, h, w), (B, D)
-
-    def _frozen_blocks(self) -> int:
-        """How many of ``net._blocks`` the frozen stages hold (stage 0 is the stem)."""
-        return sum(isinstance(m, type(self.net._blocks[0]))
-                   for stage in self.frozen_modules()[1:] for m in stage)
-
-    def _head_conv_frozen(self) -> bool:
-        return self.frozen_stages >= len(self.stages())
 
     def trunk(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen leading stages (always the stem): (B, 3, H, W) -> (B, C', h', w')."""
-        n = self.net
-        x = n._swish(n._bn0(n._conv_stem(images)))
-        x = self._blocks(x, 0, self._frozen_blocks())
-        if self._head_conv_frozen():
-            x = n._swish(n._bn1(n._conv_head(x)))
-        return x
+        for stage in self.stages()[: self._trunk_stages()]:
+            images = stage(images)
+        return images
 
     def head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Everything after ``trunk``: ``forward(images) == head(trunk(images))``."""
-        n = self.net
-        x = self._blocks(x, self._frozen_blocks(), len(n._blocks))
-        if not self._head_conv_frozen():
-            x = n._swish(n._bn1(n._conv_head(x)))
+        for stage in self.stages()[self._trunk_stages():]:
+            x = stage(x)
         fmap = self.neck(x)  # (B, C, h, w)
         return fmap, self.global_pool(fmap)
 
-    def _blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Blocks ``start:stop`` with extract_features' drop-connect rate per block index."""
-        rate, count = self.net._global_params.drop_connect_rate, len(self.net._blocks)
-        for idx in range(start, stop):
-            x = self.net._blocks[idx](x, drop_connect_rate=rate * idx / count if rate else rate)
-        return x
+    def _trunk_stages(self) -> int:
+        return max(1, self.frozen_stages)
 
 
 class TorchvisionResNetBackbone(FreezableMixin, nn.Module):
@@ -229,9 +221,11 @@ def _neck(in_channels: int, width: int) -> tuple[int, nn.Module]:
                                 nn.BatchNorm2d(width), nn.ReLU(inplace=True))
 
 
-def _block_stride(block: nn.Module) -> int:
-    stride = block._block_args.stride
-    return int(stride[0] if isinstance(stride, (list, tuple)) else stride)
+def _timm_name(name: str) -> str:
+    """The package's model name (``efficientnet-lite0``) -> timm's (``tf_efficientnet_lite0``)."""
+    if not name.startswith("efficientnet-lite"):
+        raise ValueError(f"{name!r}: only EfficientNet-Lite (efficientnet-lite0..4) is supported")
+    return "tf_" + name.replace("-", "_")
 
 
 def _weights_file(ref: str) -> str:

@@ -69,7 +69,7 @@ def test_cached_trunk_training_updates_only_unfrozen_params(tmp_path):
     after = trainer.model.state_dict()
     for prefix, keys in zip(("visual.", "textual."), frozen, strict=True):
         assert keys and all(torch.equal(before[prefix + k], after[prefix + k]) for k in keys)
-    trained = ["visual.net._blocks.15._project_conv.weight", "textual.net.encoder.layer.5."
+    trained = ["visual.net.blocks.6.0.conv_pwl.weight", "textual.net.encoder.layer.5."
                "output.dense.weight", "visual.neck.0.weight", "text_local.queries"]
     assert all(not torch.equal(before[k], after[k]) for k in trained)
 

@@ -22,11 +22,11 @@ def test_frozen_package_weights_are_referenced_not_stored(tmp_path):
     assert model.visual.grid == (4, 2)  # output stride 16
     frozen = model._package_frozen_keys()
     assert "textual.net.embeddings.word_embeddings.weight" in frozen
-    assert "visual.net._conv_stem.weight" in frozen
+    assert "visual.net.conv_stem.weight" in frozen
     assert not any(k.startswith("textual.net.encoder.layer.5.") for k in frozen)
     # frozen layers get no gradient, and their batch norms stay in eval mode while training
     model.train()
-    assert not model.visual.net._bn0.training and model.visual.net._bn1.training
+    assert not model.visual.net.bn1.training and model.visual.net.bn2.training
     assert not model.textual.net.embeddings.word_embeddings.weight.requires_grad
 
     with torch.no_grad():  # move trainable weights away from the package's
