@@ -71,6 +71,7 @@ class TrainSettings:
     log_every: int = 20
     threads: int = 2
     seed: int = 0
+    init_from: str = ""  # a tbps checkpoint whose weights start this run (see warm_start)
     erase_p: float = 0.5  # random erasing probability of the pixel augmentation
     cache_trunk: bool = False  # train on cached frozen-trunk outputs (models/cached_trunk.py)
     cache_dir: str = "runs/cache"
@@ -158,7 +159,10 @@ class Trainer:
         train_records = select_split(records, d.get("split", "trainval-dev"))
         self.dev_records = select_split(records, d["dev_split"]) if d.get("dev_split") else []
         classes = len({r.pid for r in train_records})
-        self.model = create_model(model_config(data, classes)).to(self.device)
+        self.model = create_model(model_config(data, classes))
+        if settings.init_from:
+            warm_start(self.model, Path(settings.init_from))
+        self.model.to(self.device)
         cfg = self.model.config
         self.dataset = CaptionedImages(train_records, cfg.image_size, build_train_transform(
             cfg.image_size, cfg.mean, cfg.std, erase_p=settings.erase_p), seed=settings.seed,
@@ -326,6 +330,24 @@ class Trainer:
     def extra(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step": self.step, "history": self.history,
                 "train_settings": dataclasses.asdict(self.settings)}
+
+
+def warm_start(model: torch.nn.Module, path: Path) -> None:
+    """Start from the weights of a tbps checkpoint of the same architecture (e.g. continue the
+    bundled model with more of its backbones unfrozen). The checkpoint may lack training-only
+    heads and backbone weights it took from the pip packages (the model built them the same
+    way); any other missing or unexpected key is an error."""
+    from models.factory import read_checkpoint
+
+    state = upgrade_legacy_keys(model, read_checkpoint(path)["state_dict"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    optional = getattr(model, "is_optional_weight", lambda key: False)
+    missing = [k for k in missing if not k.startswith(("visual.net.", "textual.net."))
+               and not optional(k)]
+    if missing or unexpected:
+        raise ValueError(f"train.init_from {path}: not this architecture (missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]})")
+    log.info("weights initialised from %s (%d tensors)", path, len(state))
 
 
 def rng_state() -> dict[str, Any]:
