@@ -179,7 +179,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     print(f"worker waiting for jobs in {settings.resolved_database_url}", flush=True)
-    serve(settings, encoder, stop=stop, recover=not args.no_recover)
+    serve(settings, encoder, stop=stop, recover_jobs=not args.no_recover)
     return 0
 
 
@@ -323,8 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "searches keep serving from the live index meanwhile. Run one worker "
                        "per deployment (docker-compose does); `tbps demo` starts one itself.")
     p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
-    p.add_argument("--no-recover", action="store_true", help="leave jobs marked running by "
-                   "a stopped worker alone (default: mark them failed at start)")
+    p.add_argument("--no-recover", action="store_true", help="at start, leave jobs of a "
+                   "dead worker of this host until their lease runs out (default: requeue them "
+                   "at once, or fail them after TBPS_JOB_MAX_ATTEMPTS runs)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("create-key", help="create an admin API key (printed once)")

@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     spawn_worker: bool = Field(False, description="the API starts a `tbps worker` subprocess "
                                "beside itself (`tbps demo` does); off where a worker runs apart")
     worker_poll_seconds: float = Field(1.0, gt=0, le=60)
+    job_lease_seconds: float = Field(30.0, ge=0.5, le=3600, description="a running job's "
+                                     "lease, renewed by its worker; when it runs out the job "
+                                     "is requeued (the worker died)")
+    job_max_attempts: int = Field(3, ge=1, le=100, description="runs of a job before a dying "
+                                  "worker makes it fail instead of being requeued")
+    job_stuck_seconds: float = Field(300.0, ge=1, description="/readyz reports the queue stuck "
+                                     "when a job waits this long with nothing running")
     api_threads: int = Field(1, ge=1, le=256, description="torch and FAISS threads in the API "
                              "process: one query gains little from more, and on shared cores "
                              "more threads make latency spike")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -196,30 +196,80 @@ def list_jobs(session: Session, *, limit: int = 20) -> list[Job]:
     return list(session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
 
 
-def claim_next_job(session: Session) -> Job | None:
-    """Take the oldest queued job for this worker, so that no other worker takes it too.
+def claim_next_job(session: Session, *, lease_s: float = 30.0,
+                   worker: str | None = None) -> Job | None:
+    """Take the oldest queued job for this worker, so that no other worker takes it too; the
+    job holds a lease of ``lease_s`` seconds that the worker renews (``renew_lease``).
 
     PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED``. SQLite has no row locks: a guarded
     ``UPDATE ... WHERE status = 'queued'`` wins for exactly one worker.
     """
     stmt = select(Job).where(Job.status == JobStatus.queued).order_by(Job.id).limit(1)
     if session.get_bind().dialect.name == "postgresql":
-        job = session.scalar(stmt.with_for_update(skip_locked=True))
-        if job is None:
-            return None
-        job.status, job.started_at = JobStatus.running, utcnow()
-        session.commit()
-        return job
+        stmt = stmt.with_for_update(skip_locked=True)
     job = session.scalar(stmt)
     if job is None:
+        session.commit()
         return None
+    now = utcnow()
     won = session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.queued)
-                          .values(status=JobStatus.running, started_at=utcnow()))
+                          .values(status=JobStatus.running, started_at=now, worker=worker,
+                                  lease_until=now + timedelta(seconds=lease_s),
+                                  attempts=Job.attempts + 1))
     session.commit()
     if won.rowcount != 1:
         return None
     session.refresh(job)
     return job
+
+
+def renew_lease(session: Session, *, job_id: int, lease_s: float) -> bool:
+    """Extend a running job's lease; False when the job is no longer running (reaped)."""
+    result = session.execute(update(Job).where(Job.id == job_id,
+                                               Job.status == JobStatus.running)
+                             .values(lease_until=utcnow() + timedelta(seconds=lease_s)))
+    return bool(result.rowcount)
+
+
+def reap_expired_jobs(session: Session, *, max_attempts: int) -> tuple[int, int]:
+    """Running jobs whose lease ran out (their worker died): queued again while they have
+    attempts left, failed after ``max_attempts``. Returns (requeued, failed)."""
+    expired = (Job.status == JobStatus.running) & (Job.lease_until < utcnow())
+    requeued = session.execute(update(Job).where(expired, Job.attempts < max_attempts).values(
+        status=JobStatus.queued, lease_until=None, worker=None, started_at=None,
+        message="requeued: the worker running it stopped"))
+    failed = session.execute(update(Job).where(expired).values(
+        status=JobStatus.failed, lease_until=None, finished_at=utcnow(), active_key=None,
+        message=f"failed: the worker running it stopped {max_attempts} times"))
+    return int(requeued.rowcount or 0), int(failed.rowcount or 0)
+
+
+def running_jobs(session: Session) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.status == JobStatus.running)))
+
+
+def expire_leases(session: Session, *, job_ids: Sequence[int]) -> None:
+    """Their worker is known dead: let ``reap_expired_jobs`` take them now."""
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(list(job_ids)))
+                        .values(lease_until=utcnow() - timedelta(seconds=1)))
+
+
+def queue_problem(session: Session, *, lease_s: float, stuck_s: float) -> str | None:
+    """Why the job queue is stuck (a lease long expired and nobody reaped it, or a job queued
+    for ``stuck_s`` with nothing running), or None when it moves."""
+    now = utcnow()
+    running = running_jobs(session)
+    dead = [j for j in running if j.lease_until is not None
+            and as_utc(j.lease_until) < now - timedelta(seconds=lease_s)]
+    if dead:
+        return f"job {dead[0].id} holds an expired lease: no worker is alive"
+    oldest = session.scalar(select(Job).where(Job.status == JobStatus.queued).order_by(Job.id))
+    if not running and oldest is not None:
+        waited = (now - as_utc(oldest.created_at)).total_seconds()
+        if waited > stuck_s:
+            return f"job {oldest.id} has been queued {waited:.0f}s: no worker takes jobs"
+    return None
 
 
 def set_job_progress(session: Session, *, job_id: int, progress: float, message: str) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from service.limits import BodySizeLimit
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import admin, crops, health, search
 from service.search import SearchEngine
+from service.supervisor import WorkerSupervisor
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 log = logging.getLogger(__name__)
@@ -49,12 +48,6 @@ def limit_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
 
 
-def spawn_worker() -> subprocess.Popen:
-    """A `tbps worker` beside the API, for single-machine runs (TBPS_SPAWN_WORKER=true)."""
-    log.info("starting a job worker subprocess")
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "worker"])
-
-
 def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -62,7 +55,8 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     async def lifespan(app: FastAPI):
         settings.ensure_dirs()
         limit_threads(settings.api_threads)
-        worker = spawn_worker() if settings.spawn_worker else None
+        worker = WorkerSupervisor().start() if settings.spawn_worker else None
+        app.state.worker = worker
         enc = encoder or load_encoder(settings.checkpoint, settings.device)
         app.state.engine = SearchEngine(enc, settings.resolved_index_dir, settings.data_dir)
         app.state.engine.live_index()
@@ -72,8 +66,7 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
         finally:
             app.state.audit.close()
             if worker is not None:
-                worker.terminate()
-                worker.wait(timeout=30)
+                worker.stop()
 
     app = FastAPI(title="tbps", version="0.2.0", lifespan=lifespan,
                   description="Text-based person search: describe a person, get ranked crops. "

@@ -4,7 +4,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import EngineDep
+from service.deps import EngineDep, SettingsDep
+from service.health import ready_problem
 from service.schemas import Health, Readiness
 from service.search import IndexNotReady
 
@@ -17,16 +18,25 @@ def healthz() -> Health:
     return Health(status="ok")
 
 
+def _not_ready(model: str, reason: str) -> JSONResponse:
+    body = Readiness(status="not ready", model=model, reason=reason)
+    return JSONResponse(status_code=503, content=body.model_dump(mode="json"))
+
+
 @router.get("/readyz", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "Model or index not loaded"}})
-def readyz(engine: EngineDep) -> Readiness | JSONResponse:
-    """Ready to search: the model is loaded and an index built with it is live."""
+            responses={503: {"model": Readiness, "description": "Database not migrated, model "
+                             "or index not loaded, or the job queue stuck"}})
+def readyz(engine: EngineDep, settings: SettingsDep) -> Readiness | JSONResponse:
+    """Ready: the database is migrated, the model is loaded, an index built with it is live and
+    the job queue moves (no job held by a dead worker, none waiting with nothing running)."""
     model = engine.encoder.spec.name
+    problem = ready_problem(settings)
+    if problem:
+        return _not_ready(model, problem)
     try:
         live = engine.check_ready()
     except IndexNotReady as exc:
-        body = Readiness(status="not ready", model=model, reason=str(exc))
-        return JSONResponse(status_code=503, content=body.model_dump(mode="json"))
+        return _not_ready(model, str(exc))
     return Readiness(status="ready", model=model, index_version=live.version,
                      index_count=live.count)
 
