@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -36,13 +38,26 @@ class JobConflict(RuntimeError):
         self.job = job
 
 
+class DuplicateCrop(RuntimeError):
+    """A crop with this content exists (a parallel upload stored it first)."""
+
+    def __init__(self, crop: Crop) -> None:
+        super().__init__(f"crop {crop.id} has the same content")
+        self.crop = crop
+
+
 def get_or_create_camera(session: Session, *, name: str) -> Camera:
+    """Race-free: ``INSERT ... ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL), then read it:
+    parallel first uploads to a new camera all get the one row."""
     camera = session.scalar(select(Camera).where(Camera.name == name))
-    if camera is None:
-        camera = Camera(name=name)
-        session.add(camera)
-        session.flush()
-    return camera
+    if camera is not None:
+        return camera
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(insert(Camera).values(name=name, created_at=utcnow())
+                    .on_conflict_do_nothing(index_elements=["name"]))
+    return session.scalars(select(Camera).where(Camera.name == name)
+                           .execution_options(populate_existing=True)).one()
 
 
 def get_crop_by_sha(session: Session, *, sha256: str) -> Crop | None:
@@ -66,11 +81,19 @@ def crops_by_ids(session: Session, *, ids: Sequence[int]) -> dict[int, Crop]:
 def add_crop(session: Session, *, sha256: str, stored_path: str, width: int, height: int,
              camera: Camera | None, captured_at: datetime | None, person_id: str | None,
              original_name: str | None) -> Crop:
-    crop = Crop(sha256=sha256, stored_path=stored_path, width=width, height=height,
-                camera=camera, captured_at=as_utc(captured_at), person_id=person_id,
-                original_name=original_name, status=CropStatus.pending)
-    session.add(crop)
-    session.flush()
+    """A new pending crop. Raises ``DuplicateCrop`` (session still usable) when a parallel
+    upload of the same content committed first."""
+    try:
+        with session.begin_nested():  # a savepoint: the unique sha256 lost a race
+            crop = Crop(sha256=sha256, stored_path=stored_path, width=width, height=height,
+                        camera=camera, captured_at=as_utc(captured_at), person_id=person_id,
+                        original_name=original_name, status=CropStatus.pending)
+            session.add(crop)
+    except IntegrityError:
+        existing = get_crop_by_sha(session, sha256=sha256)
+        if existing is None:
+            raise
+        raise DuplicateCrop(existing) from None
     return crop
 
 

@@ -10,15 +10,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import OperationalError
 
 from models.factory import load_encoder
 from service.audit import AuditBuffer
 from service.config import Settings, get_settings
+from service.errors import CatchAll, on_database_error, on_storage_error
 from service.keys import KeyRing
 from service.limits import BodySizeLimit
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import admin, crops, health, search
 from service.search import SearchEngine
+from service.storage import StorageError
 from service.supervisor import WorkerSupervisor
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -76,7 +79,10 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     app.state.keys = KeyRing(settings.admin_key_digests)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(CatchAll)  # added last: outermost, so it sees every error
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StorageError, on_storage_error)
+    app.add_exception_handler(OperationalError, on_database_error)
     for module in (health, search, crops, admin):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -11,11 +12,30 @@ MAX_DESCRIPTION = 512
 
 
 def _aware(value: datetime) -> datetime:
-    """Times without a zone are UTC (SQLite returns them so); every time leaves as UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    """Times without a zone are UTC (SQLite returns them so); every time leaves as UTC. A time
+    that has no UTC equivalent (9999-12-31T23:59:59-14:00) is a validation error, not a 500."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time is out of range once converted to UTC (years 1-9999)") from None
 
 
 UTCDateTime = Annotated[datetime, AfterValidator(_aware)]
+
+# names and ids: no control characters (C0, DEL, C1), at least one non-space character
+_PRINTABLE = r"[^\x00-\x1f\x7f-\x9f]"
+LABEL_PATTERN = rf"^{_PRINTABLE}*[^\s\x00-\x1f\x7f-\x9f]{_PRINTABLE}*$"
+
+
+def _label(value: str) -> str:
+    if not re.fullmatch(LABEL_PATTERN, value):
+        raise ValueError("use printable characters, not only spaces (no control characters)")
+    return value.strip()
+
+
+Label = Annotated[str, AfterValidator(_label)]
 
 _SEARCH_EXAMPLE = {"description": "a woman in a red coat with a black backpack", "top_k": 10,
                    "cameras": ["gate-3"], "time_from": "2026-05-01T08:00:00Z",
@@ -138,6 +158,17 @@ class ErrorResponse(BaseModel):
                         examples=["no crop with id 12"])
 
 
+class ServerError(BaseModel):
+    detail: str = Field(..., description="What went wrong.",
+                        examples=["internal error; quote error id 3f2a9c0d1e"])
+    error_id: str = Field(..., description="Find it in the server log.", examples=["3f2a9c0d1e"])
+
+
+STORAGE_ERRORS = {
+    503: {"model": ErrorResponse, "description": "Storage not writable; try again later"},
+    507: {"model": ErrorResponse, "description": "The disk is full"}}
+
+
 class FileOutcome(BaseModel):
     name: str = Field(..., description="The uploaded file's name.", examples=["cam3-0001.jpg"])
     status: Literal["added", "duplicate", "rejected"] = Field(..., examples=["added"])
@@ -177,16 +208,17 @@ class DeleteResponse(BaseModel):
 class CameraIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1, max_length=128, pattern=r"\S",
-                      description="Unique camera name.", examples=["gate-3"])
+    name: Label = Field(..., min_length=1, max_length=128, pattern=LABEL_PATTERN,
+                        description="Unique camera name (no control characters; surrounding "
+                        "spaces are dropped).", examples=["gate-3"])
     description: str | None = Field(None, max_length=1000, examples=["north entrance"])
 
 
 class CameraRename(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1, max_length=128, pattern=r"\S",
-                      description="New unique name.", examples=["gate-3-north"])
+    name: Label = Field(..., min_length=1, max_length=128, pattern=LABEL_PATTERN,
+                        description="New unique name.", examples=["gate-3-north"])
     description: str | None = Field(None, max_length=1000, examples=["north entrance"])
 
 
