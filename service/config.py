@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     admin_key_hashes: str = Field("", description="comma-separated sha256 hex digests of admin "
                                   "keys, for deployments that keep no plain key in the environment")
     search_requires_key: bool = Field(False, description="POST /search needs an X-API-Key too")
+    url_secret: str | None = Field(None, min_length=32, repr=False, description="secret that "
+                                   "signs image URLs; default: random, made once in "
+                                   "data_dir/url-signing.key (mode 0600)")
+    signed_url_seconds: int = Field(900, ge=10, le=86400, description="lifetime of a signed "
+                                    "image URL; longer claimed expiries are refused")
     audit_searches: bool = Field(True, description="write each search to the audit log")
     spawn_worker: bool = Field(False, description="the API starts a `tbps worker` subprocess "
                                "beside itself (`tbps demo` does); off where a worker runs apart")

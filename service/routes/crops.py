@@ -32,7 +32,7 @@ def image_access(request: Request, settings: SettingsDep, session: SessionDep,
         raise HTTPException(status_code=401, detail="send X-API-Key or use the signed URL "
                             "from the search results")
     raise HTTPException(status_code=403, detail="the key or the URL signature is not valid "
-                        "(signed URLs expire after an hour)")
+                        "(signed URLs expire soon: TBPS_SIGNED_URL_SECONDS)")
 
 
 router = APIRouter(tags=["crops"], dependencies=[Depends(image_access)], responses={
