@@ -128,8 +128,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving tbps on http://{host}:{port}/ (API docs at /docs)")
     if getattr(args, "with_worker", False):
         settings = settings.model_copy(update={"spawn_worker": True})
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
+                **proxy_options(settings))
     return 0
+
+
+def proxy_options(settings: Settings) -> dict:
+    """X-Forwarded-For is believed only from TBPS_TRUSTED_PROXIES (never by default)."""
+    trusted = settings.trusted_proxies.strip()
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or "127.0.0.1"}
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,12 @@ class Settings(BaseSettings):
     max_files_per_upload: int = Field(100, ge=1, le=10000)
     max_request_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest request "
                                    "body (an upload batch); larger ones get 413 unread")
+    trusted_proxies: str = Field("", description="comma-separated proxy addresses whose "
+                                 "X-Forwarded-For is believed; from any other peer it is "
+                                 "ignored (default: none)")
+    metrics_access: Literal["public", "key", "off"] | None = Field(
+        None, description="GET /metrics: public, behind an admin key, or off; default public "
+        "in development, key in production")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     demo_gallery: Path | None = Field(None, description="folder ingested by `make run` when empty")
@@ -85,6 +92,12 @@ class Settings(BaseSettings):
                              "generate one, e.g. `python -c 'import secrets; "
                              "print(secrets.token_urlsafe(32))'`")
         return self
+
+    @property
+    def resolved_metrics_access(self) -> str:
+        if self.metrics_access:
+            return self.metrics_access
+        return "key" if self.environment == "production" else "public"
 
     @property
     def resolved_database_url(self) -> str:

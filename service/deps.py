@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.db import session_scope
+from service.gate import INVALID, MISSING, record_denied
 from service.search import SearchEngine
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
@@ -55,14 +56,20 @@ def _client(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+def deny(request: Request, status: int, detail: str) -> HTTPException:
+    """The refusal to raise, audited (path and client, no key material)."""
+    record_denied(request.app.state, request.scope, status)
+    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+    return HTTPException(status_code=status, detail=detail, headers=headers)
+
+
 def require_admin(request: Request, settings: SettingsDep, session: SessionDep,
                   key: Annotated[str | None, Security(api_key_header)] = None) -> Actor:
     if not key:
-        raise HTTPException(status_code=401, detail="send an admin API key in X-API-Key",
-                            headers={"WWW-Authenticate": "ApiKey"})
+        raise deny(request, 401, MISSING)
     owner = key_owner(request, session, key)
     if owner is None:
-        raise HTTPException(status_code=403, detail="this API key is not valid")
+        raise deny(request, 403, INVALID)
     return Actor(owner, _client(request), True)
 
 

@@ -16,6 +16,7 @@ from models.factory import load_encoder
 from service.audit import AuditBuffer
 from service.config import Settings, get_settings
 from service.errors import CatchAll, on_database_error, on_storage_error
+from service.gate import AdminGate
 from service.keys import KeyRing
 from service.limits import BodySizeLimit
 from service.metrics import Metrics, MetricsMiddleware
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.keys = KeyRing(settings.admin_key_digests)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(AdminGate)  # outside the body limit: no key, nothing is read
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(CatchAll)  # added last: outermost, so it sees every error
     app.add_exception_handler(RequestValidationError, _on_validation_error)

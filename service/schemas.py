@@ -48,9 +48,9 @@ class SearchRequest(BaseModel):
     description: str = Field(..., min_length=1, max_length=MAX_DESCRIPTION,
                              description="What the person looks like, in plain words.",
                              examples=["a man in a blue jacket and black trousers"])
-    top_k: int = Field(10, ge=1, le=100, description="Hits (or persons) per page, 1-100.",
-                       examples=[10])
-    cameras: list[str] | None = Field(
+    top_k: int = Field(10, ge=1, le=100, strict=True, examples=[10],
+                       description="Hits (or persons) per page, 1-100 (a JSON integer).")
+    cameras: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
         None, max_length=100, description="Only crops from these cameras (by name). Unknown "
         "names match nothing. Omit for every camera.", examples=[["gate-3", "lobby"]])
     time_from: UTCDateTime | None = Field(None, description="Only crops captured at or after this "

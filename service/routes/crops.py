@@ -7,7 +7,7 @@ from fastapi.responses import FileResponse
 
 from service import crud
 from service.admin import thumbnail
-from service.deps import SessionDep, SettingsDep, api_key_header, key_owner
+from service.deps import SessionDep, SettingsDep, api_key_header, deny, key_owner
 from service.orm import Crop, CropStatus
 from service.schemas import ErrorResponse
 from service.urls import valid_signature
@@ -29,10 +29,9 @@ def image_access(request: Request, settings: SettingsDep, session: SessionDep,
     if valid_signature(settings, request.url.path, exp, sig):
         return
     if not key and sig is None:
-        raise HTTPException(status_code=401, detail="send X-API-Key or use the signed URL "
-                            "from the search results")
-    raise HTTPException(status_code=403, detail="the key or the URL signature is not valid "
-                        "(signed URLs expire soon: TBPS_SIGNED_URL_SECONDS)")
+        raise deny(request, 401, "send X-API-Key or use the signed URL from the search results")
+    raise deny(request, 403, "the key or the URL signature is not valid (signed URLs expire "
+               "soon: TBPS_SIGNED_URL_SECONDS)")
 
 
 router = APIRouter(tags=["crops"], dependencies=[Depends(image_access)], responses={

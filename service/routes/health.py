@@ -1,12 +1,20 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, Security
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import EngineDep, SettingsDep
+from service.deps import (
+    EngineDep,
+    SessionDep,
+    SettingsDep,
+    api_key_header,
+    require_admin,
+)
 from service.health import ready_problem
-from service.schemas import Health, Readiness
+from service.schemas import ErrorResponse, Health, Readiness
 from service.search import IndexNotReady
 
 router = APIRouter(tags=["health"])
@@ -41,9 +49,23 @@ def readyz(engine: EngineDep, settings: SettingsDep) -> Readiness | JSONResponse
                      index_count=live.count)
 
 
-@router.get("/metrics", response_class=Response,
+def metrics_access(request: Request, settings: SettingsDep, session: SessionDep,
+                   key: Annotated[str | None, Security(api_key_header)] = None) -> None:
+    """TBPS_METRICS_ACCESS: public, an admin key, or off (404)."""
+    access = settings.resolved_metrics_access
+    if access == "off":
+        raise HTTPException(status_code=404, detail="metrics are off (TBPS_METRICS_ACCESS)")
+    if access == "key":
+        require_admin(request, settings, session, key)
+
+
+@router.get("/metrics", response_class=Response, dependencies=[Depends(metrics_access)],
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                             "description": "Prometheus text format"}})
+                             "description": "Prometheus text format"},
+                       401: {"model": ErrorResponse, "description": "Key needed "
+                             "(TBPS_METRICS_ACCESS=key)"},
+                       403: {"model": ErrorResponse, "description": "Key not valid"},
+                       404: {"model": ErrorResponse, "description": "Metrics are off"}})
 def metrics(request: Request, engine: EngineDep) -> Response:
     """Request counts and latencies, search latency, index size (Prometheus text format)."""
     m = request.app.state.metrics
