@@ -124,6 +124,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.main import create_app
 
     settings = _settings()
+    problem = prepare_database(settings)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     host, port = args.host or settings.host, args.port or settings.port
     print(f"serving tbps on http://{host}:{port}/ (API docs at /docs)")
     if getattr(args, "with_worker", False):
@@ -131,6 +135,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
                 **proxy_options(settings))
     return 0
+
+
+def prepare_database(settings: Settings) -> str | None:
+    """The embedded default (SQLite in the data dir) is migrated at start, as `tbps demo`
+    does; a configured database must be migrated apart: returns why not to start, or None."""
+    from service.db import migrate, schema_problem
+
+    if settings.database_url is None:
+        migrate(settings.resolved_database_url)
+        return None
+    return schema_problem(settings.resolved_database_url)
 
 
 def proxy_options(settings: Settings) -> dict:
