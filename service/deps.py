@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security
+from fastapi import Depends, Header, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,10 @@ async def get_engine(request: Request) -> SearchEngine:
     return request.app.state.engine
 
 
+# public endpoints read the key as a plain optional header: advertising the security scheme
+# there would claim a key is needed where it is not
+OptionalKey = Annotated[str | None, Header(alias="X-API-Key", description="An admin API key; "
+                                           "needed only where the deployment says so")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_db)]
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
@@ -74,7 +78,7 @@ def require_admin(request: Request, settings: SettingsDep, session: SessionDep,
 
 
 def search_actor(request: Request, settings: SettingsDep, session: SessionDep,
-                 key: Annotated[str | None, Security(api_key_header)] = None) -> Actor:
+                 key: OptionalKey = None) -> Actor:
     """Searches need a key only when TBPS_SEARCH_REQUIRES_KEY is set."""
     if settings.search_requires_key:
         return require_admin(request, settings, session, key)

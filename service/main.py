@@ -19,6 +19,7 @@ from service.errors import CatchAll, on_database_error, on_storage_error
 from service.gate import AdminGate
 from service.keys import KeyRing
 from service.limits import BodySizeLimit
+from service.openapi import describe
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import admin, crops, health, search
 from service.search import SearchEngine
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     app.add_exception_handler(OperationalError, on_database_error)
     for module in (health, search, crops, admin):
         app.include_router(module.router)
+    describe(app)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 MAX_DESCRIPTION = 512
 
@@ -29,13 +37,18 @@ _PRINTABLE = r"[^\x00-\x1f\x7f-\x9f]"
 LABEL_PATTERN = rf"^{_PRINTABLE}*[^\s\x00-\x1f\x7f-\x9f]{_PRINTABLE}*$"
 
 
-def _label(value: str) -> str:
-    if not re.fullmatch(LABEL_PATTERN, value):
-        raise ValueError("use printable characters, not only spaces (no control characters)")
-    return value.strip()
+# the constraints come first so that the schema shows them; then surrounding spaces go
+Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=LABEL_PATTERN),
+                  AfterValidator(str.strip)]
 
 
-Label = Annotated[str, AfterValidator(_label)]
+def _json_integer(value: object) -> object:
+    """Numbers only: "5" and true are refused (lax ints would take them); 5.0 is an integer
+    in JSON Schema and stays accepted."""
+    if isinstance(value, bool | str):
+        raise ValueError("give a JSON number, not a string or a boolean")
+    return value
+
 
 _SEARCH_EXAMPLE = {"description": "a woman in a red coat with a black backpack", "top_k": 10,
                    "cameras": ["gate-3"], "time_from": "2026-05-01T08:00:00Z",
@@ -48,8 +61,9 @@ class SearchRequest(BaseModel):
     description: str = Field(..., min_length=1, max_length=MAX_DESCRIPTION,
                              description="What the person looks like, in plain words.",
                              examples=["a man in a blue jacket and black trousers"])
-    top_k: int = Field(10, ge=1, le=100, strict=True, examples=[10],
-                       description="Hits (or persons) per page, 1-100 (a JSON integer).")
+    top_k: Annotated[int, BeforeValidator(_json_integer)] = Field(
+        10, ge=1, le=100, examples=[10],
+        description="Hits (or persons) per page, 1-100 (a JSON number, not a string or bool).")
     cameras: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
         None, max_length=100, description="Only crops from these cameras (by name). Unknown "
         "names match nothing. Omit for every camera.", examples=[["gate-3", "lobby"]])
@@ -164,6 +178,7 @@ class ServerError(BaseModel):
     error_id: str = Field(..., description="Find it in the server log.", examples=["3f2a9c0d1e"])
 
 
+BAD_BODY = {400: {"model": ErrorResponse, "description": "The body could not be parsed"}}
 STORAGE_ERRORS = {
     503: {"model": ErrorResponse, "description": "Storage not writable; try again later"},
     507: {"model": ErrorResponse, "description": "The disk is full"}}
@@ -208,8 +223,7 @@ class DeleteResponse(BaseModel):
 class CameraIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Label = Field(..., min_length=1, max_length=128, pattern=LABEL_PATTERN,
-                        description="Unique camera name (no control characters; surrounding "
+    name: Label = Field(..., description="Unique camera name (no control characters; surrounding "
                         "spaces are dropped).", examples=["gate-3"])
     description: str | None = Field(None, max_length=1000, examples=["north entrance"])
 
@@ -217,8 +231,7 @@ class CameraIn(BaseModel):
 class CameraRename(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Label = Field(..., min_length=1, max_length=128, pattern=LABEL_PATTERN,
-                        description="New unique name.", examples=["gate-3-north"])
+    name: Label = Field(..., description="New unique name.", examples=["gate-3-north"])
     description: str | None = Field(None, max_length=1000, examples=["north entrance"])
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from service import admin, crud
 from service.deps import AdminDep, EngineDep, SessionDep, SettingsDep
 from service.schemas import (
-    LABEL_PATTERN,
+    BAD_BODY,
     STORAGE_ERRORS,
     Label,
     UTCDateTime,
@@ -52,21 +52,20 @@ def _read_upload(file: UploadFile, limit: int) -> bytes:
 
 
 @router.post("/crops", response_model=UploadResponse, responses={
-    413: {"model": ErrorResponse, "description": "Too many files in one request"},
+    **BAD_BODY, 413: {"model": ErrorResponse, "description": "Too many files in one request"},
     422: {"description": "No file was accepted (`detail` has one entry per file, `files` "
           "the outcomes), or the form is not valid"},
     **STORAGE_ERRORS})
 def upload_crops(
     request: Request, session: SessionDep, settings: SettingsDep, actor: AdminDep,
-    files: Annotated[list[UploadFile], File(description="One or more JPEG/PNG/BMP/WebP crops")],
-    camera: Annotated[Label, Form(min_length=1, max_length=128, pattern=LABEL_PATTERN,
-                                  description="Camera name; created when new (no control "
+    files: Annotated[list[UploadFile], File(min_length=1,
+                                            description="One or more JPEG/PNG/BMP/WebP crops")],
+    camera: Annotated[Label, Form(description="Camera name; created when new (no control "
                                   "characters; surrounding spaces are dropped)",
                                   examples=["gate-3"])],
     captured_at: Annotated[UTCDateTime, Form(description="When the crops were captured "
                                              "(ISO 8601)", examples=["2026-05-01T12:30:00Z"])],
-    person_id: Annotated[Label | None, Form(max_length=128, pattern=LABEL_PATTERN,
-                                            description="Person/track id (no control "
+    person_id: Annotated[Label | None, Form(description="Person/track id (no control "
                                             "characters)", examples=["track-0017"])] = None,
 ) -> UploadResponse | JSONResponse:
     """Add crops. Each file is checked by content, size and pixels; duplicates are found by
@@ -122,8 +121,8 @@ def delete_crop(session: SessionDep, settings: SettingsDep, actor: AdminDep,
     **_not_found("camera"), **STORAGE_ERRORS})
 def delete_crops_by_range(
     session: SessionDep, settings: SettingsDep, actor: AdminDep,
-    camera: Annotated[Label | None, Query(max_length=128, pattern=LABEL_PATTERN,
-                                          description="Camera name", examples=["gate-3"])] = None,
+    camera: Annotated[Label | None, Query(description="Camera name",
+                                          examples=["gate-3"])] = None,
     time_from: Annotated[UTCDateTime | None, Query(description="Captured at or after (ISO "
                                                    "8601)", examples=["2026-01-01T00:00:00Z"])
                          ] = None,
@@ -134,8 +133,9 @@ def delete_crops_by_range(
     filter is required). Gone from results at once, files removed."""
     if camera is None and time_from is None and time_to is None:
         return JSONResponse(status_code=422, content={
-            "detail": "give camera, time_from or time_to", "message":
-            "give camera, time_from or time_to: deleting everything is not offered"})
+            "detail": [{"loc": ["query", "filters"], "msg": "give camera, time_from or time_to",
+                        "type": "missing"}],
+            "message": "give camera, time_from or time_to: deleting everything is not offered"})
     camera_id = None
     if camera is not None:
         cam = crud.get_camera_by_name(session, name=camera)
@@ -155,7 +155,7 @@ def delete_crops_by_range(
     return DeleteResponse(deleted=len(ids), crop_ids=ids)
 
 
-@router.post("/reindex", response_model=JobOut, status_code=202, responses={
+@router.post("/reindex", response_model=JobOut, status_code=202, responses={**BAD_BODY,
     409: {"model": ErrorResponse, "description": "A reindex is already queued or running"}})
 def reindex(session: SessionDep, actor: AdminDep, body: ReindexRequest | None = None) -> JobOut:
     """Queue a full reindex. A worker process runs it; searches keep using the live index
@@ -201,7 +201,7 @@ def list_cameras(session: SessionDep, _actor: AdminDep) -> list[CameraOut]:
     return [_camera_out(cam, n) for cam, n in crud.cameras_with_counts(session)]
 
 
-@router.post("/cameras", response_model=CameraOut, status_code=201, responses={
+@router.post("/cameras", response_model=CameraOut, status_code=201, responses={**BAD_BODY,
     409: {"model": ErrorResponse, "description": "Name taken"}})
 def create_camera(body: CameraIn, session: SessionDep, settings: SettingsDep,
                   actor: AdminDep) -> CameraOut:
@@ -216,7 +216,7 @@ def create_camera(body: CameraIn, session: SessionDep, settings: SettingsDep,
     return _camera_out(cam, 0)
 
 
-@router.patch("/cameras/{camera_id}", response_model=CameraOut, responses={
+@router.patch("/cameras/{camera_id}", response_model=CameraOut, responses={**BAD_BODY,
     **_not_found("camera"), 409: {"model": ErrorResponse, "description": "Name taken"}})
 def rename_camera(body: CameraRename, session: SessionDep, settings: SettingsDep,
                   actor: AdminDep,

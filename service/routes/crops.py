@@ -2,19 +2,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Security
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse
 
 from service import crud
 from service.admin import thumbnail
-from service.deps import SessionDep, SettingsDep, api_key_header, deny, key_owner
+from service.deps import OptionalKey, SessionDep, SettingsDep, deny, key_owner
 from service.orm import Crop, CropStatus
 from service.schemas import ErrorResponse
 from service.urls import valid_signature
 
 
 def image_access(request: Request, settings: SettingsDep, session: SessionDep,
-                 key: Annotated[str | None, Security(api_key_header)] = None,
+                 key: OptionalKey = None,
                  exp: Annotated[int | None, Query(ge=0, le=2**40, description="Expiry of a "
                                                   "signed URL (unix time)",
                                                   examples=[1780000000])] = None,

@@ -1,16 +1,14 @@
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, Security
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import (
     EngineDep,
+    OptionalKey,
     SessionDep,
     SettingsDep,
-    api_key_header,
     require_admin,
 )
 from service.health import ready_problem
@@ -50,7 +48,7 @@ def readyz(engine: EngineDep, settings: SettingsDep) -> Readiness | JSONResponse
 
 
 def metrics_access(request: Request, settings: SettingsDep, session: SessionDep,
-                   key: Annotated[str | None, Security(api_key_header)] = None) -> None:
+                   key: OptionalKey = None) -> None:
     """TBPS_METRICS_ACCESS: public, an admin key, or off (404)."""
     access = settings.resolved_metrics_access
     if access == "off":
