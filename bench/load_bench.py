@@ -176,14 +176,24 @@ def faults(base: str, run: Run, server: subprocess.Popen, started: float, stop: 
             r = httpx.post(f"{base}/admin/reindex", headers={"X-API-Key": KEY}, timeout=60)
             run.add(Record("reindex", t0 - started, time.perf_counter() - t0, r.status_code))
         else:
+            running = wait_running(base, deadline=time.monotonic() + 20)
             pid = worker_pid(server.pid)
-            jobs = httpx.get(f"{base}/admin/jobs", headers={"X-API-Key": KEY}, timeout=30).json()
-            run.events["running_at_kill"] = [f"{j['kind']}:{j['id']}" for j in jobs
-                                             if j["status"] == "running"]
             if pid is not None:
                 os.kill(pid, signal.SIGKILL)
                 run.events["worker_killed_pid"] = pid
+            run.events["running_at_kill"] = running
         run.events[what] = round(time.perf_counter() - started, 2)
+
+
+def wait_running(base: str, deadline: float) -> list[str]:
+    """Poll until a job is running (so that the kill lands mid-job), for at most ~20 s."""
+    running: list[str] = []
+    while not running and time.monotonic() < deadline:
+        jobs = httpx.get(f"{base}/admin/jobs", headers={"X-API-Key": KEY}, timeout=30).json()
+        running = [f"{j['kind']}:{j['id']}" for j in jobs if j["status"] == "running"]
+        if not running:
+            time.sleep(0.02)
+    return running
 
 
 def drain(base: str, timeout: float) -> dict[str, Any]:
@@ -196,7 +206,9 @@ def drain(base: str, timeout: float) -> dict[str, Any]:
             break
         time.sleep(1)
     return {"drained": not any(j["status"] in ("queued", "running") for j in jobs),
-            "jobs": Counter(f"{j['kind']}:{j['status']}" for j in jobs)}
+            "jobs": Counter(f"{j['kind']}:{j['status']}" for j in jobs),
+            "retried": [f"{j['kind']}:{j['id']} {j['status']} after {j.get('attempts')} runs"
+                        for j in jobs if (j.get("attempts") or 0) > 1]}
 
 
 def reconcile(env: dict[str, str], acknowledged: set[int]) -> dict[str, Any]:
@@ -225,6 +237,10 @@ def reconcile(env: dict[str, str], acknowledged: set[int]) -> dict[str, Any]:
             "rows_without_file": len(paths - files)}
 
 
+def _percentile(ms: np.ndarray, q: int) -> float | None:
+    return round(float(np.percentile(ms, q)), 1) if len(ms) else None
+
+
 def summarise(run: Run, seconds: float) -> list[dict[str, Any]]:
     rows = []
     for kind in ("search", "upload", "reindex"):
@@ -232,11 +248,10 @@ def summarise(run: Run, seconds: float) -> list[dict[str, Any]]:
         if not recs:
             continue
         ok = np.asarray([r.seconds * 1000 for r in recs if r.status is not None and
-                         r.status < 500]) if recs else np.zeros(0)
-        pct = (lambda q: round(float(np.percentile(ok, q)), 1) if len(ok) else None)
+                         r.status < 500])
         statuses = Counter("conn_error" if r.status is None else str(r.status) for r in recs)
         rows.append({"kind": kind, "requests": len(recs), "rps": round(len(recs) / seconds, 1),
-                     "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+                     **{f"p{q}_ms": _percentile(ok, q) for q in (50, 95, 99)},
                      "statuses": dict(sorted(statuses.items())),
                      "5xx": sum(v for k, v in statuses.items() if k.startswith("5")),
                      "conn_errors": statuses.get("conn_error", 0)})

@@ -19,8 +19,8 @@ from service.errors import CatchAll, on_database_error, on_storage_error
 from service.gate import AdminGate
 from service.keys import KeyRing
 from service.limits import BodySizeLimit
-from service.openapi import describe
 from service.metrics import Metrics, MetricsMiddleware
+from service.openapi import describe
 from service.routes import admin, crops, health, search
 from service.search import SearchEngine
 from service.storage import StorageError

@@ -205,6 +205,8 @@ class JobOut(BaseModel):
     created_at: UTCDateTime = Field(..., examples=["2026-05-01T12:30:00Z"])
     started_at: UTCDateTime | None = Field(None, examples=["2026-05-01T12:30:01Z"])
     finished_at: UTCDateTime | None = Field(None, examples=[None])
+    attempts: int = Field(0, description="Runs started; more than one when a worker died "
+                          "while running it and it was requeued.", examples=[1])
 
 
 class UploadResponse(BaseModel):

@@ -14,8 +14,6 @@ from service.deps import AdminDep, EngineDep, SessionDep, SettingsDep
 from service.schemas import (
     BAD_BODY,
     STORAGE_ERRORS,
-    Label,
-    UTCDateTime,
     AuditOut,
     CameraIn,
     CameraOut,
@@ -25,8 +23,10 @@ from service.schemas import (
     FileOutcome,
     IndexInfo,
     JobOut,
+    Label,
     Stats,
     UploadResponse,
+    UTCDateTime,
 )
 
 AUTH_ERRORS = {401: {"model": ErrorResponse, "description": "No X-API-Key"},

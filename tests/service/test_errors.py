@@ -14,10 +14,10 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from service import crud
+from service.db import session_scope
 from service.main import create_app
 from service.orm import CropStatus
-from service.db import session_scope
-from service import crud
 
 FORM = {"camera": "cam-x", "captured_at": "2026-06-01T08:00:00Z"}
 

@@ -123,7 +123,8 @@ def _stop_mid_job(sup: WorkerSupervisor, url: str) -> int:
     for _ in range(5):
         with session_scope(url) as s:
             job_id = crud.create_job(s, kind="reindex").id
-        _wait(lambda: _status(url, job_id).status != JobStatus.queued, 90, "a claim")
+        _wait(lambda job_id=job_id: _status(url, job_id).status != JobStatus.queued, 90,
+              "a claim")
         os.kill(sup.process.pid, signal.SIGSTOP)
         if _status(url, job_id).status == JobStatus.running:
             return job_id
