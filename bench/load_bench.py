@@ -62,6 +62,7 @@ class Record:
     seconds: float
     status: int | None  # None: connection error
     crop_id: int | None = None
+    outcome: str | None = None  # an upload's file: added | duplicate | rejected
 
 
 @dataclass
@@ -92,7 +93,7 @@ def prepare(work: Path, checkpoint: Path | None, gallery: int) -> dict[str, str]
     seed = work / "seed" / "seed-cam"
     seed.mkdir(parents=True, exist_ok=True)
     for i in range(gallery):
-        (seed / f"s{i}.png").write_bytes(crop_png(10**6 + i))
+        (seed / f"s{i}.png").write_bytes(crop_png(10**9 + i))  # apart from the clients' seeds
     cli = [sys.executable, "-m", "service.cli"]
     for args in (["migrate"], ["ingest", str(seed.parent)], ["index", "--workers", "0"]):
         subprocess.run(cli + args, env=env, check=True, capture_output=True, timeout=600)
@@ -149,18 +150,19 @@ def client(base: str, run: Run, seed: int, stop: threading.Event, upload_share: 
                 if kind == "search":
                     r = http.post("/search", json={"description": DESCRIPTIONS[n % 4],
                                                    "top_k": 10})
-                    crop_id = None
+                    crop_id = outcome = None
                 else:
                     r = http.post("/admin/crops", data={"camera": "load-cam",
                                                         "captured_at": "2026-06-01T08:00:00Z"},
                                   files=[("files", (f"u{seed}-{n}.png",
                                                     crop_png(seed * 10**6 + n), "image/png"))])
-                    crop_id = (r.json()["files"][0]["crop_id"]
-                               if r.status_code == 200 else None)
+                    file = r.json()["files"][0] if r.status_code == 200 else {}
+                    crop_id, outcome = file.get("crop_id"), file.get("status")
                 status = r.status_code
             except httpx.TransportError:
-                status, crop_id = None, None
-            run.add(Record(kind, t0 - started, time.perf_counter() - t0, status, crop_id))
+                status, crop_id, outcome = None, None, None
+            run.add(Record(kind, t0 - started, time.perf_counter() - t0, status, crop_id,
+                           outcome))
 
 
 def faults(base: str, run: Run, server: subprocess.Popen, started: float, stop: threading.Event,
@@ -311,7 +313,9 @@ def main() -> None:
               "gallery": args.gallery, "checkpoint": str(checkpoint),
               "model": "tiny-clip (untrained)" if not args.checkpoint else str(args.checkpoint),
               "events": run.events, "queue_after": queue, "readyz_after": ready,
-              "kinds": rows, "reconciliation": reconcile(env, acknowledged),
+              "kinds": rows, "upload_outcomes": Counter(r.outcome for r in run.records
+                                                        if r.kind == "upload" and r.outcome),
+              "reconciliation": reconcile(env, acknowledged),
               "loadavg_end": [round(x, 2) for x in os.getloadavg()],
               "server_log": str(work / "server.log")}
     out = args.out or ROOT / "bench" / "results" / f"load_{args.clients}c_{int(args.seconds)}s.json"
