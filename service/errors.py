@@ -24,11 +24,20 @@ async def on_storage_error(_request: Request, exc: StorageError) -> JSONResponse
                         headers={} if exc.full else {"Retry-After": "30"})
 
 
-async def on_database_error(_request: Request, exc: OperationalError) -> JSONResponse:
+def database_problem(exc: OperationalError) -> tuple[int, str]:
+    """(status, message) for a database that cannot do the request, logged with an id."""
     error_id = uuid.uuid4().hex[:12]
     log.error("database unavailable (error id %s): %s", error_id, exc.orig)
-    return JSONResponse(status_code=503, headers={"Retry-After": "5"}, content={
-        "detail": f"the database is unavailable or read-only; try again (error id {error_id})"})
+    if "disk is full" in str(exc.orig).lower():  # SQLITE_FULL
+        return 507, f"the database's disk is full (error id {error_id})"
+    return 503, (f"the database is unavailable, read-only or not migrated (`tbps migrate`); "
+                 f"try again (error id {error_id})")
+
+
+async def on_database_error(_request: Request, exc: OperationalError) -> JSONResponse:
+    status, detail = database_problem(exc)
+    return JSONResponse(status_code=status, content={"detail": detail},
+                        headers={"Retry-After": "5"} if status == 503 else {})
 
 
 class CatchAll:

@@ -4,15 +4,14 @@ cannot make the server spool a large upload to disk. Refusals are audited."""
 from __future__ import annotations
 
 import json
-import logging
 
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.db import session_scope
+from service.errors import database_problem
 
-log = logging.getLogger(__name__)
 MISSING = "send an admin API key in X-API-Key"
 INVALID = "this API key is not valid"
 
@@ -32,10 +31,8 @@ class AdminGate:
         key = dict(scope["headers"]).get(b"x-api-key", b"").decode("latin-1")
         try:
             known = bool(key) and await run_in_threadpool(_owner, state, key) is not None
-        except OperationalError as exc:  # not migrated, locked, down
-            log.error("cannot check an API key: %s", exc.orig)
-            await _refuse(send, 503, "the database is unavailable or not migrated "
-                          "(`tbps migrate`); try again")
+        except OperationalError as exc:  # not migrated, locked, down, disk full
+            await _refuse(send, *database_problem(exc))
             return
         if known:
             await self.app(scope, receive, send)

@@ -144,3 +144,32 @@ def test_an_unhandled_error_is_a_json_500_and_the_connection_stays_usable(galler
         conn.close()
     finally:
         server.should_exit = True
+
+
+def test_a_full_database_disk_is_507_on_reindex(tmp_path, tiny_encoder):
+    from service.config import Settings
+    from service.db import migrate
+
+    data = tmp_path / "fulldb"
+    _mount_tmpfs(data, "2m")
+    try:
+        s = Settings(data_dir=data, environment="test", device="cpu",
+                     admin_keys="test-admin-key-0123456789")
+        s.ensure_dirs()
+        migrate(s.resolved_database_url)
+        with TestClient(create_app(s, encoder=tiny_encoder),
+                        headers={"X-API-Key": "test-admin-key-0123456789"}) as client:
+            filler = data / "filler"
+            with filler.open("wb") as fh:  # take every free block
+                try:
+                    while True:
+                        fh.write(b"\0" * 65536)
+                        fh.flush()
+                except OSError:
+                    pass
+            statuses = {client.post("/admin/reindex").status_code for _ in range(3)}
+            assert statuses <= {507, 409} and 507 in statuses
+            filler.unlink()
+            assert client.post("/admin/reindex").status_code in (202, 409)
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
