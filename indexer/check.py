@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from service import crud
 log = logging.getLogger(__name__)
 
 NORM_SAMPLE = 2000
+STRAY_AGE_S = 600.0  # files younger than this may belong to an upload still committing
 
 
 def run_check(session: Session, store: IndexStore, *, encoder: Encoder | None,
@@ -40,7 +42,24 @@ def run_check(session: Session, store: IndexStore, *, encoder: Encoder | None,
                                    f"({built.indexed} crops)")
         return _finish(store, report, repair)
     _check_database(session, store, live, report, repair, encoder, crops_dir)
+    if crops_dir is not None:
+        _check_stray_files(session, Path(crops_dir), report, repair)
     return _finish(store, report, repair)
+
+
+def _check_stray_files(session: Session, crops_dir: Path, report, repair: bool) -> None:
+    """Files in the crops folder that no crop row names (a failed upload, a crash between
+    the write and the commit). Young files are left alone: an upload may be committing."""
+    known, cutoff = dbsync.stored_paths(session), time.time() - STRAY_AGE_S
+    stray = [p for p in crops_dir.rglob("*") if p.is_file() and p.stat().st_mtime < cutoff
+             and p.relative_to(crops_dir).as_posix() not in known]
+    if not stray:
+        return
+    report.problems.append(f"{len(stray)} files in the crops folder belong to no crop")
+    if repair:
+        for path in stray:
+            path.unlink(missing_ok=True)
+        report.repaired.append(f"removed {len(stray)} files that belong to no crop")
 
 
 def _load(store: IndexStore, report) -> LoadedIndex | None:
@@ -124,8 +143,8 @@ def _finish(store: IndexStore, report, repair: bool):
     building = [p.name for p in store.versions.glob(".building-*")] \
         if store.versions.exists() else []
     if building:
-        report.problems.append(f"an unfinished full build ({building[0]}) can be resumed "
-                               "with `tbps index --full`")
+        report.problems.append(f"an unfinished full build ({building[0]}): `tbps index` "
+                               "resumes it")
     if leftovers:
         report.problems.append(f"{len(leftovers)} half-written version folders")
         if repair:

@@ -32,6 +32,12 @@ def indexable_items(session: Session, crops_dir: Path,
     return [(int(cid), Path(crops_dir) / path) for cid, path in rows]
 
 
+def stored_paths(session: Session) -> set[str]:
+    """Stored file paths (relative to the crops folder) of every crop not deleted."""
+    stmt = select(Crop.stored_path).where(Crop.status != CropStatus.deleted)
+    return set(session.scalars(stmt))
+
+
 def crop_statuses(session: Session) -> tuple[np.ndarray, np.ndarray]:
     """(ids (N,), statuses (N,) str) of every crop row."""
     rows = session.execute(select(Crop.id, Crop.status)).all()

@@ -260,6 +260,10 @@ def sync(session: Session, encoder: Encoder, crops_dir: Path, index_root: Path, 
     """Bring the index up to date with the database without a rebuild when possible:
     add pending crops (and indexed ones missing from the index), drop deleted ones."""
     store = IndexStore(index_root)
+    if resume_unfinished(store, encoder):
+        log.info("resuming the unfinished full build of a killed run")
+        return build_full(session, encoder, crops_dir, index_root, factory=factory,
+                          progress=progress, options=options)
     current = store.current_version()
     if current is None or _needs_full(store.manifest(current), encoder, factory):
         return build_full(session, encoder, crops_dir, index_root, factory=factory,
@@ -277,6 +281,27 @@ def sync(session: Session, encoder: Encoder, crops_dir: Path, index_root: Path, 
     if split_pointer(store.current_version() or "")[1] > COMPACT_GENERATIONS:
         compact(session, index_root)
     return report
+
+
+def resume_unfinished(store: IndexStore, encoder: Encoder) -> bool:
+    """What a killed full build left: half-written versions and builds by another checkpoint
+    are removed; True when a build by this encoder's checkpoint is left to resume. Nothing is
+    touched while another build holds the lock."""
+    if not store.versions.exists():
+        return False
+    mine = store.versions / f".building-{_sha_tag(encoder)}"
+    others = [p for p in store.versions.glob(".building-*") if p != mine]
+    if not others and not any(store.versions.glob(".staging-*")) and not mine.exists():
+        return False
+    try:
+        with build_lock(store):
+            for folder in others:
+                log.info("removing %s: a killed build by another checkpoint", folder.name)
+                shutil.rmtree(folder)
+            store.prune()
+    except BuildBusy:
+        return False
+    return mine.exists()
 
 
 def _needs_full(manifest: dict, encoder: Encoder, factory: str | None) -> bool:

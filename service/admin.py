@@ -28,36 +28,68 @@ class Upload:
 
 
 def upload_crops(session: Session, settings: Settings, files: list[Upload], *, camera: str,
-                 captured_at: datetime | None, person_id: str | None,
-                 actor: str) -> tuple[list[FileResult], Job | None]:
-    """Store the good files, report every file; queue an ``add`` job when something is new.
-
-    The caller commits; call ``after_change`` once committed.
-    """
-    results = [ingest_bytes(session, settings, name=f.name, data=f.data, camera=camera,
-                            captured_at=captured_at, person_id=person_id) for f in files]
-    job = None
-    if any(r.status == "added" for r in results):
-        job = crud.active_job(session, kind="add")
-        if job is None or job.status.value != "queued":
-            job = crud.create_job(session, kind="add", created_by=actor)
+                 captured_at: datetime | None, person_id: str | None, actor: str,
+                 client: str | None = None) -> tuple[list[FileResult], Job | None]:
+    """Store the good files, report every file, queue an ``add`` job when something is new,
+    audit and commit. Files written here are removed again when the commit fails, so that no
+    file is left without its row; then ``after_change`` tells the search processes."""
+    results: list[FileResult] = []
+    try:
+        for f in files:
+            results.append(ingest_bytes(session, settings, name=f.name, data=f.data,
+                                        camera=camera, captured_at=captured_at,
+                                        person_id=person_id))
+        job = _queue_add(session, actor) if any(r.status == "added" for r in results) else None
+        crud.add_audit(session, actor=actor, action="crops.upload", target=f"camera:{camera}",
+                       detail={"files": [_outcome(r) for r in results]}, client=client)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        _discard(settings, results)
+        raise
+    after_change(settings)
     return results, job
 
 
+def _outcome(r: FileResult) -> dict:
+    return {"name": r.name, "status": r.status, "crop_id": r.crop_id, "reason": r.reason}
+
+
+def _queue_add(session: Session, actor: str) -> Job:
+    job = crud.active_job(session, kind="add")
+    if job is None or job.status.value != "queued":
+        job = crud.create_job(session, kind="add", created_by=actor)
+    return job
+
+
+def _discard(settings: Settings, results: list[FileResult]) -> None:
+    for r in results:
+        if r.new_file:
+            try:
+                storage.remove(r.new_file, settings.resolved_crops_dir)
+            except OSError:  # `tbps index --check` finds it later
+                log.exception("could not remove %s after a failed upload", r.new_file)
+
+
 def delete_crops(session: Session, settings: Settings, crops: list[Crop]) -> list[int]:
-    """Mark crops deleted and remove their files and thumbnails. The caller commits, then
-    calls ``after_change`` so that every process drops them from results at once."""
-    crud.mark_deleted(session, crops=crops)
+    """Remove the crops' files and thumbnails, then mark them deleted. A file that cannot be
+    removed raises ``StorageError`` before anything is committed (the caller rolls back),
+    so that a retention delete never reports success while the image stays on disk. The
+    caller commits, then calls ``after_change`` so every process drops them at once."""
     for crop in crops:
         storage.remove(crop.stored_path, settings.resolved_crops_dir)
         thumbnail_path(settings, crop).unlink(missing_ok=True)
+    crud.mark_deleted(session, crops=crops)
     return [crop.id for crop in crops]
 
 
 def after_change(settings: Settings, *, deleted: list[int] | None = None) -> None:
     """Committed crops were added, deleted or renamed: tell every search process; hide deleted
     crops in the index too (a tombstone generation, when the indexer offers one)."""
-    touch_stamp(settings.data_dir, full=bool(deleted))
+    try:
+        touch_stamp(settings.data_dir, full=bool(deleted))
+    except OSError:  # committed already: searches see it at their next full reload
+        log.exception("could not write the catalog stamp")
     if deleted and hasattr(index_jobs, "remove_crops"):
         try:
             index_jobs.remove_crops(settings.resolved_index_dir, deleted)

@@ -13,7 +13,6 @@ load, it reads them all again.
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -129,6 +128,6 @@ def read_stamp(data_dir: Path) -> tuple[str, str]:
 def touch_stamp(data_dir: Path, *, full: bool = False) -> None:
     """Tell every process that crops were added (``full`` False) or deleted (``full`` True)."""
     for path in stamp_paths(data_dir)[: 2 if full else 1]:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # one per call: threads
         tmp.write_text(uuid.uuid4().hex)
         tmp.replace(path)

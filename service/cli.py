@@ -124,12 +124,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.main import create_app
 
     settings = _settings()
+    problem = prepare_database(settings)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     host, port = args.host or settings.host, args.port or settings.port
     print(f"serving tbps on http://{host}:{port}/ (API docs at /docs)")
     if getattr(args, "with_worker", False):
         settings = settings.model_copy(update={"spawn_worker": True})
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
+                **proxy_options(settings))
     return 0
+
+
+def prepare_database(settings: Settings) -> str | None:
+    """The embedded default (SQLite in the data dir) is migrated at start, as `tbps demo`
+    does; a configured database must be migrated apart: returns why not to start, or None."""
+    from service.db import migrate, schema_problem
+
+    if settings.database_url is None:
+        migrate(settings.resolved_database_url)
+        return None
+    return schema_problem(settings.resolved_database_url)
+
+
+def proxy_options(settings: Settings) -> dict:
+    """X-Forwarded-For is believed only from TBPS_TRUSTED_PROXIES (never by default)."""
+    trusted = settings.trusted_proxies.strip()
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or "127.0.0.1"}
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -179,7 +201,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     print(f"worker waiting for jobs in {settings.resolved_database_url}", flush=True)
-    serve(settings, encoder, stop=stop, recover=not args.no_recover)
+    serve(settings, encoder, stop=stop, recover_jobs=not args.no_recover)
     return 0
 
 
@@ -323,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "searches keep serving from the live index meanwhile. Run one worker "
                        "per deployment (docker-compose does); `tbps demo` starts one itself.")
     p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
-    p.add_argument("--no-recover", action="store_true", help="leave jobs marked running by "
-                   "a stopped worker alone (default: mark them failed at start)")
+    p.add_argument("--no-recover", action="store_true", help="at start, leave jobs of a "
+                   "dead worker of this host until their lease runs out (default: requeue them "
+                   "at once, or fail them after TBPS_JOB_MAX_ATTEMPTS runs)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("create-key", help="create an admin API key (printed once)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,10 +35,22 @@ class Settings(BaseSettings):
     admin_key_hashes: str = Field("", description="comma-separated sha256 hex digests of admin "
                                   "keys, for deployments that keep no plain key in the environment")
     search_requires_key: bool = Field(False, description="POST /search needs an X-API-Key too")
+    url_secret: str | None = Field(None, min_length=32, repr=False, description="secret that "
+                                   "signs image URLs; default: random, made once in "
+                                   "data_dir/url-signing.key (mode 0600)")
+    signed_url_seconds: int = Field(900, ge=10, le=86400, description="lifetime of a signed "
+                                    "image URL; longer claimed expiries are refused")
     audit_searches: bool = Field(True, description="write each search to the audit log")
     spawn_worker: bool = Field(False, description="the API starts a `tbps worker` subprocess "
                                "beside itself (`tbps demo` does); off where a worker runs apart")
     worker_poll_seconds: float = Field(1.0, gt=0, le=60)
+    job_lease_seconds: float = Field(30.0, ge=0.5, le=3600, description="a running job's "
+                                     "lease, renewed by its worker; when it runs out the job "
+                                     "is requeued (the worker died)")
+    job_max_attempts: int = Field(3, ge=1, le=100, description="runs of a job before a dying "
+                                  "worker makes it fail instead of being requeued")
+    job_stuck_seconds: float = Field(300.0, ge=1, description="/readyz reports the queue stuck "
+                                     "when a job waits this long with nothing running")
     api_threads: int = Field(1, ge=1, le=256, description="torch and FAISS threads in the API "
                              "process: one query gains little from more, and on shared cores "
                              "more threads make latency spike")
@@ -45,6 +58,12 @@ class Settings(BaseSettings):
     max_files_per_upload: int = Field(100, ge=1, le=10000)
     max_request_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest request "
                                    "body (an upload batch); larger ones get 413 unread")
+    trusted_proxies: str = Field("", description="comma-separated proxy addresses whose "
+                                 "X-Forwarded-For is believed; from any other peer it is "
+                                 "ignored (default: none)")
+    metrics_access: Literal["public", "key", "off"] | None = Field(
+        None, description="GET /metrics: public, behind an admin key, or off; default public "
+        "in development, key in production")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     demo_gallery: Path | None = Field(None, description="folder ingested by `make run` when empty")
@@ -73,6 +92,12 @@ class Settings(BaseSettings):
                              "generate one, e.g. `python -c 'import secrets; "
                              "print(secrets.token_urlsafe(32))'`")
         return self
+
+    @property
+    def resolved_metrics_access(self) -> str:
+        if self.metrics_access:
+            return self.metrics_access
+        return "key" if self.environment == "production" else "public"
 
     @property
     def resolved_database_url(self) -> str:

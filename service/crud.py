@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -36,13 +38,26 @@ class JobConflict(RuntimeError):
         self.job = job
 
 
+class DuplicateCrop(RuntimeError):
+    """A crop with this content exists (a parallel upload stored it first)."""
+
+    def __init__(self, crop: Crop) -> None:
+        super().__init__(f"crop {crop.id} has the same content")
+        self.crop = crop
+
+
 def get_or_create_camera(session: Session, *, name: str) -> Camera:
+    """Race-free: ``INSERT ... ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL), then read it:
+    parallel first uploads to a new camera all get the one row."""
     camera = session.scalar(select(Camera).where(Camera.name == name))
-    if camera is None:
-        camera = Camera(name=name)
-        session.add(camera)
-        session.flush()
-    return camera
+    if camera is not None:
+        return camera
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(insert(Camera).values(name=name, created_at=utcnow())
+                    .on_conflict_do_nothing(index_elements=["name"]))
+    return session.scalars(select(Camera).where(Camera.name == name)
+                           .execution_options(populate_existing=True)).one()
 
 
 def get_crop_by_sha(session: Session, *, sha256: str) -> Crop | None:
@@ -66,11 +81,19 @@ def crops_by_ids(session: Session, *, ids: Sequence[int]) -> dict[int, Crop]:
 def add_crop(session: Session, *, sha256: str, stored_path: str, width: int, height: int,
              camera: Camera | None, captured_at: datetime | None, person_id: str | None,
              original_name: str | None) -> Crop:
-    crop = Crop(sha256=sha256, stored_path=stored_path, width=width, height=height,
-                camera=camera, captured_at=as_utc(captured_at), person_id=person_id,
-                original_name=original_name, status=CropStatus.pending)
-    session.add(crop)
-    session.flush()
+    """A new pending crop. Raises ``DuplicateCrop`` (session still usable) when a parallel
+    upload of the same content committed first."""
+    try:
+        with session.begin_nested():  # a savepoint: the unique sha256 lost a race
+            crop = Crop(sha256=sha256, stored_path=stored_path, width=width, height=height,
+                        camera=camera, captured_at=as_utc(captured_at), person_id=person_id,
+                        original_name=original_name, status=CropStatus.pending)
+            session.add(crop)
+    except IntegrityError:
+        existing = get_crop_by_sha(session, sha256=sha256)
+        if existing is None:
+            raise
+        raise DuplicateCrop(existing) from None
     return crop
 
 
@@ -196,30 +219,80 @@ def list_jobs(session: Session, *, limit: int = 20) -> list[Job]:
     return list(session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
 
 
-def claim_next_job(session: Session) -> Job | None:
-    """Take the oldest queued job for this worker, so that no other worker takes it too.
+def claim_next_job(session: Session, *, lease_s: float = 30.0,
+                   worker: str | None = None) -> Job | None:
+    """Take the oldest queued job for this worker, so that no other worker takes it too; the
+    job holds a lease of ``lease_s`` seconds that the worker renews (``renew_lease``).
 
     PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED``. SQLite has no row locks: a guarded
     ``UPDATE ... WHERE status = 'queued'`` wins for exactly one worker.
     """
     stmt = select(Job).where(Job.status == JobStatus.queued).order_by(Job.id).limit(1)
     if session.get_bind().dialect.name == "postgresql":
-        job = session.scalar(stmt.with_for_update(skip_locked=True))
-        if job is None:
-            return None
-        job.status, job.started_at = JobStatus.running, utcnow()
-        session.commit()
-        return job
+        stmt = stmt.with_for_update(skip_locked=True)
     job = session.scalar(stmt)
     if job is None:
+        session.commit()
         return None
+    now = utcnow()
     won = session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.queued)
-                          .values(status=JobStatus.running, started_at=utcnow()))
+                          .values(status=JobStatus.running, started_at=now, worker=worker,
+                                  lease_until=now + timedelta(seconds=lease_s),
+                                  attempts=Job.attempts + 1))
     session.commit()
     if won.rowcount != 1:
         return None
     session.refresh(job)
     return job
+
+
+def renew_lease(session: Session, *, job_id: int, lease_s: float) -> bool:
+    """Extend a running job's lease; False when the job is no longer running (reaped)."""
+    result = session.execute(update(Job).where(Job.id == job_id,
+                                               Job.status == JobStatus.running)
+                             .values(lease_until=utcnow() + timedelta(seconds=lease_s)))
+    return bool(result.rowcount)
+
+
+def reap_expired_jobs(session: Session, *, max_attempts: int) -> tuple[int, int]:
+    """Running jobs whose lease ran out (their worker died): queued again while they have
+    attempts left, failed after ``max_attempts``. Returns (requeued, failed)."""
+    expired = (Job.status == JobStatus.running) & (Job.lease_until < utcnow())
+    requeued = session.execute(update(Job).where(expired, Job.attempts < max_attempts).values(
+        status=JobStatus.queued, lease_until=None, worker=None, started_at=None,
+        message="requeued: the worker running it stopped"))
+    failed = session.execute(update(Job).where(expired).values(
+        status=JobStatus.failed, lease_until=None, finished_at=utcnow(), active_key=None,
+        message=f"failed: the worker running it stopped {max_attempts} times"))
+    return int(requeued.rowcount or 0), int(failed.rowcount or 0)
+
+
+def running_jobs(session: Session) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.status == JobStatus.running)))
+
+
+def expire_leases(session: Session, *, job_ids: Sequence[int]) -> None:
+    """Their worker is known dead: let ``reap_expired_jobs`` take them now."""
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(list(job_ids)))
+                        .values(lease_until=utcnow() - timedelta(seconds=1)))
+
+
+def queue_problem(session: Session, *, lease_s: float, stuck_s: float) -> str | None:
+    """Why the job queue is stuck (a lease long expired and nobody reaped it, or a job queued
+    for ``stuck_s`` with nothing running), or None when it moves."""
+    now = utcnow()
+    running = running_jobs(session)
+    dead = [j for j in running if j.lease_until is not None
+            and as_utc(j.lease_until) < now - timedelta(seconds=lease_s)]
+    if dead:
+        return f"job {dead[0].id} holds an expired lease: no worker is alive"
+    oldest = session.scalar(select(Job).where(Job.status == JobStatus.queued).order_by(Job.id))
+    if not running and oldest is not None:
+        waited = (now - as_utc(oldest.created_at)).total_seconds()
+        if waited > stuck_s:
+            return f"job {oldest.id} has been queued {waited:.0f}s: no worker takes jobs"
+    return None
 
 
 def set_job_progress(session: Session, *, job_id: int, progress: float, message: str) -> None:

@@ -67,3 +67,17 @@ def alembic_config(url: str) -> Config:
 def migrate(url: str, revision: str = "head") -> None:
     """Apply the Alembic migrations up to ``revision``."""
     command.upgrade(alembic_config(url), revision)
+
+
+def schema_problem(url: str) -> str | None:
+    """Why the database is not at the latest schema (message names `tbps migrate`), or None."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    with get_engine(url).connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current == head:
+        return None
+    state = "never migrated" if current is None else f"at revision {current}, not {head}"
+    return f"the database is {state}: run `tbps migrate`"

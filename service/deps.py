@@ -6,12 +6,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security
+from fastapi import Depends, Header, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.db import session_scope
+from service.gate import INVALID, MISSING, record_denied
 from service.search import SearchEngine
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
@@ -32,6 +33,10 @@ async def get_engine(request: Request) -> SearchEngine:
     return request.app.state.engine
 
 
+# public endpoints read the key as a plain optional header: advertising the security scheme
+# there would claim a key is needed where it is not
+OptionalKey = Annotated[str | None, Header(alias="X-API-Key", description="An admin API key; "
+                                           "needed only where the deployment says so")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_db)]
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
@@ -55,19 +60,25 @@ def _client(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+def deny(request: Request, status: int, detail: str) -> HTTPException:
+    """The refusal to raise, audited (path and client, no key material)."""
+    record_denied(request.app.state, request.scope, status)
+    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+    return HTTPException(status_code=status, detail=detail, headers=headers)
+
+
 def require_admin(request: Request, settings: SettingsDep, session: SessionDep,
                   key: Annotated[str | None, Security(api_key_header)] = None) -> Actor:
     if not key:
-        raise HTTPException(status_code=401, detail="send an admin API key in X-API-Key",
-                            headers={"WWW-Authenticate": "ApiKey"})
+        raise deny(request, 401, MISSING)
     owner = key_owner(request, session, key)
     if owner is None:
-        raise HTTPException(status_code=403, detail="this API key is not valid")
+        raise deny(request, 403, INVALID)
     return Actor(owner, _client(request), True)
 
 
 def search_actor(request: Request, settings: SettingsDep, session: SessionDep,
-                 key: Annotated[str | None, Security(api_key_header)] = None) -> Actor:
+                 key: OptionalKey = None) -> Actor:
     """Searches need a key only when TBPS_SEARCH_REQUIRES_KEY is set."""
     if settings.search_requires_key:
         return require_admin(request, settings, session, key)

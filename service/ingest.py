@@ -24,6 +24,7 @@ class FileResult:
     status: str  # "added" | "duplicate" | "rejected"
     crop_id: int | None = None
     reason: str | None = None
+    new_file: str | None = None  # written by this call: removed if the transaction fails
 
 
 @dataclass
@@ -49,7 +50,8 @@ class IngestReport:
 def ingest_bytes(session: Session, settings: Settings, *, name: str, data: bytes,
                  camera: str | None, captured_at: datetime | None = None,
                  person_id: str | None = None) -> FileResult:
-    """Validate, store content-addressed and record one crop. Duplicates are not stored twice."""
+    """Validate, store content-addressed and record one crop. Duplicates are not stored twice.
+    A file this call wrote is removed again when recording it fails (no file without a row)."""
     try:
         image = storage.check_image(data, max_bytes=settings.max_upload_bytes,
                                     max_pixels=settings.max_image_pixels)
@@ -58,15 +60,33 @@ def ingest_bytes(session: Session, settings: Settings, *, name: str, data: bytes
     existing = crud.get_crop_by_sha(session, sha256=image.sha256)
     if existing is not None and existing.status != CropStatus.deleted:
         return FileResult(name, "duplicate", crop_id=existing.id)
-    rel = storage.store(image, settings.resolved_crops_dir)
+    rel, wrote = storage.store(image, settings.resolved_crops_dir)
+    try:
+        result = _record(session, image, rel, existing, name=name, camera=camera,
+                         captured_at=captured_at, person_id=person_id)
+    except BaseException:
+        if wrote:
+            storage.remove(rel, settings.resolved_crops_dir)
+        raise
+    result.new_file = rel if wrote and result.status == "added" else None
+    return result
+
+
+def _record(session: Session, image: storage.CheckedImage, rel: str, existing: Crop | None, *,
+            name: str, camera: str | None, captured_at: datetime | None,
+            person_id: str | None) -> FileResult:
     cam = crud.get_or_create_camera(session, name=camera) if camera else None
     if existing is not None:  # deleted before, uploaded again
         crud.revive_crop(session, existing, stored_path=rel, camera=cam, captured_at=captured_at,
                          person_id=person_id, original_name=name)
         return FileResult(name, "added", crop_id=existing.id)
-    crop: Crop = crud.add_crop(session, sha256=image.sha256, stored_path=rel, width=image.width,
-                               height=image.height, camera=cam, captured_at=captured_at,
-                               person_id=person_id, original_name=name)
+    try:
+        crop: Crop = crud.add_crop(session, sha256=image.sha256, stored_path=rel,
+                                   width=image.width, height=image.height, camera=cam,
+                                   captured_at=captured_at, person_id=person_id,
+                                   original_name=name)
+    except crud.DuplicateCrop as dup:  # a parallel upload of the same file won
+        return FileResult(name, "duplicate", crop_id=dup.crop.id)
     return FileResult(name, "added", crop_id=crop.id)
 
 

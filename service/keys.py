@@ -19,7 +19,8 @@ class KeyRing:
     an authenticated search costs no extra query."""
 
     def __init__(self, env_digests: frozenset[str], ttl: float = DB_KEYS_TTL_S) -> None:
-        self._env = {d: f"env-key-{d[:8]}" for d in env_digests}
+        # names say which key without revealing any of its digest
+        self._env = {d: f"env-key-{i}" for i, d in enumerate(sorted(env_digests), 1)}
         self._db: dict[str, str] = {}
         self._loaded, self._ttl = float("-inf"), ttl
         self._lock = threading.Lock()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -12,15 +10,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import OperationalError
 
 from models.factory import load_encoder
 from service.audit import AuditBuffer
 from service.config import Settings, get_settings
+from service.errors import CatchAll, on_database_error, on_storage_error
+from service.gate import AdminGate
 from service.keys import KeyRing
 from service.limits import BodySizeLimit
 from service.metrics import Metrics, MetricsMiddleware
+from service.openapi import describe
 from service.routes import admin, crops, health, search
 from service.search import SearchEngine
+from service.storage import StorageError
+from service.supervisor import WorkerSupervisor
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 log = logging.getLogger(__name__)
@@ -49,12 +53,6 @@ def limit_threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
 
 
-def spawn_worker() -> subprocess.Popen:
-    """A `tbps worker` beside the API, for single-machine runs (TBPS_SPAWN_WORKER=true)."""
-    log.info("starting a job worker subprocess")
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "worker"])
-
-
 def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -62,7 +60,8 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     async def lifespan(app: FastAPI):
         settings.ensure_dirs()
         limit_threads(settings.api_threads)
-        worker = spawn_worker() if settings.spawn_worker else None
+        worker = WorkerSupervisor().start() if settings.spawn_worker else None
+        app.state.worker = worker
         enc = encoder or load_encoder(settings.checkpoint, settings.device)
         app.state.engine = SearchEngine(enc, settings.resolved_index_dir, settings.data_dir)
         app.state.engine.live_index()
@@ -72,8 +71,7 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
         finally:
             app.state.audit.close()
             if worker is not None:
-                worker.terminate()
-                worker.wait(timeout=30)
+                worker.stop()
 
     app = FastAPI(title="tbps", version="0.2.0", lifespan=lifespan,
                   description="Text-based person search: describe a person, get ranked crops. "
@@ -82,10 +80,15 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.keys = KeyRing(settings.admin_key_digests)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(AdminGate)  # outside the body limit: no key, nothing is read
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(CatchAll)  # added last: outermost, so it sees every error
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StorageError, on_storage_error)
+    app.add_exception_handler(OperationalError, on_database_error)
     for module in (health, search, crops, admin):
         app.include_router(module.router)
+    describe(app)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     @app.get("/", include_in_schema=False)

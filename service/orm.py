@@ -119,6 +119,10 @@ class Job(Base):
     # concurrent job of an exclusive kind (reindex) fail in the database, not in a race
     active_key: Mapped[str | None] = mapped_column(String(32), unique=True)
     created_by: Mapped[str | None] = mapped_column(String(128))
+    # while running: the worker renews the lease; a lease that runs out means the worker died
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    worker: Mapped[str | None] = mapped_column(String(128))
 
 
 class ApiKey(Base):

@@ -5,17 +5,50 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 MAX_DESCRIPTION = 512
 
 
 def _aware(value: datetime) -> datetime:
-    """Times without a zone are UTC (SQLite returns them so); every time leaves as UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    """Times without a zone are UTC (SQLite returns them so); every time leaves as UTC. A time
+    that has no UTC equivalent (9999-12-31T23:59:59-14:00) is a validation error, not a 500."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time is out of range once converted to UTC (years 1-9999)") from None
 
 
 UTCDateTime = Annotated[datetime, AfterValidator(_aware)]
+
+# names and ids: no control characters (C0, DEL, C1), at least one non-space character
+_PRINTABLE = r"[^\x00-\x1f\x7f-\x9f]"
+LABEL_PATTERN = rf"^{_PRINTABLE}*[^\s\x00-\x1f\x7f-\x9f]{_PRINTABLE}*$"
+
+
+# the constraints come first so that the schema shows them; then surrounding spaces go
+Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=LABEL_PATTERN),
+                  AfterValidator(str.strip)]
+
+
+def _json_integer(value: object) -> object:
+    """Numbers only: "5" and true are refused (lax ints would take them); 5.0 is an integer
+    in JSON Schema and stays accepted."""
+    if isinstance(value, bool | str):
+        raise ValueError("give a JSON number, not a string or a boolean")
+    return value
+
 
 _SEARCH_EXAMPLE = {"description": "a woman in a red coat with a black backpack", "top_k": 10,
                    "cameras": ["gate-3"], "time_from": "2026-05-01T08:00:00Z",
@@ -28,9 +61,10 @@ class SearchRequest(BaseModel):
     description: str = Field(..., min_length=1, max_length=MAX_DESCRIPTION,
                              description="What the person looks like, in plain words.",
                              examples=["a man in a blue jacket and black trousers"])
-    top_k: int = Field(10, ge=1, le=100, description="Hits (or persons) per page, 1-100.",
-                       examples=[10])
-    cameras: list[str] | None = Field(
+    top_k: Annotated[int, BeforeValidator(_json_integer)] = Field(
+        10, ge=1, le=100, examples=[10],
+        description="Hits (or persons) per page, 1-100 (a JSON number, not a string or bool).")
+    cameras: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
         None, max_length=100, description="Only crops from these cameras (by name). Unknown "
         "names match nothing. Omit for every camera.", examples=[["gate-3", "lobby"]])
     time_from: UTCDateTime | None = Field(None, description="Only crops captured at or after this "
@@ -138,6 +172,18 @@ class ErrorResponse(BaseModel):
                         examples=["no crop with id 12"])
 
 
+class ServerError(BaseModel):
+    detail: str = Field(..., description="What went wrong.",
+                        examples=["internal error; quote error id 3f2a9c0d1e"])
+    error_id: str = Field(..., description="Find it in the server log.", examples=["3f2a9c0d1e"])
+
+
+BAD_BODY = {400: {"model": ErrorResponse, "description": "The body could not be parsed"}}
+STORAGE_ERRORS = {
+    503: {"model": ErrorResponse, "description": "Storage not writable; try again later"},
+    507: {"model": ErrorResponse, "description": "The disk is full"}}
+
+
 class FileOutcome(BaseModel):
     name: str = Field(..., description="The uploaded file's name.", examples=["cam3-0001.jpg"])
     status: Literal["added", "duplicate", "rejected"] = Field(..., examples=["added"])
@@ -159,6 +205,8 @@ class JobOut(BaseModel):
     created_at: UTCDateTime = Field(..., examples=["2026-05-01T12:30:00Z"])
     started_at: UTCDateTime | None = Field(None, examples=["2026-05-01T12:30:01Z"])
     finished_at: UTCDateTime | None = Field(None, examples=[None])
+    attempts: int = Field(0, description="Runs started; more than one when a worker died "
+                          "while running it and it was requeued.", examples=[1])
 
 
 class UploadResponse(BaseModel):
@@ -177,16 +225,15 @@ class DeleteResponse(BaseModel):
 class CameraIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1, max_length=128, pattern=r"\S",
-                      description="Unique camera name.", examples=["gate-3"])
+    name: Label = Field(..., description="Unique camera name (no control characters; surrounding "
+                        "spaces are dropped).", examples=["gate-3"])
     description: str | None = Field(None, max_length=1000, examples=["north entrance"])
 
 
 class CameraRename(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1, max_length=128, pattern=r"\S",
-                      description="New unique name.", examples=["gate-3-north"])
+    name: Label = Field(..., description="New unique name.", examples=["gate-3-north"])
     description: str | None = Field(None, max_length=1000, examples=["north entrance"])
 
 

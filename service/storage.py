@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,21 +71,44 @@ def relative_path(image: CheckedImage) -> str:
     return f"{sha[:2]}/{sha[2:4]}/{sha}.{image.extension}"
 
 
-def store(image: CheckedImage, crops_dir: Path) -> str:
-    """Write the crop once (temp file, fsync, rename); return its path relative to crops_dir."""
+class StorageError(OSError):
+    """The crops folder cannot take a write: ``full`` (no space, quota) or not writable."""
+
+    def __init__(self, message: str, *, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
+
+
+def storage_error(exc: OSError, doing: str) -> StorageError:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    why = "the disk is full" if full else f"the crops folder is not writable ({exc.strerror})"
+    return StorageError(f"could not {doing}: {why}", full=full)
+
+
+def store(image: CheckedImage, crops_dir: Path) -> tuple[str, bool]:
+    """Write the crop once (temp file, fsync, rename). Returns its path relative to crops_dir
+    and whether this call wrote it. Raises ``StorageError``, leaving no temp file behind."""
     rel = relative_path(image)
     target = crops_dir / rel
     if target.exists():
-        return rel
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(image.data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(target)
-    return rel
+        return rel, False
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")  # unique per call
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as fh:
+            fh.write(image.data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(exc, "store the crop") from exc
+    return rel, True
 
 
 def remove(rel: str, crops_dir: Path) -> None:
-    (crops_dir / rel).unlink(missing_ok=True)
+    """Raises ``StorageError`` when the file is there and cannot be removed."""
+    try:
+        (crops_dir / rel).unlink(missing_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, "remove the crop file") from exc

@@ -9,9 +9,12 @@ a full reindex). Searches keep using the old index until the atomic swap of the 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
@@ -80,6 +83,43 @@ def remove_from_index(settings: Settings, crop_ids: list[int]) -> None:
 RUNNERS = {"reindex": ("encoded", run_reindex), "add": ("encoded", run_add)}
 
 
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@contextmanager
+def lease_keeper(settings: Settings, job_id: int) -> Iterator[None]:
+    """Renew the job's lease every third of its length while the body runs: a worker that is
+    killed stops renewing, and ``reap`` gives the job to another worker."""
+    url, lease_s = settings.resolved_database_url, settings.job_lease_seconds
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(lease_s / 3):
+            try:
+                with session_scope(url) as session:
+                    crud.renew_lease(session, job_id=job_id, lease_s=lease_s)
+            except Exception:  # a database hiccup: the next renewal tries again
+                log.exception("could not renew the lease of job %s", job_id)
+
+    thread = threading.Thread(target=renew, name=f"lease-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)
+
+
+def reap(settings: Settings) -> tuple[int, int]:
+    """Requeue (or fail, after too many attempts) jobs whose worker died."""
+    with session_scope(settings.resolved_database_url) as session:
+        requeued, failed = crud.reap_expired_jobs(session, max_attempts=settings.job_max_attempts)
+    if requeued or failed:
+        log.warning("jobs of a dead worker: %d requeued, %d failed", requeued, failed)
+    return requeued, failed
+
+
 def run_job(settings: Settings, encoder: Encoder, job: Job) -> bool:
     """Run one claimed job to the end; its row says how it went."""
     url = settings.resolved_database_url
@@ -87,7 +127,7 @@ def run_job(settings: Settings, encoder: Encoder, job: Job) -> bool:
     try:
         if runner is None:
             raise ValueError(f"unknown job kind {job.kind!r}")
-        with session_scope(url) as session:
+        with lease_keeper(settings, job.id), session_scope(url) as session:
             message = runner(session, settings, encoder, job.params or {},
                              _progress_writer(url, job.id, verb))
         ok = True
@@ -101,27 +141,48 @@ def run_job(settings: Settings, encoder: Encoder, job: Job) -> bool:
 
 
 def run_pending(settings: Settings, encoder: Encoder) -> int:
-    """Run queued jobs until none is left; returns how many ran."""
-    ran = 0
+    """Run queued jobs (and those of dead workers) until none is left; returns how many ran."""
+    ran, name = 0, worker_name()
     while True:
+        reap(settings)
         with session_scope(settings.resolved_database_url) as session:
-            job = crud.claim_next_job(session)
+            job = crud.claim_next_job(session, lease_s=settings.job_lease_seconds, worker=name)
         if job is None:
             return ran
         run_job(settings, encoder, job)
         ran += 1
 
 
+def _alive_here(worker: str | None) -> bool:
+    """False when ``worker`` (host:pid) names a process of this host that no longer exists."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's worker: its lease tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(settings: Settings) -> tuple[int, int]:
+    """At start: jobs whose worker was a process of this host that is gone are reaped at once
+    (requeued within their attempts); other workers' jobs wait for their lease to run out."""
+    with session_scope(settings.resolved_database_url) as session:
+        dead = [j.id for j in crud.running_jobs(session) if not _alive_here(j.worker)]
+        crud.expire_leases(session, job_ids=dead)
+    return reap(settings)
+
+
 def serve(settings: Settings, encoder: Encoder, *, stop: threading.Event | None = None,
-          recover: bool = True) -> None:
-    """Poll for jobs until ``stop`` is set. ``recover`` fails jobs a dead worker left running
-    (right when this is the only worker)."""
+          recover_jobs: bool = True) -> None:
+    """Poll for jobs until ``stop`` is set; ``recover_jobs``: first reap the jobs of dead
+    workers of this host at once (else when their lease runs out)."""
     stop = stop or threading.Event()
-    if recover:
-        with session_scope(settings.resolved_database_url) as session:
-            n = crud.fail_abandoned_jobs(session)
-        if n:
-            log.warning("marked %d abandoned running job(s) failed", n)
+    if recover_jobs:
+        recover(settings)
     log.info("worker polling %s every %.1fs", settings.resolved_database_url,
              settings.worker_poll_seconds)
     beat = settings.worker_heartbeat

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, UploadFile
@@ -13,6 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from service import admin, crud
 from service.deps import AdminDep, EngineDep, SessionDep, SettingsDep
 from service.schemas import (
+    BAD_BODY,
+    STORAGE_ERRORS,
     AuditOut,
     CameraIn,
     CameraOut,
@@ -22,8 +23,10 @@ from service.schemas import (
     FileOutcome,
     IndexInfo,
     JobOut,
+    Label,
     Stats,
     UploadResponse,
+    UTCDateTime,
 )
 
 AUTH_ERRORS = {401: {"model": ErrorResponse, "description": "No X-API-Key"},
@@ -49,18 +52,22 @@ def _read_upload(file: UploadFile, limit: int) -> bytes:
 
 
 @router.post("/crops", response_model=UploadResponse, responses={
-    413: {"model": ErrorResponse, "description": "Too many files in one request"}})
+    **BAD_BODY, 413: {"model": ErrorResponse, "description": "Too many files in one request"},
+    422: {"description": "No file was accepted (`detail` has one entry per file, `files` "
+          "the outcomes), or the form is not valid"},
+    **STORAGE_ERRORS})
 def upload_crops(
     request: Request, session: SessionDep, settings: SettingsDep, actor: AdminDep,
-    files: Annotated[list[UploadFile], File(description="One or more JPEG/PNG/BMP/WebP crops")],
-    camera: Annotated[str, Form(min_length=1, max_length=128, pattern=r"\S",
-                                description="Camera name; created when new",
-                                examples=["gate-3"])],
-    captured_at: Annotated[datetime, Form(description="When the crops were captured (ISO 8601)",
-                                          examples=["2026-05-01T12:30:00Z"])],
-    person_id: Annotated[str | None, Form(max_length=128, description="Person/track id",
-                                          examples=["track-0017"])] = None,
-) -> UploadResponse:
+    files: Annotated[list[UploadFile], File(min_length=1,
+                                            description="One or more JPEG/PNG/BMP/WebP crops")],
+    camera: Annotated[Label, Form(description="Camera name; created when new (no control "
+                                  "characters; surrounding spaces are dropped)",
+                                  examples=["gate-3"])],
+    captured_at: Annotated[UTCDateTime, Form(description="When the crops were captured "
+                                             "(ISO 8601)", examples=["2026-05-01T12:30:00Z"])],
+    person_id: Annotated[Label | None, Form(description="Person/track id (no control "
+                                            "characters)", examples=["track-0017"])] = None,
+) -> UploadResponse | JSONResponse:
     """Add crops. Each file is checked by content, size and pixels; duplicates are found by
     content hash. Good files are kept even when others in the batch are refused; an `add` job
     makes them searchable without a full reindex."""
@@ -69,24 +76,33 @@ def upload_crops(
                             f"{settings.max_files_per_upload} per request")
     uploads = [admin.Upload(f.filename or f"file-{i}", _read_upload(f, settings.max_upload_bytes))
                for i, f in enumerate(files, 1)]
-    results, job = admin.upload_crops(session, settings, uploads, camera=camera.strip(),
+    results, job = admin.upload_crops(session, settings, uploads, camera=camera,
                                       captured_at=captured_at, person_id=person_id or None,
-                                      actor=actor.name)
+                                      actor=actor.name, client=actor.client)
     outcomes = [FileOutcome(name=r.name, status=r.status, crop_id=r.crop_id, reason=r.reason)
                 for r in results]
-    crud.add_audit(session, actor=actor.name, action="crops.upload", target=f"camera:{camera}",
-                   detail={"files": [o.model_dump() for o in outcomes]}, client=actor.client)
-    session.commit()
-    admin.after_change(settings)
     for o in outcomes:
         request.app.state.metrics.uploads.labels(o.status).inc()
     count = {s: sum(o.status == s for o in outcomes) for s in ("added", "duplicate", "rejected")}
-    return UploadResponse(added=count["added"], duplicates=count["duplicate"],
+    body = UploadResponse(added=count["added"], duplicates=count["duplicate"],
                           rejected=count["rejected"], files=outcomes,
                           job=JobOut.model_validate(job) if job else None)
+    if count["rejected"] == len(outcomes):
+        return refused(body)
+    return body
 
 
-@router.delete("/crops/{crop_id}", response_model=DeleteResponse, responses=_not_found("crop"))
+def refused(body: UploadResponse) -> JSONResponse:
+    """422 in the validation-error shape (one entry per file), plus the upload's outcome."""
+    detail = [{"loc": ["body", "files", i], "msg": o.reason or "refused", "type": "file_refused"}
+              for i, o in enumerate(body.files)]
+    message = "no file was accepted: " + "; ".join(f"{o.name}: {o.reason}" for o in body.files)
+    return JSONResponse(status_code=422, content={**body.model_dump(mode="json"),
+                                                  "detail": detail, "message": message})
+
+
+@router.delete("/crops/{crop_id}", response_model=DeleteResponse,
+               responses={**_not_found("crop"), **STORAGE_ERRORS})
 def delete_crop(session: SessionDep, settings: SettingsDep, actor: AdminDep,
                 crop_id: int = Path(..., ge=1, le=2**62, examples=[42])) -> DeleteResponse:
     """Delete one crop: gone from search results at once, its file removed."""
@@ -102,22 +118,24 @@ def delete_crop(session: SessionDep, settings: SettingsDep, actor: AdminDep,
 
 
 @router.delete("/crops", response_model=DeleteResponse, responses={
-    **_not_found("camera"), 422: {"model": ErrorResponse, "description": "No filter given"}})
+    **_not_found("camera"), **STORAGE_ERRORS})
 def delete_crops_by_range(
     session: SessionDep, settings: SettingsDep, actor: AdminDep,
-    camera: Annotated[str | None, Query(max_length=128, description="Camera name",
-                                        examples=["gate-3"])] = None,
-    time_from: Annotated[datetime | None, Query(description="Captured at or after (ISO 8601)",
-                                                examples=["2026-01-01T00:00:00Z"])] = None,
-    time_to: Annotated[datetime | None, Query(description="Captured at or before (ISO 8601)",
-                                              examples=["2026-02-01T00:00:00Z"])] = None,
+    camera: Annotated[Label | None, Query(description="Camera name",
+                                          examples=["gate-3"])] = None,
+    time_from: Annotated[UTCDateTime | None, Query(description="Captured at or after (ISO "
+                                                   "8601)", examples=["2026-01-01T00:00:00Z"])
+                         ] = None,
+    time_to: Annotated[UTCDateTime | None, Query(description="Captured at or before (ISO 8601)",
+                                                 examples=["2026-02-01T00:00:00Z"])] = None,
 ) -> DeleteResponse | JSONResponse:
     """Retention: delete every crop of a camera and/or captured in a time range (at least one
     filter is required). Gone from results at once, files removed."""
     if camera is None and time_from is None and time_to is None:
         return JSONResponse(status_code=422, content={
-            "detail": "give camera, time_from or time_to", "message":
-            "give camera, time_from or time_to: deleting everything is not offered"})
+            "detail": [{"loc": ["query", "filters"], "msg": "give camera, time_from or time_to",
+                        "type": "missing"}],
+            "message": "give camera, time_from or time_to: deleting everything is not offered"})
     camera_id = None
     if camera is not None:
         cam = crud.get_camera_by_name(session, name=camera)
@@ -137,7 +155,7 @@ def delete_crops_by_range(
     return DeleteResponse(deleted=len(ids), crop_ids=ids)
 
 
-@router.post("/reindex", response_model=JobOut, status_code=202, responses={
+@router.post("/reindex", response_model=JobOut, status_code=202, responses={**BAD_BODY,
     409: {"model": ErrorResponse, "description": "A reindex is already queued or running"}})
 def reindex(session: SessionDep, actor: AdminDep, body: ReindexRequest | None = None) -> JobOut:
     """Queue a full reindex. A worker process runs it; searches keep using the live index
@@ -183,7 +201,7 @@ def list_cameras(session: SessionDep, _actor: AdminDep) -> list[CameraOut]:
     return [_camera_out(cam, n) for cam, n in crud.cameras_with_counts(session)]
 
 
-@router.post("/cameras", response_model=CameraOut, status_code=201, responses={
+@router.post("/cameras", response_model=CameraOut, status_code=201, responses={**BAD_BODY,
     409: {"model": ErrorResponse, "description": "Name taken"}})
 def create_camera(body: CameraIn, session: SessionDep, settings: SettingsDep,
                   actor: AdminDep) -> CameraOut:
@@ -198,7 +216,7 @@ def create_camera(body: CameraIn, session: SessionDep, settings: SettingsDep,
     return _camera_out(cam, 0)
 
 
-@router.patch("/cameras/{camera_id}", response_model=CameraOut, responses={
+@router.patch("/cameras/{camera_id}", response_model=CameraOut, responses={**BAD_BODY,
     **_not_found("camera"), 409: {"model": ErrorResponse, "description": "Name taken"}})
 def rename_camera(body: CameraRename, session: SessionDep, settings: SettingsDep,
                   actor: AdminDep,

@@ -2,19 +2,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Security
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse
 
 from service import crud
 from service.admin import thumbnail
-from service.deps import SessionDep, SettingsDep, api_key_header, key_owner
+from service.deps import OptionalKey, SessionDep, SettingsDep, deny, key_owner
 from service.orm import Crop, CropStatus
 from service.schemas import ErrorResponse
 from service.urls import valid_signature
 
 
 def image_access(request: Request, settings: SettingsDep, session: SessionDep,
-                 key: Annotated[str | None, Security(api_key_header)] = None,
+                 key: OptionalKey = None,
                  exp: Annotated[int | None, Query(ge=0, le=2**40, description="Expiry of a "
                                                   "signed URL (unix time)",
                                                   examples=[1780000000])] = None,
@@ -29,10 +29,9 @@ def image_access(request: Request, settings: SettingsDep, session: SessionDep,
     if valid_signature(settings, request.url.path, exp, sig):
         return
     if not key and sig is None:
-        raise HTTPException(status_code=401, detail="send X-API-Key or use the signed URL "
-                            "from the search results")
-    raise HTTPException(status_code=403, detail="the key or the URL signature is not valid "
-                        "(signed URLs expire after an hour)")
+        raise deny(request, 401, "send X-API-Key or use the signed URL from the search results")
+    raise deny(request, 403, "the key or the URL signature is not valid (signed URLs expire "
+               "soon: TBPS_SIGNED_URL_SECONDS)")
 
 
 router = APIRouter(tags=["crops"], dependencies=[Depends(image_access)], responses={

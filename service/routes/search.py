@@ -20,7 +20,8 @@ def hit_out(hit: Hit, settings: Settings) -> SearchHit:
 
 
 @router.post("/search", response_model=SearchResponse,
-             responses={400: {"model": ErrorResponse, "description": "Bad cursor"},
+             responses={400: {"model": ErrorResponse, "description": "Bad cursor, or a body "
+                              "that could not be parsed"},
                         401: {"model": ErrorResponse, "description": "Key required"},
                         403: {"model": ErrorResponse, "description": "Key not valid"},
                         409: {"model": ErrorResponse, "description": "Cursor from an older index"},

@@ -98,8 +98,9 @@ def test_upload_refuses_decompression_bombs_and_needs_its_fields(api):
     Image.new("1", (20000, 20000)).save(buf, format="PNG")  # 50 MB of pixels in a few KB
     r = api.post("/admin/crops", files=[("files", ("bomb.png", buf.getvalue(), "image/png"))],
                  data={"camera": "c", "captured_at": "2026-06-01T10:00:00Z"})
-    assert r.status_code == 200 and r.json()["files"][0]["status"] == "rejected"
+    assert r.status_code == 422 and r.json()["files"][0]["status"] == "rejected"  # none taken
     assert "pixels" in r.json()["files"][0]["reason"] or "bomb" in r.json()["files"][0]["reason"]
+    assert r.json()["detail"][0]["loc"] == ["body", "files", 0]
     r = api.post("/admin/crops", files=[("files", ("a.png", b"x", "image/png"))],
                  data={"camera": "c", "captured_at": "yesterday"})
     assert r.status_code == 422 and "captured_at" in r.json()["message"]

@@ -4,7 +4,6 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import inspect
-from sqlalchemy.exc import IntegrityError
 
 from service import crud
 from service.db import alembic_config, get_engine, migrate, session_scope
@@ -67,8 +66,9 @@ def test_duplicate_hash_is_refused_by_the_database(migrated_settings):
     url = migrated_settings.resolved_database_url
     with session_scope(url) as s:
         _add(s, "c" * 64)
-    with pytest.raises(IntegrityError):
-        with session_scope(url) as s:
+    with session_scope(url) as s:  # the unique index refuses it; crud names the crop it hit
+        with pytest.raises(crud.DuplicateCrop) as dup:
             _add(s, "c" * 64)
+        assert dup.value.crop.sha256 == "c" * 64
     with session_scope(url) as s:
         assert crud.count_crops(s) == 1

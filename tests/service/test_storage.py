@@ -62,10 +62,11 @@ def test_rejects_tiny_images():
 
 def test_store_is_content_addressed_and_idempotent(tmp_path, image_bytes):
     checked = storage.check_image(image_bytes(5), **LIMITS)
-    rel = storage.store(checked, tmp_path)
+    rel, wrote = storage.store(checked, tmp_path)
+    assert wrote
     assert rel == f"{checked.sha256[:2]}/{checked.sha256[2:4]}/{checked.sha256}.png"
     assert (tmp_path / rel).read_bytes() == checked.data
-    assert storage.store(checked, tmp_path) == rel
+    assert storage.store(checked, tmp_path) == (rel, False)
     assert not list(tmp_path.rglob("*.tmp"))
     storage.remove(rel, tmp_path)
     assert not (tmp_path / rel).exists()

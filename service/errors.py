@@ -1,0 +1,77 @@
+"""Errors as JSON: storage and database trouble as 507/503 with a message, anything unhandled
+as a 500 with an error id that the log names too. Unhandled errors are answered here, not
+re-raised to the server, so that the client's keep-alive connection stays usable."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.storage import StorageError
+
+log = logging.getLogger(__name__)
+
+
+async def on_storage_error(_request: Request, exc: StorageError) -> JSONResponse:
+    log.error("storage error: %s", exc)
+    return JSONResponse(status_code=507 if exc.full else 503, content={"detail": str(exc)},
+                        headers={} if exc.full else {"Retry-After": "30"})
+
+
+def database_problem(exc: OperationalError) -> tuple[int, str]:
+    """(status, message) for a database that cannot do the request, logged with an id."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("database unavailable (error id %s): %s", error_id, exc.orig)
+    if "disk is full" in str(exc.orig).lower():  # SQLITE_FULL
+        return 507, f"the database's disk is full (error id {error_id})"
+    return 503, (f"the database is unavailable, read-only or not migrated (`tbps migrate`); "
+                 f"try again (error id {error_id})")
+
+
+async def on_database_error(_request: Request, exc: OperationalError) -> JSONResponse:
+    status, detail = database_problem(exc)
+    return JSONResponse(status_code=status, content={"detail": detail},
+                        headers={"Retry-After": "5"} if status == 503 else {})
+
+
+class CatchAll:
+    """The outermost app middleware: an exception that reaches it becomes a logged JSON 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("unhandled error %s on %s %s", error_id, scope.get("method"),
+                          scope.get("path"))
+            if started:  # the response is half sent: nothing sensible is left to say
+                raise
+            await _send_500(send, error_id)
+
+
+async def _send_500(send: Send, error_id: str) -> None:
+    body = json.dumps({"detail": f"internal error; quote error id {error_id}",
+                       "error_id": error_id}).encode()
+    await send({"type": "http.response.start", "status": 500,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,70 @@
+"""Admin requests are authenticated before their body is read: an unauthenticated client
+cannot make the server spool a large upload to disk. Refusals are audited."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.db import session_scope
+from service.errors import database_problem
+
+MISSING = "send an admin API key in X-API-Key"
+INVALID = "this API key is not valid"
+
+
+class AdminGate:
+    """401 (no key) or 403 (unknown key) for ``/admin/...`` before the app reads anything;
+    the routes check the key again (their dependency names the actor)."""
+
+    def __init__(self, app: ASGIApp, prefix: str = "/admin/") -> None:
+        self.app, self.prefix = app, prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state
+        key = dict(scope["headers"]).get(b"x-api-key", b"").decode("latin-1")
+        try:
+            known = bool(key) and await run_in_threadpool(_owner, state, key) is not None
+        except OperationalError as exc:  # not migrated, locked, down, disk full
+            await _refuse(send, *database_problem(exc))
+            return
+        if known:
+            await self.app(scope, receive, send)
+            return
+        record_denied(state, scope, 403 if key else 401)
+        await _refuse(send, 403 if key else 401, INVALID if key else MISSING)
+
+
+def _owner(state, key: str) -> str | None:
+    with session_scope(state.settings.resolved_database_url) as session:
+        return state.keys.owner(session, key)
+
+
+def record_denied(state, scope: Scope, status: int) -> None:
+    """An audit entry for a refused key: which path, which client, no key material."""
+    audit = getattr(state, "audit", None)
+    if audit is not None:
+        audit.record(actor="anonymous", action="auth.denied", target=scope["path"][:256],
+                     detail={"status": status, "method": scope.get("method")},
+                     client=client_of(scope))
+
+
+def client_of(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+async def _refuse(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    if status == 401:
+        headers.append((b"www-authenticate", b"ApiKey"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
