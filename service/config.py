@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_DEMO_GALLERY = Path("../shared/data/cuhk-pedes/imgs")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# beside the repository (../shared of the checkout), wherever the command is started from
+DEFAULT_DEMO_GALLERY = REPO_ROOT.parent / "shared" / "data" / "cuhk-pedes" / "imgs"
 # placeholder secrets from examples and compose files: refused outside development
 KNOWN_DEFAULT_KEYS = frozenset({"changethis", "change-me", "changeme", "secret", "admin", "dev"})
 
@@ -34,7 +37,9 @@ class Settings(BaseSettings):
     admin_key_hashes: str = Field("", description="comma-separated sha256 hex digests of admin "
                                   "keys, for deployments that keep no plain key in the environment")
     search_requires_key: bool = Field(False, description="POST /search needs an X-API-Key too")
-    audit_searches: bool = Field(True, description="write each search to the audit log")
+    audit_searches: Literal["all", "keyed", "off"] = Field(
+        "keyed", description="which searches the audit log records: all, those made with an API "
+        "key (anonymous page searches would flood it), or none; true/false mean all/off")
     spawn_worker: bool = Field(False, description="the API starts a `tbps worker` subprocess "
                                "beside itself (`tbps demo` does); off where a worker runs apart")
     worker_poll_seconds: float = Field(1.0, gt=0, le=60)
@@ -60,6 +65,16 @@ class Settings(BaseSettings):
         if value not in {"development", "production", "test"}:
             raise ValueError("TBPS_ENVIRONMENT must be development, production or test")
         return value
+
+    @field_validator("audit_searches", mode="before")
+    @classmethod
+    def _audit_booleans(cls, value: object) -> object:
+        """The setting was a boolean before: keep `true`/`false` meaning what they meant."""
+        if isinstance(value, bool):
+            return "all" if value else "off"
+        text = str(value).strip().lower()
+        return {"true": "all", "1": "all", "yes": "all", "false": "off", "0": "off",
+                "no": "off"}.get(text, text)
 
     @model_validator(mode="after")
     def _no_default_secrets_outside_development(self) -> Settings:

@@ -4,9 +4,9 @@ from fastapi import APIRouter, HTTPException, Request
 
 from service import crud
 from service.config import Settings
-from service.deps import EngineDep, SearcherDep, SessionDep, SettingsDep
+from service.deps import Actor, EngineDep, SearcherDep, SessionDep, SettingsDep
 from service.schemas import ErrorResponse, PersonHit, SearchHit, SearchRequest, SearchResponse
-from service.search import BadCursor, CursorExpired, Hit, IndexNotReady, SearchQuery
+from service.search import BadCursor, CursorExpired, Hit, IndexNotReady, SearchQuery, UnknownCamera
 from service.urls import crop_url
 
 router = APIRouter(tags=["search"])
@@ -16,7 +16,14 @@ def hit_out(hit: Hit, settings: Settings) -> SearchHit:
     return SearchHit(crop_id=hit.crop_id, score=hit.score, camera=hit.camera,
                      captured_at=hit.captured_at, person_id=hit.person_id, width=hit.width,
                      height=hit.height, image_url=crop_url(settings, hit.crop_id, "image"),
-                     thumbnail_url=crop_url(settings, hit.crop_id, "thumbnail"), parts=hit.parts)
+                     thumbnail_url=crop_url(settings, hit.crop_id, "thumbnail"), parts=hit.parts,
+                     file_name=hit.file_name)
+
+
+def audited(settings: Settings, actor: Actor) -> bool:
+    """TBPS_AUDIT_SEARCHES: all, only searches made with a key (the default), or none."""
+    return settings.audit_searches == "all" or (settings.audit_searches == "keyed"
+                                                and actor.admin)
 
 
 @router.post("/search", response_model=SearchResponse,
@@ -24,6 +31,8 @@ def hit_out(hit: Hit, settings: Settings) -> SearchHit:
                         401: {"model": ErrorResponse, "description": "Key required"},
                         403: {"model": ErrorResponse, "description": "Key not valid"},
                         409: {"model": ErrorResponse, "description": "Cursor from an older index"},
+                        422: {"model": ErrorResponse, "description": "Invalid request, or an "
+                              "unknown camera"},
                         503: {"model": ErrorResponse, "description": "No usable index yet"}})
 def search(body: SearchRequest, request: Request, session: SessionDep, engine: EngineDep,
            settings: SettingsDep, actor: SearcherDep) -> SearchResponse:
@@ -43,8 +52,10 @@ def search(body: SearchRequest, request: Request, session: SessionDep, engine: E
         raise HTTPException(status_code=409, detail=str(exc)) from None
     except BadCursor as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
+    except UnknownCamera as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
     request.app.state.metrics.search_seconds.observe(result.took_ms / 1000)
-    if settings.audit_searches:
+    if audited(settings, actor):
         detail = body.model_dump(mode="json", exclude_none=True, exclude={"cursor"})
         detail["hits"] = len(result.hits) or len(result.persons)
         request.app.state.audit.record(actor=actor.name, action="search", detail=detail,
@@ -54,7 +65,7 @@ def search(body: SearchRequest, request: Request, session: SessionDep, engine: E
                          last_seen=p.last_seen, crop_count=p.crop_count) for p in result.persons]
     return SearchResponse(query=body.description, index_version=result.index_version,
                           took_ms=round(result.took_ms, 2), group_by=body.group_by,
-                          matching=result.matching,
+                          matching=result.matching, score_max=engine.score_max,
                           hits=[hit_out(h, settings) for h in result.hits],
                           persons=persons, next_cursor=result.next_cursor)
 
