@@ -240,48 +240,67 @@ DEMO_CAMERA_NOTE = "a folder of the CUHK-PEDES dataset, not a camera"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """What `make run` does: migrate, ingest the demo gallery if empty, queue the index job and
-    serve at once; the job worker beside the server indexes, and the page searches what is
-    indexed so far."""
+    """What `make run` does: migrate, serve at once, and ingest the demo gallery (when the
+    gallery is empty) beside the server; the job worker indexes what is ingested as it comes,
+    and the page searches what is indexed so far."""
+    import threading
+
     from service import crud
     from service.db import migrate, session_scope
-    from service.indexing import queue_index_job
 
     settings = _settings()
     migrate(settings.resolved_database_url)
     with session_scope(settings.resolved_database_url) as session:
         empty = crud.count_crops(session) == 0
-    if empty:
-        _ingest_demo_gallery(settings)
-    with session_scope(settings.resolved_database_url) as session:
-        job = queue_index_job(session, settings, created_by="demo")
-        if job is not None:
-            print(f"index job {job.id} ({job.kind}) queued: the page answers now and searches "
-                  "what is indexed so far; progress on the page, at /status and in this log")
+    gallery = settings.demo_gallery or DEFAULT_DEMO_GALLERY
+    if empty and gallery.is_dir():
+        threading.Thread(target=_ingest_demo_gallery, args=(settings, gallery),
+                         name="demo-ingest", daemon=True).start()
+    else:
+        if empty:
+            print(f"no demo gallery: {gallery} does not exist. Set TBPS_DEMO_GALLERY to a "
+                  "folder of person crops, or upload crops later through the API. Serving an "
+                  "empty gallery.")
+        _queue_index_job(settings)
     # a job worker beside the server, so that indexing, uploads and reindexing need no setup
     return cmd_serve(argparse.Namespace(host=args.host, port=args.port, with_worker=True))
 
 
-def _ingest_demo_gallery(settings: Settings) -> None:
-    """The CUHK-PEDES demo images, with each crop's person id from reid_raw.json beside them;
-    their sub-folders become cameras, described as dataset folders."""
-    gallery = settings.demo_gallery or DEFAULT_DEMO_GALLERY
-    if not gallery.is_dir():
-        print(f"no demo gallery: {gallery} does not exist. Set TBPS_DEMO_GALLERY to a folder "
-              "of person crops, or upload crops later through the API. Serving an empty "
-              "gallery.")
-        return
-    labels = gallery.parent / "reid_raw.json"
-    print(f"gallery is empty: ingesting the demo gallery {gallery}")
-    cmd_ingest(argparse.Namespace(folder=str(gallery), camera=None,
-                                  persons=str(labels) if labels.is_file() else None))
-    if labels.is_file():
-        from service import crud
-        from service.db import session_scope
+def _queue_index_job(settings: Settings) -> None:
+    from service.db import session_scope
+    from service.indexing import queue_index_job
 
+    with session_scope(settings.resolved_database_url) as session:
+        job = queue_index_job(session, settings, created_by="demo")
+        if job is not None and job.status.value == "queued":
+            print(f"index job {job.id} ({job.kind}) queued: search answers from what is "
+                  "indexed so far; progress on the page, at /status and in this log", flush=True)
+
+
+def _ingest_demo_gallery(settings: Settings, gallery: Path) -> None:
+    """The CUHK-PEDES demo images, with each crop's person id from reid_raw.json beside them;
+    their sub-folders become cameras, described as dataset folders. Every 500 files an index
+    job is queued (if none is waiting), so indexing starts within seconds."""
+    from service import crud
+    from service.db import session_scope
+    from service.ingest import ingest_folder, read_person_ids
+
+    labels = gallery.parent / "reid_raw.json"
+    persons = read_person_ids(labels) if labels.is_file() else None
+
+    def committed() -> None:
         with session_scope(settings.resolved_database_url) as session:
             for camera, _ in crud.cameras_with_counts(session):
                 camera.description = camera.description or DEMO_CAMERA_NOTE
+        _queue_index_job(settings)
+
+    print(f"gallery is empty: ingesting the demo gallery {gallery} while serving", flush=True)
+    with session_scope(settings.resolved_database_url) as session:
+        report = ingest_folder(session, settings, gallery, persons=persons,
+                               progress=_progress_printer("ingesting files"),
+                               on_commit=committed)
+    print(f"ingested {report.added} crops, {len(report.rejected)} files rejected, person ids "
+          f"from {labels if persons else 'nowhere'}", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

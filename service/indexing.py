@@ -104,12 +104,13 @@ def job_needed(session: Session, settings: Settings) -> str | None:
 
 
 def queue_index_job(session: Session, settings: Settings, *, created_by: str) -> Job | None:
-    """Queue the job ``job_needed`` names, unless one is already queued or running."""
+    """Queue the job ``job_needed`` names, unless an index job is queued already (a running
+    one does not count: crops added since it started need the next one)."""
     kind = job_needed(session, settings)
     if kind is None:
         return None
     active = _active_index_job(session)
-    if active is not None:
+    if active is not None and (active.status.value == "queued" or kind == "reindex"):
         return active
     try:
         return crud.create_job(session, kind=kind, created_by=created_by)

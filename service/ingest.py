@@ -95,9 +95,12 @@ def read_person_ids(path: Path) -> dict[str, str]:
 def ingest_folder(session: Session, settings: Settings, folder: Path, *,
                   camera: str | None = None, persons: Mapping[str, str] | None = None,
                   progress: Callable[[int, int], None] | None = None,
+                  on_commit: Callable[[], None] | None = None,
                   commit_every: int = 500) -> IngestReport:
     """Ingest every file below ``folder``. Without ``camera`` the first sub-folder names it;
-    ``persons`` maps a file's path below ``folder`` to its person id."""
+    ``persons`` maps a file's path below ``folder`` to its person id. Every ``commit_every``
+    files are committed and announced to searching processes (the catalog stamp), then
+    ``on_commit`` is called: a long ingest becomes indexable, and searchable, as it goes."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder")
@@ -116,9 +119,15 @@ def ingest_folder(session: Session, settings: Settings, folder: Path, *,
             log.warning("skipped %s: %s", rel, result.reason)
         report.results.append(result)
         if i % commit_every == 0:
-            session.commit()
+            _committed(session, settings, on_commit)
         if progress and (i % 100 == 0 or i == len(files)):
             progress(i, len(files))
+    _committed(session, settings, on_commit)
+    return report
+
+
+def _committed(session: Session, settings: Settings, on_commit: Callable[[], None] | None) -> None:
     session.commit()
     touch_stamp(settings.data_dir)
-    return report
+    if on_commit:
+        on_commit()

@@ -98,6 +98,28 @@ class SearchHit(BaseModel):
         examples=[{"global": 0.41, "stripe_1": 0.12, "stripe_2": 0.2}])
 
 
+class Sighting(BaseModel):
+    crop_id: int = Field(..., examples=[42])
+    camera: str | None = Field(None, examples=["gate-3"])
+    captured_at: UTCDateTime | None = Field(None, examples=["2026-05-01T12:30:00Z"])
+    file_name: str | None = Field(None, examples=["CUHK01/0363004.png"])
+    image_url: str = Field(..., examples=["/crops/42/image"])
+    thumbnail_url: str = Field(..., examples=["/crops/42/thumbnail"])
+
+
+class PersonSightings(BaseModel):
+    person_id: str = Field(..., examples=["track-0017"])
+    sightings: list[Sighting] = Field(..., description="In capture-time order; crops without "
+                                      "a time last.")
+    truncated: bool = Field(False, description="More crops exist than were returned.")
+
+
+class CameraInfo(BaseModel):
+    name: str = Field(..., examples=["gate-3"])
+    description: str | None = Field(None, examples=["north entrance"])
+    crop_count: int = Field(0, description="Crops not deleted.", examples=[120])
+
+
 class PersonHit(BaseModel):
     person_id: str | None = Field(..., description="Person/track id; null for a crop with "
                                   "none, which is its own entry.", examples=["track-0017"])

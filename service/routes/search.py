@@ -1,11 +1,22 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
+from typing import Annotated
 
-from service import crud
+from fastapi import APIRouter, HTTPException, Path, Request
+
+from service import crud, persons
 from service.config import Settings
 from service.deps import Actor, EngineDep, SearcherDep, SessionDep, SettingsDep
-from service.schemas import ErrorResponse, PersonHit, SearchHit, SearchRequest, SearchResponse
+from service.schemas import (
+    CameraInfo,
+    ErrorResponse,
+    PersonHit,
+    PersonSightings,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+    Sighting,
+)
 from service.search import BadCursor, CursorExpired, Hit, IndexNotReady, SearchQuery, UnknownCamera
 from service.urls import crop_url
 
@@ -75,3 +86,31 @@ def search(body: SearchRequest, request: Request, session: SessionDep, engine: E
 def camera_names(session: SessionDep, _actor: SearcherDep) -> list[str]:
     """Camera names, for the search filter."""
     return [cam.name for cam, _ in crud.cameras_with_counts(session)]
+
+
+@router.get("/cameras/info", response_model=list[CameraInfo],
+            responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+def camera_info(session: SessionDep, _actor: SearcherDep) -> list[CameraInfo]:
+    """Cameras with their description and crop count (the demo's are dataset folders)."""
+    return [CameraInfo(name=cam.name, description=cam.description, crop_count=n)
+            for cam, n in crud.cameras_with_counts(session)]
+
+
+PersonId = Annotated[str, Path(min_length=1, max_length=128, examples=["track-0017"])]
+
+
+@router.get("/persons/{person_id}/sightings", response_model=PersonSightings,
+            responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+                       404: {"model": ErrorResponse}})
+def person_sightings(person_id: PersonId, session: SessionDep, settings: SettingsDep,
+                     _actor: SearcherDep) -> PersonSightings:
+    """Every crop of this person/track id in capture-time order (at most 500)."""
+    crops = persons.sightings(session, person_id=person_id, limit=persons.MAX_SIGHTINGS + 1)
+    if not crops:
+        raise HTTPException(status_code=404, detail=f"no crops of person {person_id!r}")
+    shown = crops[: persons.MAX_SIGHTINGS]
+    return PersonSightings(person_id=person_id, truncated=len(crops) > len(shown), sightings=[
+        Sighting(crop_id=c.id, camera=c.camera.name if c.camera else None,
+                 captured_at=c.captured_at, file_name=c.original_name,
+                 image_url=crop_url(settings, c.id, "image"),
+                 thumbnail_url=crop_url(settings, c.id, "thumbnail")) for c in shown])

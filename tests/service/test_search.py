@@ -177,3 +177,36 @@ def test_one_encoding_one_index_search_one_query_per_request(api, gallery, monke
         event.remove(db, "before_cursor_execute", record)
     assert (encoder.calls, live.calls) == (1, 1)
     assert [s.split()[0] for s in statements] == ["SELECT"], statements
+
+
+def test_person_sightings_are_in_time_order_and_unknown_persons_404(api, gallery):
+    from service.db import session_scope
+    from service.ingest import ingest_bytes
+    from tests.conftest import make_image
+
+    with session_scope(gallery.resolved_database_url) as session:  # p1, earlier, no camera
+        ingest_bytes(session, gallery, name="early.png", data=make_image(999), camera=None,
+                     captured_at=T0 - timedelta(days=1), person_id="p1")
+        ingest_bytes(session, gallery, name="timeless.png", data=make_image(998), camera=None,
+                     person_id="p1")
+    body = api.get("/persons/p1/sightings").json()
+    names = [s["file_name"] for s in body["sightings"]]
+    assert names == ["early.png", "c3.png", "c4.png", "c5.png", "timeless.png"]
+    assert body["sightings"][1]["camera"] == "cam-0" and body["sightings"][0]["camera"] is None
+    assert body["sightings"][1]["thumbnail_url"].endswith("/thumbnail") and not body["truncated"]
+    r = api.get("/persons/nobody/sightings")
+    assert r.status_code == 404 and "nobody" in r.json()["detail"]
+
+
+def test_camera_info_has_descriptions_and_counts(api):
+    assert api.post("/admin/cameras", json={"name": "dock", "description": "a dataset folder"}
+                    ).status_code == 201
+    info = {c["name"]: c for c in api.get("/cameras/info").json()}
+    assert info["cam-0"]["crop_count"] == 4 and info["cam-0"]["description"] is None
+    assert info["dock"] == {"name": "dock", "description": "a dataset folder", "crop_count": 0}
+
+
+def test_favicon_is_served(api):
+    r = api.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
+    assert b"<svg" in r.content
