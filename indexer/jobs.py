@@ -59,7 +59,7 @@ __all__ = ["BuildReport", "CheckReport", "StaleIndex", "BuildBusy", "build_full"
 
 SHARD_SIZE = 4096
 FIRST_CHUNK = 32  # crops in the first published generation: searchable within seconds
-ADD_CHUNK = 512  # most crops per published generation when adding many (chunks double up to it)
+ADD_CHUNK = 256  # most crops per published generation when adding many (chunks double up to it)
 COMPACT_GENERATIONS = 256  # more generations than this: merge them into a new base
 
 

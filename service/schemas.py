@@ -166,6 +166,8 @@ class IndexingOut(BaseModel):
     total: int = Field(..., description="Crops in the gallery.", examples=[4527])
     eta_s: float | None = Field(None, description="Seconds left, estimated from the job's "
                                 "progress; null until it has some.", examples=[190.0])
+    progress: float = Field(0.0, ge=0, le=1, description="The job's own fraction done (crops "
+                            "become searchable a chunk at a time).", examples=[0.25])
     summary: str = Field(..., description="The same in words.",
                          examples=["indexing 1024 of 4527 crops, ETA 190 s"])
 

@@ -74,10 +74,11 @@ function showGalleryState(st) {
     const ix = st.indexing;
     text.textContent = ix.status === "queued"
       ? `Indexing is about to start (${plural(ix.total, "crop")}).`
-      : `Indexing ${ix.done.toLocaleString()} of ${plural(ix.total, "crop")}${eta(ix.eta_s)}. ` +
-        `Searches cover the ${st.searchable.toLocaleString()} indexed so far.`;
+      : `Indexing ${ix.done.toLocaleString()} of ${plural(ix.total, "crop")}${eta(ix.eta_s)} ` +
+        `(job ${Math.round(ix.progress * 100)}% done). Searches cover the ` +
+        `${st.searchable.toLocaleString()} indexed so far.`;
     bar.hidden = false;
-    bar.value = ix.total ? ix.done / ix.total : 0;
+    bar.value = ix.status === "queued" ? 0 : Math.max(ix.progress, ix.total ? ix.done / ix.total : 0);
   } else if (st.crops === 0) {
     state = "empty";
     text.textContent = "The gallery is empty: upload crops on the Admin page, or run " +

@@ -49,6 +49,7 @@ def test_status_and_readyz_follow_the_first_index_job(gallery, tiny_encoder):
         indexing = client.get("/status").json()["indexing"]
         assert indexing["status"] == "running" and 85 <= indexing["eta_s"] <= 95  # 30 s for 1/4
         assert indexing["summary"].startswith("indexing 0 of 12 crops, ETA")
+        assert indexing["summary"].endswith("(job 25% done)") and indexing["progress"] == 0.25
         with session_scope(gallery.resolved_database_url) as session:
             crud.finish_job(session, job_id=claimed.id, ok=False, message="stopped")
 
