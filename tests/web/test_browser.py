@@ -320,7 +320,9 @@ def test_filter_by_camera_and_time_group_by_person_and_no_results(rich_server, b
 def test_empty_gallery_says_so(tmp_path, browser):
     from selenium.webdriver.common.by import By
 
-    base, proc = _start(tmp_path, _env(tmp_path / "data"), ["serve"], ready="/healthz")
+    env = _env(tmp_path / "data")
+    subprocess.run(TBPS + ["migrate"], env=env, check=True, capture_output=True, timeout=120)
+    base, proc = _start(tmp_path, env, ["serve"], ready="/healthz")
     try:
         browser.get(base + "/")
         _wait(browser, lambda d: _state(d) == "empty")
@@ -353,8 +355,10 @@ def test_demo_from_another_folder_serves_at_once_and_answers_while_indexing(tmp_
         assert time.monotonic() - started < 60
         browser.get(base + "/")
         _wait(browser, lambda d: _state(d) == "indexing", timeout=60)
-        banner = browser.find_element(By.ID, "gallery-state").text
-        assert "Indexing" in banner and "of 400 crops" in banner
+        assert "Indexing" in browser.find_element(By.ID, "gallery-state").text  # queued first
+        _wait(browser, lambda d: "of 400 crops" in d.find_element(By.ID, "gallery-state").text,
+              timeout=60)
+        assert "searches cover the" in browser.find_element(By.ID, "gallery-state").text.lower()
 
         def results_while_indexing(d):
             cards = _submit(d, "a person in a red shirt", top_k=10)
