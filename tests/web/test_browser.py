@@ -179,6 +179,9 @@ def test_search_upload_and_find_it(server, browser, tmp_path):
     browser.get(server + "/admin")
     key = browser.find_element(By.ID, "api-key")
     key.send_keys(ADMIN_KEY, Keys.TAB)
+    crops = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#stats [data-stat=crops]"))
+    assert crops[0].text.split("\n")[:2] == ["crops", "6"]  # a labelled grid, not a JSON dump
+    assert "{" not in browser.find_element(By.ID, "stats").text
     browser.find_element(By.ID, "files").send_keys(str(crop))
     browser.find_element(By.ID, "camera").send_keys("dock-7")
     browser.execute_script("document.getElementById('captured_at').value = "
