@@ -53,6 +53,17 @@ def _poll(base: str, started: float, marks: dict, timeline: list) -> bool:
     return False
 
 
+def thin(timeline: list[dict]) -> list[dict]:
+    """The samples where something changed: crops, searchable count, search status, job."""
+    kept: list[dict] = []
+    for entry in timeline:
+        key = (entry["crops"], entry["searchable"], entry["search_status"], bool(entry["hits"]),
+               entry["indexing"] is None)
+        if not kept or key != kept[-1]["_key"]:
+            kept.append({**entry, "_key": key})
+    return [{k: v for k, v in e.items() if k != "_key"} for e in kept]
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM to the demo's process group (server, worker, reader processes), then SIGKILL:
     a worker finishes the chunk it is encoding before it exits."""
@@ -92,7 +103,7 @@ def main() -> int:
     finally:
         _stop(proc)
     result = {"command": "tbps demo (from a temporary cwd, empty TBPS_DATA_DIR)", **marks,
-              "log": log.name, "timeline": timeline}
+              "log": log.name, "samples": len(timeline), "timeline": thin(timeline)}
     print(json.dumps({k: v for k, v in result.items() if k != "timeline"}, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

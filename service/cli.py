@@ -236,7 +236,7 @@ def cmd_revoke_key(args: argparse.Namespace) -> int:
     return 0 if found else 1
 
 
-DEMO_CAMERA_NOTE = "a folder of the CUHK-PEDES dataset, not a camera"
+DEMO_CAMERA_NOTE = "CUHK-PEDES dataset folder, not a camera"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -279,7 +279,7 @@ def _queue_index_job(settings: Settings) -> None:
 
 def _ingest_demo_gallery(settings: Settings, gallery: Path) -> None:
     """The CUHK-PEDES demo images, with each crop's person id from reid_raw.json beside them;
-    their sub-folders become cameras, described as dataset folders. Every 500 files an index
+    their sub-folders become cameras, described as dataset folders. Every 100 files an index
     job is queued (if none is waiting), so indexing starts within seconds."""
     from service import crud
     from service.db import session_scope
@@ -296,9 +296,11 @@ def _ingest_demo_gallery(settings: Settings, gallery: Path) -> None:
 
     print(f"gallery is empty: ingesting the demo gallery {gallery} while serving", flush=True)
     with session_scope(settings.resolved_database_url) as session:
+        # short transactions: SQLite has one writer, and the worker's job claim and index
+        # updates wait for each commit of this ingest
         report = ingest_folder(session, settings, gallery, persons=persons,
                                progress=_progress_printer("ingesting files"),
-                               on_commit=committed)
+                               on_commit=committed, commit_every=100)
     print(f"ingested {report.added} crops, {len(report.rejected)} files rejected, person ids "
           f"from {labels if persons else 'nowhere'}", flush=True)
 

@@ -256,12 +256,15 @@ async function loadSightings(personId, cropId) {
                            {headers: apiHeaders()});
   if (!resp.ok) return;
   const data = await resp.json();
+  const timed = data.sightings.some((s) => s.captured_at);
   $("sightings-title").textContent = `Person ${personId}: ${plural(data.sightings.length, "sighting")}` +
-    `${data.truncated ? " (the first 500)" : ""}, in time order`;
+    `${data.truncated ? " (the first 500)" : ""}, ` +
+    (timed ? "in time order" : "in the order they were added (no capture times)");
   $("sightings-list").replaceChildren(...data.sightings.map((s, i) => {
     const li = el("li", {tabIndex: 0, title: s.file_name || ""},
                   el("img", {src: s.thumbnail_url, alt: `crop ${s.crop_id}`, loading: "lazy"}),
-                  `${i + 1}. ${s.camera || "?"}`, el("br"), when(s.captured_at) || "time unknown");
+                  `${i + 1}. ${s.camera || "no camera"}`);
+    if (s.captured_at) li.append(el("br"), when(s.captured_at));
     li.dataset.cropId = s.crop_id;
     li.classList.toggle("current", s.crop_id === cropId);
     const open = () => {
@@ -390,8 +393,8 @@ async function runSearch(body, append) {
     : data.hits.map((h) => hitCard(h, cropCaption(h)));
   results.append(...cards);
   shownPersons += data.persons.length;
-  const indexing = gallery && gallery.indexing ? ` · indexing: ${gallery.searchable.toLocaleString()}` +
-    ` of ${gallery.indexing.total.toLocaleString()} crops searchable so far` : "";
+  const indexing = gallery && gallery.indexing
+    ? " · still indexing: the results cover the crops indexed so far" : "";
   const what = data.group_by === "person" ? plural(shownPersons, "person")
     : plural(results.children.length, "crop");
   statusLine.textContent = `Showing ${what} of ${data.matching.toLocaleString()} matching ` +

@@ -366,7 +366,7 @@ def test_demo_from_another_folder_serves_at_once_and_answers_while_indexing(tmp_
         def results_while_indexing(d):
             cards = _submit(d, "a person in a red shirt", top_k=10)
             status = d.find_element(By.ID, "status").text
-            return cards and "searchable so far" in status and _state(d) == "indexing"
+            return cards and "indexed so far" in status and _state(d) == "indexing"
 
         _wait(browser, results_while_indexing, timeout=120)
         status = browser.find_element(By.ID, "status").text
