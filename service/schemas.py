@@ -111,7 +111,8 @@ class PersonSightings(BaseModel):
     person_id: str = Field(..., examples=["track-0017"])
     sightings: list[Sighting] = Field(..., description="In capture-time order; crops without "
                                       "a time last.")
-    truncated: bool = Field(False, description="More crops exist than were returned.")
+    truncated: bool = Field(False, description="More crops exist than were returned.",
+                            examples=[False])
 
 
 class CameraInfo(BaseModel):
