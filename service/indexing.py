@@ -36,6 +36,7 @@ class IndexingState:
     eta_s: float | None  # None until the job has made measurable progress
     message: str | None
     progress: float = 0.0  # the job's own fraction done, 0-1
+    more_queued: bool = False  # another index job waits behind this one (eta_s is this job's)
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,16 @@ class GalleryState:
     indexing: IndexingState | None
 
 
+def _active_index_jobs(session: Session) -> list[Job]:
+    """Queued or running index jobs among the latest 50 jobs, oldest first."""
+    jobs = [j for k in INDEX_JOBS for j in crud.list_jobs(session, limit=50)
+            if j.kind == k and j.status.value in ("queued", "running")]
+    return sorted(jobs, key=lambda j: j.id)
+
+
 def _active_index_job(session: Session) -> Job | None:
-    jobs = [j for j in (crud.active_job(session, kind=k) for k in INDEX_JOBS) if j is not None]
-    return min(jobs, key=lambda j: j.id) if jobs else None
+    jobs = _active_index_jobs(session)
+    return jobs[0] if jobs else None
 
 
 def eta_seconds(job: Job, now: datetime | None = None) -> float | None:
@@ -65,11 +73,13 @@ def gallery_state(session: Session) -> GalleryState:
     indexed, pending = counts.get("indexed", 0), counts.get("pending", 0)
     failed = counts.get("failed", 0)
     total = indexed + pending + failed
-    job = _active_index_job(session)
+    jobs = _active_index_jobs(session)
     indexing = None
-    if job is not None:
+    if jobs:
+        job = jobs[0]
         indexing = IndexingState(job.id, job.kind, job.status.value, indexed + failed, total,
-                                 eta_seconds(job), job.message, float(job.progress or 0.0))
+                                 eta_seconds(job), job.message, float(job.progress or 0.0),
+                                 more_queued=len(jobs) > 1)
     return GalleryState(total, indexed, pending, failed, indexing)
 
 
@@ -79,6 +89,8 @@ def describe(state: IndexingState) -> str:
     if state.status == "queued":
         return f"an index job is queued ({state.total} crops in the gallery)"
     eta = f", ETA {state.eta_s:.0f} s" if state.eta_s is not None else ""
+    if eta and state.more_queued:
+        eta += " for this job (more crops are queued after it)"
     job = f" (job {state.progress:.0%} done)" if 0 < state.progress < 1 else ""
     return f"indexing {state.done} of {state.total} crops{eta}{job}"
 

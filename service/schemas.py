@@ -169,6 +169,8 @@ class IndexingOut(BaseModel):
                                 "progress; null until it has some.", examples=[190.0])
     progress: float = Field(0.0, ge=0, le=1, description="The job's own fraction done (crops "
                             "become searchable a chunk at a time).", examples=[0.25])
+    more_queued: bool = Field(False, description="Another index job waits behind this one: "
+                              "`eta_s` is this job's.", examples=[False])
     summary: str = Field(..., description="The same in words.",
                          examples=["indexing 1024 of 4527 crops, ETA 190 s"])
 

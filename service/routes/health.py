@@ -23,7 +23,8 @@ def indexing_out(state: IndexingState | None) -> IndexingOut | None:
         return None
     return IndexingOut(job_id=state.job_id, kind=state.kind, status=state.status,
                        done=state.done, total=state.total, eta_s=state.eta_s,
-                       progress=min(max(state.progress, 0.0), 1.0), summary=describe(state))
+                       progress=min(max(state.progress, 0.0), 1.0),
+                       more_queued=state.more_queued, summary=describe(state))
 
 
 @router.get("/readyz", response_model=Readiness,

@@ -74,7 +74,8 @@ function showGalleryState(st) {
     const ix = st.indexing;
     text.textContent = ix.status === "queued"
       ? `Indexing is about to start (${plural(ix.total, "crop")}).`
-      : `Indexing ${ix.done.toLocaleString()} of ${plural(ix.total, "crop")}${eta(ix.eta_s)} ` +
+      : `Indexing ${ix.done.toLocaleString()} of ${plural(ix.total, "crop")}${eta(ix.eta_s)}` +
+        `${ix.more_queued && ix.eta_s !== null ? " for this batch, more queued" : ""} ` +
         `(job ${Math.round(ix.progress * 100)}% done). Searches cover the ` +
         `${st.searchable.toLocaleString()} indexed so far.`;
     bar.hidden = false;

@@ -50,6 +50,15 @@ def test_status_and_readyz_follow_the_first_index_job(gallery, tiny_encoder):
         assert indexing["status"] == "running" and 85 <= indexing["eta_s"] <= 95  # 30 s for 1/4
         assert indexing["summary"].startswith("indexing 0 of 12 crops, ETA")
         assert indexing["summary"].endswith("(job 25% done)") and indexing["progress"] == 0.25
+        assert not indexing["more_queued"]
+        with session_scope(gallery.resolved_database_url) as session:  # crops came meanwhile
+            follow_up = queue_index_job(session, gallery, created_by="test")
+            assert follow_up.id != claimed.id and follow_up.status.value == "queued"
+        indexing = client.get("/status").json()["indexing"]
+        assert indexing["job_id"] == claimed.id and indexing["more_queued"]
+        assert "for this job (more crops are queued after it)" in indexing["summary"]
+        with session_scope(gallery.resolved_database_url) as session:
+            crud.finish_job(session, job_id=follow_up.id, ok=False, message="stopped")
         with session_scope(gallery.resolved_database_url) as session:
             crud.finish_job(session, job_id=claimed.id, ok=False, message="stopped")
 
