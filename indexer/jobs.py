@@ -39,7 +39,14 @@ from indexer.build import (
     nlist_of,
     normalise_factory,
 )
-from indexer.pipeline import Progress, ReadOptions, StageTimes, encode_items, encode_to_shards
+from indexer.pipeline import (
+    LoggedProgress,
+    Progress,
+    ReadOptions,
+    StageTimes,
+    encode_items,
+    encode_to_shards,
+)
 from indexer.store import IndexStore, new_version_name, split_pointer
 from indexer.writer import ShardWriter, merge_shards
 from models.encoder import Encoder
@@ -47,10 +54,12 @@ from models.encoder import Encoder
 log = logging.getLogger(__name__)
 
 __all__ = ["BuildReport", "CheckReport", "StaleIndex", "BuildBusy", "build_full", "sync",
-           "add_crops", "remove_crops", "rollback", "check", "compact", "DEFAULT_FACTORY"]
+           "add_crops", "first_build", "remove_crops", "rollback", "check", "compact",
+           "DEFAULT_FACTORY"]
 
 SHARD_SIZE = 4096
-ADD_CHUNK = 4096  # crops per published generation when adding many
+FIRST_CHUNK = 32  # crops in the first published generation: searchable within seconds
+ADD_CHUNK = 256  # most crops per published generation when adding many (chunks double up to it)
 COMPACT_GENERATIONS = 256  # more generations than this: merge them into a new base
 
 
@@ -215,32 +224,90 @@ def add_crops(session: Session, encoder: Encoder, crops_dir: Path, index_root: P
               options: ReadOptions | None = None) -> BuildReport:
     """Encode these crops and publish them as new generations of the live index (no rebuild).
 
-    Crops already indexed are re-encoded and replaced; deleted crops are skipped. Raises
-    ``StaleIndex`` when the live index was built by another checkpoint (build a full one).
+    Chunks start at ``FIRST_CHUNK`` crops and double up to ``ADD_CHUNK``, so that the first
+    ones are searchable within seconds of the start. Crops already indexed are re-encoded and
+    replaced; deleted crops are skipped. With no index yet, the whole gallery is published
+    this way (``first_build``). Raises ``StaleIndex`` when the live index was built by another
+    checkpoint (build a full one).
     """
-    started, times = time.perf_counter(), StageTimes()
     store = IndexStore(index_root)
     current = store.current_version()
     if current is None:
-        return build_full(session, encoder, crops_dir, index_root, progress=progress,
-                          options=options)
+        return first_build(session, encoder, crops_dir, index_root, progress=progress,
+                           options=options)
     _require_same_model(store, current, encoder)
     items = dbsync.indexable_items(session, crops_dir, crop_ids)
+    return _add_in_chunks(session, encoder, store, items, progress, options)
+
+
+def first_build(session: Session, encoder: Encoder, crops_dir: Path, index_root: Path, *,
+                progress: Progress | None = None,
+                options: ReadOptions | None = None) -> BuildReport:
+    """The first index of a gallery, searchable from its first chunk on: a base version of the
+    first crops, then a generation per chunk. A killed run leaves the chunks published so far
+    live; ``sync`` adds the rest. Galleries too large for exact search are compacted into the
+    spec chosen for their size at the end."""
+    store, report = IndexStore(index_root), None
+    with build_lock(store):
+        if store.current_version() is None:  # else another process built it meanwhile
+            items = dbsync.indexable_items(session, crops_dir)
+            report = _add_in_chunks(session, encoder, store, items, progress, options)
+    if report is None:
+        return sync(session, encoder, crops_dir, index_root, progress=progress, options=options)
+    report.full = True
+    if report.indexed and not choose_spec(report.indexed).exact:
+        report.version = compact(session, index_root)
+    return report
+
+
+def chunk_bounds(total: int, first: int = FIRST_CHUNK, largest: int = ADD_CHUNK) -> list[
+        tuple[int, int]]:
+    """[lo, hi) of each published chunk: ``first`` crops, then doubling up to ``largest``."""
+    bounds, lo, size = [], 0, max(1, first)
+    while lo < total:
+        bounds.append((lo, min(lo + size, total)))
+        lo, size = lo + size, min(size * 2, max(largest, 1))
+    return bounds
+
+
+def _add_in_chunks(session: Session, encoder: Encoder, store: IndexStore,
+                   items: list[tuple[int, Path]], progress: Progress | None,
+                   options: ReadOptions | None) -> BuildReport:
+    started, times = time.perf_counter(), StageTimes()
     options = options or ReadOptions(workers=0 if len(items) < 256 else None)
+    progress = LoggedProgress("indexing", progress)
+    progress(0, len(items))
     indexed, failed = 0, []
-    for lo in range(0, len(items), ADD_CHUNK):
-        ids, vectors, bad = encode_items(encoder, items[lo : lo + ADD_CHUNK], options, times)
+    for lo, hi in chunk_bounds(len(items)):
+        ids, vectors, bad = encode_items(encoder, items[lo:hi], options, times,
+                                         progress=progress, done=lo, total=len(items))
         if len(ids):
-            current = store.add_delta(ids, vectors, np.zeros(0, np.int64))
+            _publish_chunk(session, store, encoder, ids, vectors)
         dbsync.mark_indexed(session, ids.tolist())
         dbsync.mark_failed(session, bad)
         session.commit()
         indexed, failed = indexed + len(ids), failed + bad
-        if progress:
-            progress(min(lo + ADD_CHUNK, len(items)), len(items))
     _update_live_count(session, store)
     return BuildReport(store.current_version(), indexed, failed, time.perf_counter() - started,
                        stages=dict(times.seconds))
+
+
+def _publish_chunk(session: Session, store: IndexStore, encoder: Encoder, ids: np.ndarray,
+                   vectors: np.ndarray) -> None:
+    """A generation of the live index; with none yet, an exact base version of these crops."""
+    if store.current_version() is not None:
+        store.add_delta(ids, vectors, np.zeros(0, np.int64))
+        return
+    from indexer.writer import write_arrays
+
+    version = new_version_name()
+    staging = store.staging_dir(version)
+    write_arrays(staging, vectors, ids)
+    full = np.load(staging / "vectors.npy", mmap_mode="r")
+    manifest = _finish_version(staging, full, choose_spec(len(ids), "Flat"),
+                               encoder.spec.to_dict())
+    store.commit_staging(staging, version, manifest)
+    _go_live(session, store, version, ids, [])
 
 
 def remove_crops(index_root: Path, crop_ids: Iterable[int]) -> str | None:

@@ -107,9 +107,40 @@ def encode_to_shards(encoder: Encoder, items: Sequence[tuple[int, Path]], writer
 
 
 def encode_items(encoder: Encoder, items: Sequence[tuple[int, Path]], options: ReadOptions,
-                 times: StageTimes) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
-    """In-memory variant for incremental adds: (ids (N,), vectors (N, D), failures)."""
+                 times: StageTimes, *, progress: Progress | None = None, done: int = 0,
+                 total: int = 0) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """In-memory variant for incremental adds: (ids (N,), vectors (N, D), failures).
+    ``progress(done + crops so far, total)`` is called after every batch."""
     buffer = Buffer(encoder.spec.dim)
     for batch, vectors in encoded_batches(encoder, items, options, times):
         buffer.add(batch, vectors)
+        if progress:
+            progress(done + len(buffer), total or len(items))
     return buffer.take()
+
+
+class LoggedProgress:
+    """A progress callback that logs ``n/N crops (rate, ETA)`` at the first batch, then at
+    most every ``every_s`` seconds and at the end; it calls ``inner`` on every update."""
+
+    def __init__(self, label: str, inner: Progress | None = None, every_s: float = 10.0) -> None:
+        self.label, self.inner, self.every_s = label, inner, every_s
+        self.started = self.last = time.monotonic()
+        self.first: int | None = None  # crops done at the first call (resumed ones)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.inner:
+            self.inner(done, total)
+        now = time.monotonic()
+        if self.first is None:
+            self.first, self.started = done, now
+            if done < total:
+                log.info("%s: %d/%d crops, starting", self.label, done, total)
+            return
+        if now - self.last < self.every_s and done < total:
+            return
+        self.last = now
+        rate = (done - self.first) / max(now - self.started, 1e-6)
+        eta = (total - done) / rate if rate > 0 else float("nan")
+        log.info("%s: %d/%d crops (%.1f crops/s, ETA %.0f s)", self.label, done, total, rate,
+                 eta)

@@ -33,7 +33,7 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from service.db import migrate, session_scope
-    from service.ingest import ingest_folder
+    from service.ingest import ingest_folder, read_person_ids
 
     settings = _settings()
     migrate(settings.resolved_database_url)
@@ -41,8 +41,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         print(f"error: {folder} is not a folder", file=sys.stderr)
         return 2
+    persons = None
+    if getattr(args, "persons", None):
+        try:
+            persons = read_person_ids(Path(args.persons))
+        except (OSError, ValueError) as exc:
+            print(f"error: cannot read person ids from {args.persons}: {exc}", file=sys.stderr)
+            return 2
     with session_scope(settings.resolved_database_url) as session:
-        report = ingest_folder(session, settings, folder, camera=args.camera)
+        report = ingest_folder(session, settings, folder, camera=args.camera, persons=persons,
+                               progress=_progress_printer("ingesting files"))
     for bad in report.rejected:
         print(f"skipped {bad.name}: {bad.reason}")
     print(f"ingested {report.added} new crops, {report.duplicates} duplicates skipped, "
@@ -157,7 +165,8 @@ def proxy_options(settings: Settings) -> dict:
 def cmd_search(args: argparse.Namespace) -> int:
     from models.factory import load_encoder
     from service.db import session_scope
-    from service.search import IndexNotReady, SearchEngine, SearchQuery
+    from service.search import IndexNotReady, SearchEngine, SearchQuery, UnknownCamera
+    from service.urls import crop_url
 
     settings = _settings()
     engine = SearchEngine(load_encoder(settings.checkpoint, settings.device),
@@ -167,16 +176,22 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         with session_scope(settings.resolved_database_url) as session:
             result = engine.search(session, query)
-    except IndexNotReady as exc:
+    except (IndexNotReady, UnknownCamera) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps([h.__dict__ for h in result.hits], default=str, indent=2))
         return 0
-    print(f"{'rank':>4}  {'score':>7}  {'crop':>6}  {'camera':<14} captured_at")
+    base = f"http://{settings.host}:{settings.port}"
+    print(f"score: sum of {len(engine.encoder.spec.parts) or 1} part similarities, at most "
+          f"{engine.score_max:g}; image URLs need `tbps serve` (or `make run`) on {base}")
+    print(f"{'rank':>4}  {'score':>7}  {'crop':>6}  {'camera':<14} {'person':<10} "
+          f"{'captured_at':<25} file / URL")
     for rank, hit in enumerate(result.hits, 1):
+        when = hit.captured_at.isoformat() if hit.captured_at else "-"
         print(f"{rank:>4}  {hit.score:7.4f}  {hit.crop_id:>6}  {hit.camera or '-':<14} "
-              f"{hit.captured_at or '-'}")
+              f"{hit.person_id or '-':<10} {when:<25} {hit.file_name or '-'}  "
+              f"{base}{crop_url(settings, hit.crop_id, 'image')}")
     print(f"({len(result.hits)} hits from index {result.index_version} in {result.took_ms:.1f} ms)")
     return 0
 
@@ -243,8 +258,15 @@ def cmd_revoke_key(args: argparse.Namespace) -> int:
     return 0 if found else 1
 
 
+DEMO_CAMERA_NOTE = "CUHK-PEDES dataset folder, not a camera"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """What `make run` does: migrate, ingest the demo gallery if empty, index, serve."""
+    """What `make run` does: migrate, serve at once, and ingest the demo gallery (when the
+    gallery is empty) beside the server; the job worker indexes what is ingested as it comes,
+    and the page searches what is indexed so far."""
+    import threading
+
     from service import crud
     from service.db import migrate, session_scope
 
@@ -252,35 +274,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     migrate(settings.resolved_database_url)
     with session_scope(settings.resolved_database_url) as session:
         empty = crud.count_crops(session) == 0
-    if empty:
-        gallery = settings.demo_gallery or DEFAULT_DEMO_GALLERY
-        if not gallery.is_dir():
-            print(f"no demo gallery: {gallery} does not exist. Set TBPS_DEMO_GALLERY to a folder "
-                  "of person crops, or upload crops later through the API. Serving an empty "
-                  "gallery.")
-        else:
-            print(f"gallery is empty: ingesting the demo gallery {gallery}")
-            cmd_ingest(argparse.Namespace(folder=str(gallery), camera=None))
-    if _needs_index(settings):
-        cmd_index(argparse.Namespace(factory="IDMap2,Flat"))
-    # a job worker beside the server, so that uploads and reindexing work without more setup
+    gallery = settings.demo_gallery or DEFAULT_DEMO_GALLERY
+    if empty and gallery.is_dir():
+        threading.Thread(target=_ingest_demo_gallery, args=(settings, gallery),
+                         name="demo-ingest", daemon=True).start()
+    else:
+        if empty:
+            print(f"no demo gallery: {gallery} does not exist. Set TBPS_DEMO_GALLERY to a "
+                  "folder of person crops, or upload crops later through the API. Serving an "
+                  "empty gallery.")
+        _queue_index_job(settings)
+    # a job worker beside the server, so that indexing, uploads and reindexing need no setup
     return cmd_serve(argparse.Namespace(host=args.host, port=args.port, with_worker=True))
 
 
-def _needs_index(settings: Settings) -> bool:
-    from indexer.store import IndexStore
-    from models.factory import load_encoder
+def _queue_index_job(settings: Settings) -> None:
+    from service.db import session_scope
+    from service.indexing import queue_index_job
+
+    with session_scope(settings.resolved_database_url) as session:
+        job = queue_index_job(session, settings, created_by="demo")
+        if job is not None and job.status.value == "queued":
+            print(f"index job {job.id} ({job.kind}) queued: search answers from what is "
+                  "indexed so far; progress on the page, at /status and in this log", flush=True)
+
+
+def _ingest_demo_gallery(settings: Settings, gallery: Path) -> None:
+    """The CUHK-PEDES demo images, with each crop's person id from reid_raw.json beside them;
+    their sub-folders become cameras, described as dataset folders. Every 100 files an index
+    job is queued (if none is waiting), so indexing starts within seconds."""
     from service import crud
     from service.db import session_scope
-    from service.orm import CropStatus
+    from service.ingest import ingest_folder, read_person_ids
 
-    live = IndexStore(settings.resolved_index_dir).load()
-    if live is None:
-        return True
+    labels = gallery.parent / "reid_raw.json"
+    persons = read_person_ids(labels) if labels.is_file() else None
+
+    def committed() -> None:
+        with session_scope(settings.resolved_database_url) as session:
+            for camera, _ in crud.cameras_with_counts(session):
+                camera.description = camera.description or DEMO_CAMERA_NOTE
+        _queue_index_job(settings)
+
+    print(f"gallery is empty: ingesting the demo gallery {gallery} while serving", flush=True)
     with session_scope(settings.resolved_database_url) as session:
-        pending = crud.count_crops(session, statuses=[CropStatus.pending])
-    sha = load_encoder(settings.checkpoint, "cpu").spec.checkpoint_sha256
-    return pending > 0 or live.manifest.get("checkpoint_sha256") != sha
+        # short transactions: SQLite has one writer, and the worker's job claim and index
+        # updates wait for each commit of this ingest
+        report = ingest_folder(session, settings, gallery, persons=persons,
+                               progress=_progress_printer("ingesting files"),
+                               on_commit=committed, commit_every=100)
+    print(f"ingested {report.added} crops, {len(report.rejected)} files rejected, person ids "
+          f"from {labels if persons else 'nowhere'}", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "sub-folder of each file names its camera.")
     p.add_argument("folder", help="folder of JPEG/PNG/BMP/WebP crops (searched recursively)")
     p.add_argument("--camera", help="camera name for every crop in this folder")
+    p.add_argument("--persons", metavar="JSON", help="person ids: a CUHK-PEDES style list of "
+                   "{id, file_path} (reid_raw.json), paths relative to FOLDER")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("index", help="bring the search index up to date with the gallery",
@@ -359,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_revoke_key)
 
     p = sub.add_parser("demo", help="what `make run` does: migrate, ingest the demo gallery "
-                       "if the gallery is empty, index, serve with a job worker beside it")
+                       "if the gallery is empty, serve at once with a job worker beside it that "
+                       "indexes (the page searches what is indexed so far)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_demo)

@@ -10,7 +10,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_DEMO_GALLERY = Path("../shared/data/cuhk-pedes/imgs")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# beside the repository (../shared of the checkout), wherever the command is started from
+DEFAULT_DEMO_GALLERY = REPO_ROOT.parent / "shared" / "data" / "cuhk-pedes" / "imgs"
 # placeholder secrets from examples and compose files: refused outside development
 KNOWN_DEFAULT_KEYS = frozenset({"changethis", "change-me", "changeme", "secret", "admin", "dev"})
 
@@ -40,7 +42,9 @@ class Settings(BaseSettings):
                                    "data_dir/url-signing.key (mode 0600)")
     signed_url_seconds: int = Field(900, ge=10, le=86400, description="lifetime of a signed "
                                     "image URL; longer claimed expiries are refused")
-    audit_searches: bool = Field(True, description="write each search to the audit log")
+    audit_searches: Literal["all", "keyed", "off"] = Field(
+        "keyed", description="which searches the audit log records: all, those made with an API "
+        "key (anonymous page searches would flood it), or none; true/false mean all/off")
     spawn_worker: bool = Field(False, description="the API starts a `tbps worker` subprocess "
                                "beside itself (`tbps demo` does); off where a worker runs apart")
     worker_poll_seconds: float = Field(1.0, gt=0, le=60)
@@ -79,6 +83,16 @@ class Settings(BaseSettings):
         if value not in {"development", "production", "test"}:
             raise ValueError("TBPS_ENVIRONMENT must be development, production or test")
         return value
+
+    @field_validator("audit_searches", mode="before")
+    @classmethod
+    def _audit_booleans(cls, value: object) -> object:
+        """The setting was a boolean before: keep `true`/`false` meaning what they meant."""
+        if isinstance(value, bool):
+            return "all" if value else "off"
+        text = str(value).strip().lower()
+        return {"true": "all", "1": "all", "yes": "all", "false": "off", "0": "off",
+                "no": "off"}.get(text, text)
 
     @model_validator(mode="after")
     def _no_default_secrets_outside_development(self) -> Settings:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -98,14 +99,33 @@ def iter_files(folder: Path) -> Iterator[Path]:
             yield path
 
 
+def read_person_ids(path: Path) -> dict[str, str]:
+    """File path (relative to the image folder) -> person id, from a CUHK-PEDES style
+    annotation file (``reid_raw.json``: a list of ``{"id": ..., "file_path": ...}``)."""
+    entries = json.loads(Path(path).read_text())
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of {{id, file_path}} entries")
+    out = {}
+    for entry in entries:
+        if isinstance(entry, dict) and "file_path" in entry and entry.get("id") is not None:
+            out[Path(str(entry["file_path"])).as_posix()] = str(entry["id"])
+    return out
+
+
 def ingest_folder(session: Session, settings: Settings, folder: Path, *,
-                  camera: str | None = None, commit_every: int = 500) -> IngestReport:
-    """Ingest every file below ``folder``. Without ``camera`` the first sub-folder names it."""
+                  camera: str | None = None, persons: Mapping[str, str] | None = None,
+                  progress: Callable[[int, int], None] | None = None,
+                  on_commit: Callable[[], None] | None = None,
+                  commit_every: int = 500) -> IngestReport:
+    """Ingest every file below ``folder``. Without ``camera`` the first sub-folder names it;
+    ``persons`` maps a file's path below ``folder`` to its person id. Every ``commit_every``
+    files are committed and announced to searching processes (the catalog stamp), then
+    ``on_commit`` is called: a long ingest becomes indexable, and searchable, as it goes."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder")
-    report = IngestReport()
-    for i, path in enumerate(iter_files(folder), 1):
+    report, files = IngestReport(), list(iter_files(folder))
+    for i, path in enumerate(files, 1):
         rel = path.relative_to(folder)
         cam = camera or (rel.parts[0] if len(rel.parts) > 1 else None)
         try:
@@ -113,12 +133,21 @@ def ingest_folder(session: Session, settings: Settings, folder: Path, *,
         except OSError as exc:
             report.results.append(FileResult(str(rel), "rejected", reason=f"unreadable: {exc}"))
             continue
-        result = ingest_bytes(session, settings, name=str(rel), data=data, camera=cam)
+        result = ingest_bytes(session, settings, name=str(rel), data=data, camera=cam,
+                              person_id=(persons or {}).get(rel.as_posix()))
         if result.status == "rejected":
             log.warning("skipped %s: %s", rel, result.reason)
         report.results.append(result)
         if i % commit_every == 0:
-            session.commit()
+            _committed(session, settings, on_commit)
+        if progress and (i % 100 == 0 or i == len(files)):
+            progress(i, len(files))
+    _committed(session, settings, on_commit)
+    return report
+
+
+def _committed(session: Session, settings: Settings, on_commit: Callable[[], None] | None) -> None:
     session.commit()
     touch_stamp(settings.data_dir)
-    return report
+    if on_commit:
+        on_commit()

@@ -95,6 +95,10 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     def index_page() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")
+
     @app.get("/admin", include_in_schema=False)
     def admin_page() -> FileResponse:
         return FileResponse(WEB_DIR / "admin.html")

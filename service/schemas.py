@@ -65,8 +65,9 @@ class SearchRequest(BaseModel):
         10, ge=1, le=100, examples=[10],
         description="Hits (or persons) per page, 1-100 (a JSON number, not a string or bool).")
     cameras: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
-        None, max_length=100, description="Only crops from these cameras (by name). Unknown "
-        "names match nothing. Omit for every camera.", examples=[["gate-3", "lobby"]])
+        None, max_length=100, description="Only crops from these cameras (by name; GET "
+        "/cameras lists them). An unknown name or an empty list is refused (422). Omit for "
+        "every camera.", examples=[["gate-3", "lobby"]])
     time_from: UTCDateTime | None = Field(None, description="Only crops captured at or after this "
                                        "time (ISO 8601; no zone means UTC).",
                                        examples=["2026-05-01T08:00:00Z"])
@@ -91,6 +92,9 @@ class SearchRequest(BaseModel):
     @field_validator("cameras")
     @classmethod
     def _camera_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("cameras is empty, which would match nothing: omit it to search "
+                             "every camera")
         if value is not None and any(not name or len(name) > 128 for name in value):
             raise ValueError("camera names are 1-128 characters")
         return value
@@ -106,8 +110,10 @@ class SearchRequest(BaseModel):
 
 class SearchHit(BaseModel):
     crop_id: int = Field(..., description="Crop id.", examples=[42])
-    score: float = Field(..., description="Model similarity; higher is a better match.",
-                         examples=[0.734])
+    score: float = Field(..., description="Model similarity, the sum of `parts`: one cosine "
+                         "per unit block of the vector (global, and the stripes together), so "
+                         "it lies in [-score_max, score_max]; higher is a better match. Compare "
+                         "scores within one search, not across queries.", examples=[1.159])
     camera: str | None = Field(None, description="Camera name.", examples=["gate-3"])
     captured_at: UTCDateTime | None = Field(None, description="When the crop was captured (UTC).",
                                          examples=["2026-05-01T12:30:00Z"])
@@ -118,10 +124,35 @@ class SearchHit(BaseModel):
     image_url: str = Field(..., description="The stored crop.", examples=["/crops/42/image"])
     thumbnail_url: str = Field(..., description="A small JPEG of the crop.",
                                examples=["/crops/42/thumbnail"])
+    file_name: str | None = Field(None, description="The file name it was ingested or "
+                                  "uploaded under.", examples=["CUHK01/0363004.png"])
     parts: dict[str, float] = Field(
         default_factory=dict, description="Per-part scores (global, and each stripe for models "
         "that have them) summing to score; the part layout comes from the model's checkpoint.",
         examples=[{"global": 0.41, "stripe_1": 0.12, "stripe_2": 0.2}])
+
+
+class Sighting(BaseModel):
+    crop_id: int = Field(..., examples=[42])
+    camera: str | None = Field(None, examples=["gate-3"])
+    captured_at: UTCDateTime | None = Field(None, examples=["2026-05-01T12:30:00Z"])
+    file_name: str | None = Field(None, examples=["CUHK01/0363004.png"])
+    image_url: str = Field(..., examples=["/crops/42/image"])
+    thumbnail_url: str = Field(..., examples=["/crops/42/thumbnail"])
+
+
+class PersonSightings(BaseModel):
+    person_id: str = Field(..., examples=["track-0017"])
+    sightings: list[Sighting] = Field(..., description="In capture-time order; crops without "
+                                      "a time last.")
+    truncated: bool = Field(False, description="More crops exist than were returned.",
+                            examples=[False])
+
+
+class CameraInfo(BaseModel):
+    name: str = Field(..., examples=["gate-3"])
+    description: str | None = Field(None, examples=["north entrance"])
+    crop_count: int = Field(0, description="Crops not deleted.", examples=[120])
 
 
 class PersonHit(BaseModel):
@@ -145,8 +176,10 @@ class SearchResponse(BaseModel):
     took_ms: float = Field(..., description="Server time for the search.", examples=[12.5])
     group_by: Literal["crop", "person"] = Field("crop", description="As requested.",
                                                 examples=["crop"])
-    matching: int = Field(0, description="Searchable crops that pass the filters.",
-                          examples=[1234])
+    matching: int = Field(0, description="Searchable crops that pass the filters (while the "
+                          "first index builds: those indexed so far).", examples=[1234])
+    score_max: float = Field(1.0, description="The best possible score of this model: the "
+                             "number of unit blocks its parts form.", examples=[2.0])
     hits: list[SearchHit] = Field(..., description="Ranked crops (group_by=crop).")
     persons: list[PersonHit] = Field(default_factory=list,
                                      description="Ranked persons (group_by=person).")
@@ -158,6 +191,36 @@ class Health(BaseModel):
     status: str = Field(..., description="`ok`", examples=["ok"])
 
 
+class IndexingOut(BaseModel):
+    job_id: int = Field(..., examples=[1])
+    kind: str = Field(..., description="`add` (pending crops, or the first index, searchable "
+                      "as it grows) or `reindex` (a full rebuild).", examples=["add"])
+    status: Literal["queued", "running"] = Field(..., examples=["running"])
+    done: int = Field(..., description="Crops of the gallery indexed (or failed) so far.",
+                      examples=[1024])
+    total: int = Field(..., description="Crops in the gallery.", examples=[4527])
+    eta_s: float | None = Field(None, description="Seconds left, estimated from the job's "
+                                "progress; null until it has some.", examples=[190.0])
+    progress: float = Field(0.0, ge=0, le=1, description="The job's own fraction done (crops "
+                            "become searchable a chunk at a time).", examples=[0.25])
+    more_queued: bool = Field(False, description="Another index job waits behind this one: "
+                              "`eta_s` is this job's.", examples=[False])
+    summary: str = Field(..., description="The same in words.",
+                         examples=["indexing 1024 of 4527 crops, ETA 190 s"])
+
+
+class GalleryStatus(BaseModel):
+    crops: int = Field(..., description="Crops in the gallery (not deleted).", examples=[4527])
+    indexed: int = Field(..., examples=[1024])
+    pending: int = Field(..., description="Crops waiting to be indexed.", examples=[3503])
+    failed: int = Field(..., description="Crops whose image could not be encoded.",
+                        examples=[0])
+    searchable: int = Field(..., description="Crops in the live index.", examples=[1024])
+    index_version: str | None = Field(None, examples=["20261123T110000000000Z+3"])
+    indexing: IndexingOut | None = Field(None, description="The index job queued or running, "
+                                         "if any.")
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"] = Field(..., examples=["ready"])
     model: str | None = Field(None, description="Loaded model name.", examples=["tiny-clip"])
@@ -165,6 +228,9 @@ class Readiness(BaseModel):
                                       examples=["20261123T110000000000Z"])
     index_count: int = Field(0, description="Vectors in the live index.", examples=[1000])
     reason: str | None = Field(None, description="Why not ready.", examples=[None])
+    indexing: IndexingOut | None = Field(None, description="An index job queued or running: "
+                                         "ready means searches answer from what is indexed "
+                                         "so far.")
 
 
 class ErrorResponse(BaseModel):

@@ -58,6 +58,10 @@ class CursorExpired(BadCursor):
     """The index changed since the cursor was issued."""
 
 
+class UnknownCamera(ValueError):
+    """A camera filter names a camera the gallery does not have."""
+
+
 @dataclass(frozen=True)
 class SearchQuery:
     description: str
@@ -85,6 +89,7 @@ class Hit:
     width: int
     height: int
     parts: dict[str, float]
+    file_name: str | None = None  # the name the crop was ingested or uploaded under
 
 
 @dataclass
@@ -228,6 +233,7 @@ class SearchEngine:
         started = time.perf_counter()
         live = self.check_ready()
         catalog = self.catalog(session)
+        _check_cameras(catalog, query.cameras)
         fmask = catalog.filter_mask(cameras=list(query.cameras) if query.cameras is not None
                                     else None, time_from=query.time_from, time_to=query.time_to)
         in_index = self._in_index(live, catalog)
@@ -273,8 +279,21 @@ class SearchEngine:
             out[crop_id] = Hit(crop_id, score,
                                crop.camera.name if crop.camera else None,
                                as_utc(crop.captured_at), crop.person_id, crop.width,
-                               crop.height, part)
+                               crop.height, part, crop.original_name)
         return out
+
+    @property
+    def score_max(self) -> float:
+        """The best possible score: each unit block (global, stripes) adds a cosine <= 1."""
+        return round(self.encoder.spec.norm ** 2, 6)
+
+
+def _check_cameras(catalog: Catalog, cameras: tuple[str, ...] | None) -> None:
+    unknown = sorted(set(cameras or ()) - set(catalog.cameras))
+    if unknown:
+        known = ", ".join(sorted(catalog.cameras)[:20]) or "none yet"
+        raise UnknownCamera(f"no camera named {', '.join(map(repr, unknown))}; the gallery's "
+                            f"cameras are: {known} (GET /cameras)")
 
 
 def _vectors(live: LoadedIndex, ids: list[int]) -> np.ndarray:

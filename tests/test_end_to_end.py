@@ -40,6 +40,13 @@ def test_ingest_index_serve_search(env, image_folder):
     assert "6 crops indexed" in _run(["index"], env)
     cli_hits = _run(["search", "a person in a red shirt", "--top-k", "3"], env)
     assert "3 hits from index" in cli_hits
+    rows = [line for line in cli_hits.splitlines() if "/crops/" in line]
+    assert len(rows) == 3 and all("lobby" in r and ".png" in r for r in rows)  # file and URL
+    assert all("http://127.0.0.1:8000/crops/" in r and r.endswith("/image") for r in rows)
+    assert "at most 2" in cli_hits  # what the score is
+    unknown = subprocess.run(TBPS + ["search", "anyone", "--camera", "nowhere"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert unknown.returncode == 1 and "no camera named 'nowhere'" in unknown.stderr
 
     port = _free_port()
     server = subprocess.Popen(TBPS + ["serve", "--port", str(port)], env=env,

@@ -7,12 +7,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.deps import (
     EngineDep,
     OptionalKey,
+    SearcherDep,
     SessionDep,
     SettingsDep,
     require_admin,
 )
 from service.health import ready_problem
-from service.schemas import ErrorResponse, Health, Readiness
+from service.indexing import IndexingState, describe, gallery_state
+from service.schemas import ErrorResponse, GalleryStatus, Health, IndexingOut, Readiness
 from service.search import IndexNotReady
 
 router = APIRouter(tags=["health"])
@@ -24,27 +26,54 @@ def healthz() -> Health:
     return Health(status="ok")
 
 
-def _not_ready(model: str, reason: str) -> JSONResponse:
-    body = Readiness(status="not ready", model=model, reason=reason)
+def indexing_out(state: IndexingState | None) -> IndexingOut | None:
+    if state is None:
+        return None
+    return IndexingOut(job_id=state.job_id, kind=state.kind, status=state.status,
+                       done=state.done, total=state.total, eta_s=state.eta_s,
+                       progress=min(max(state.progress, 0.0), 1.0),
+                       more_queued=state.more_queued, summary=describe(state))
+
+
+def _not_ready(model: str, reason: str, indexing: IndexingOut | None = None) -> JSONResponse:
+    body = Readiness(status="not ready", model=model, reason=reason, indexing=indexing)
     return JSONResponse(status_code=503, content=body.model_dump(mode="json"))
 
 
 @router.get("/readyz", response_model=Readiness,
             responses={503: {"model": Readiness, "description": "Database not migrated, model "
                              "or index not loaded, or the job queue stuck"}})
-def readyz(engine: EngineDep, settings: SettingsDep) -> Readiness | JSONResponse:
-    """Ready: the database is migrated, the model is loaded, an index built with it is live and
-    the job queue moves (no job held by a dead worker, none waiting with nothing running)."""
+def readyz(engine: EngineDep, session: SessionDep,
+           settings: SettingsDep) -> Readiness | JSONResponse:
+    """Ready to search: the database is migrated, the model is loaded, an index built with it
+    is live (while the first index builds, as soon as its first crops are; `indexing` says how
+    far it is) and the job queue moves (no job held by a dead worker, none waiting with
+    nothing running)."""
     model = engine.encoder.spec.name
     problem = ready_problem(settings)
     if problem:
         return _not_ready(model, problem)
+    indexing = gallery_state(session).indexing
     try:
         live = engine.check_ready()
     except IndexNotReady as exc:
-        return _not_ready(model, str(exc))
+        reason = f"{describe(indexing)}; {exc}" if indexing else str(exc)
+        return _not_ready(model, reason, indexing_out(indexing))
     return Readiness(status="ready", model=model, index_version=live.version,
-                     index_count=live.count)
+                     index_count=live.count, indexing=indexing_out(indexing))
+
+
+@router.get("/status", response_model=GalleryStatus,
+            responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+def status(engine: EngineDep, session: SessionDep, _actor: SearcherDep) -> GalleryStatus:
+    """The gallery's crops by status, what the live index holds, and the index job in
+    progress (n of N crops, ETA): what the search page shows while the first index builds."""
+    state = gallery_state(session)
+    live = engine.live_index()
+    return GalleryStatus(crops=state.crops, indexed=state.indexed, pending=state.pending,
+                         failed=state.failed, searchable=live.count if live else 0,
+                         index_version=live.version if live else None,
+                         indexing=indexing_out(state.indexing))
 
 
 def metrics_access(request: Request, settings: SettingsDep, session: SessionDep,

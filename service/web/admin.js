@@ -16,9 +16,39 @@ async function call(path, options = {}) {
   return data;
 }
 
+function statItems(stats) {
+  const crops = Object.values(stats.crops).reduce((a, b) => a + b, 0);
+  const byStatus = (counts) => Object.entries(counts).map(([k, v]) => `${v.toLocaleString()} ${k}`)
+    .join(", ") || "none";
+  return [
+    ["crops", crops.toLocaleString(), byStatus(stats.crops)],
+    ["cameras", stats.cameras.toLocaleString()],
+    ["persons", stats.persons.toLocaleString(), "distinct person/track ids"],
+    ["live index", stats.index.version || "none yet",
+     stats.index.version ? `${stats.index.count.toLocaleString()} vectors · ${stats.index.dim}-d · ` +
+       `${stats.index.factory}` : "run a reindex"],
+    ["jobs", byStatus(stats.jobs)],
+    ["audited searches", stats.searches.toLocaleString(), "see TBPS_AUDIT_SEARCHES"],
+  ];
+}
+
 async function loadStats() {
-  try { $("stats").textContent = JSON.stringify(await call("/admin/stats"), null, 2); }
-  catch (err) { $("stats").textContent = err.message; }
+  const box = $("stats");
+  try {
+    const items = statItems(await call("/admin/stats"));
+    box.replaceChildren(...items.map(([term, value, note]) => {
+      const div = document.createElement("div");
+      div.dataset.stat = term;
+      const dt = document.createElement("dt"); dt.textContent = term;
+      const dd = document.createElement("dd"); dd.textContent = value;
+      div.append(dt, dd);
+      if (note) {
+        const small = document.createElement("dd"); small.className = "muted"; small.textContent = note;
+        div.append(small);
+      }
+      return div;
+    }));
+  } catch (err) { box.textContent = err.message; }
 }
 
 function followJob(job) {

@@ -1,70 +1,335 @@
 "use strict";
-// The search page: POST /search with filters, a grid of hits, a dialog with per-part scores.
+// The search page: POST /search with filters; a grid of hits, each with a body figure of its
+// per-stripe scores; a detail view with the crop large and the person's other sightings;
+// keyboard navigation; the gallery's state (indexing n of N, empty) from GET /status.
 const $ = (id) => document.getElementById(id);
 const form = $("search-form");
 const results = $("results");
 const statusLine = $("status");
 const moreButton = $("more");
+const SVG = "http://www.w3.org/2000/svg";
 let lastBody = null;
+let shown = [];  // the hits behind the cards, in page order (the detail view walks them)
+let current = -1;  // index into shown of the hit in the detail view
+let scoreMax = 2;
+let gallery = null;  // the last GET /status
+let cameraInfo = new Map();  // name -> {description, crop_count}
 
 function apiHeaders() {
   const key = sessionStorage.getItem("tbps-key");
   return key ? {"X-API-Key": key} : {};
 }
 
-async function loadCameras() {
-  const resp = await fetch("/cameras", {headers: apiHeaders()});
-  if (!resp.ok) return;
-  const select = $("cameras");
-  select.replaceChildren(...(await resp.json()).map((name) => new Option(name, name)));
-  select.size = Math.min(Math.max(select.options.length, 1), 4);
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
 }
 
 function when(value) {
-  return value ? new Date(value).toLocaleString() : "time unknown";
+  return value ? new Date(value).toLocaleString() : null;
 }
 
-function hitCard(hit, extra) {
-  const card = document.createElement("figure");
-  card.className = "hit";
+function plural(n, word) {
+  return `${n.toLocaleString()} ${word}${n === 1 ? "" : "s"}`;
+}
+
+function cameraLabel(name) {
+  const info = cameraInfo.get(name);
+  return info && info.description ? `${name} (${info.description})` : name;
+}
+
+// ---- the gallery's state ----
+async function loadCameras() {
+  const resp = await fetch("/cameras/info", {headers: apiHeaders()});
+  if (!resp.ok) return;
+  const cams = await resp.json();
+  cameraInfo = new Map(cams.map((c) => [c.name, c]));
+  const select = $("cameras");
+  const chosen = new Set([...select.selectedOptions].map((o) => o.value));
+  select.replaceChildren(...cams.map((c) => {
+    const option = new Option(c.description ? `${c.name} · ${c.description}` : c.name, c.name,
+                              false, chosen.has(c.name));
+    option.title = `${plural(c.crop_count, "crop")}` + (c.description ? ` · ${c.description}` : "");
+    return option;
+  }));
+  select.size = Math.min(Math.max(select.options.length, 1), 4);
+}
+
+function eta(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  const s = Math.round(seconds);
+  return s >= 90 ? `, about ${Math.round(s / 60)} min left` : `, about ${s} s left`;
+}
+
+function showGalleryState(st) {
+  const box = $("gallery-state");
+  const text = $("gallery-state-text");
+  const bar = $("index-progress");
+  bar.hidden = true;
+  let state = "ready";
+  if (st.indexing) {
+    state = "indexing";
+    const ix = st.indexing;
+    text.textContent = ix.status === "queued"
+      ? `Indexing is about to start (${plural(ix.total, "crop")}).`
+      : `Indexing ${ix.done.toLocaleString()} of ${plural(ix.total, "crop")}${eta(ix.eta_s)}` +
+        `${ix.more_queued && ix.eta_s !== null ? " for this batch, more queued" : ""} ` +
+        `(job ${Math.round(ix.progress * 100)}% done). Searches cover the ` +
+        `${st.searchable.toLocaleString()} indexed so far.`;
+    bar.hidden = false;
+    bar.value = ix.status === "queued" ? 0 : Math.max(ix.progress, ix.total ? ix.done / ix.total : 0);
+  } else if (st.crops === 0) {
+    state = "empty";
+    text.textContent = "The gallery is empty: upload crops on the Admin page, or run " +
+      "`tbps ingest FOLDER`; `make run` fills it from the demo gallery.";
+  } else if (st.pending > 0) {
+    state = "waiting";
+    text.textContent = `${plural(st.pending, "crop")} wait to be indexed, and no index job ` +
+      "is running: start one on the Admin page (Reindex) or run `tbps index`.";
+  }
+  box.dataset.state = state;
+  box.hidden = state === "ready";
+}
+
+async function loadStatus() {
+  try {
+    const resp = await fetch("/status", {headers: apiHeaders()});
+    if (!resp.ok) throw new Error(`status ${resp.status}`);
+    const st = await resp.json();
+    const grew = !gallery || gallery.crops !== st.crops || !!gallery.indexing !== !!st.indexing;
+    gallery = st;
+    showGalleryState(st);
+    if (grew) loadCameras();
+  } catch (err) {
+    $("gallery-state").dataset.state = "error";
+    $("gallery-state").hidden = false;
+    $("gallery-state-text").textContent = `The server does not answer (${err.message}).`;
+  }
+  const busy = !gallery || gallery.indexing || gallery.crops === 0 || gallery.pending > 0;
+  setTimeout(loadStatus, busy ? 2000 : 15000);
+}
+
+// ---- why a crop matches: the body figure ----
+function stripeParts(parts) {
+  return Object.entries(parts).filter(([name]) => name !== "global")
+    .sort(([a], [b]) => a.localeCompare(b, undefined, {numeric: true}));
+}
+
+function matchColour(value) {  // value: 0 (no match) .. 1 (a perfect match)
+  const v = Math.max(0, Math.min(1, value));
+  return `hsl(${Math.round(20 + v * 110)}, ${Math.round(25 + v * 55)}%, ${Math.round(80 - v * 40)}%)`;
+}
+
+function bodyFigure(parts) {
+  // A person silhouette cut into the model's horizontal stripes, top to bottom; each stripe's
+  // score is its share of the stripes block, so stripes * its score is on a 0..1 scale.
+  const stripes = stripeParts(parts);
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 40 100");
+  svg.setAttribute("class", "body-figure");
+  svg.setAttribute("preserveAspectRatio", "none");
+  const id = `clip-${Math.random().toString(36).slice(2)}`;
+  const defs = document.createElementNS(SVG, "defs");
+  const clip = document.createElementNS(SVG, "clipPath");
+  clip.id = id;
+  const shapes = [["circle", {cx: 20, cy: 10, r: 8}], ["rect", {x: 9, y: 19, width: 22, height: 40, rx: 5}],
+                  ["rect", {x: 10, y: 57, width: 9, height: 42, rx: 3}],
+                  ["rect", {x: 21, y: 57, width: 9, height: 42, rx: 3}]];
+  for (const [tag, attrs] of shapes) {
+    const s = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) s.setAttribute(k, v);
+    clip.append(s);
+  }
+  defs.append(clip);
+  svg.append(defs);
+  const group = document.createElementNS(SVG, "g");
+  group.setAttribute("clip-path", `url(#${id})`);
+  const k = Math.max(stripes.length, 1);
+  stripes.forEach(([name, score], i) => {
+    const band = document.createElementNS(SVG, "rect");
+    band.setAttribute("x", 0); band.setAttribute("y", (100 / k) * i);
+    band.setAttribute("width", 40); band.setAttribute("height", 100 / k + 0.5);
+    band.setAttribute("fill", matchColour(score * k));
+    band.dataset.part = name;
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = `${name.replace("_", " ")} (${i === 0 ? "top" : i === k - 1 ? "bottom" : "middle"}): ${score.toFixed(3)}`;
+    band.append(title);
+    group.append(band);
+  });
+  svg.append(group);
+  if ("global" in parts) {
+    const frame = document.createElementNS(SVG, "rect");
+    frame.setAttribute("x", 1); frame.setAttribute("y", 1);
+    frame.setAttribute("width", 38); frame.setAttribute("height", 98); frame.setAttribute("rx", 3);
+    frame.setAttribute("fill", "none"); frame.setAttribute("stroke-width", 2);
+    frame.setAttribute("stroke", matchColour(parts.global));
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = `global: ${parts.global.toFixed(3)}`;
+    frame.append(title);
+    svg.append(frame);
+  }
+  return svg;
+}
+
+// ---- cards ----
+function hitCard(hit, caption) {
+  const index = shown.push(hit) - 1;
+  const card = el("figure", {className: "hit", tabIndex: 0});
   card.dataset.cropId = hit.crop_id;
-  const img = document.createElement("img");
-  img.src = hit.thumbnail_url; img.alt = `crop ${hit.crop_id}`; img.loading = "lazy";
-  const cap = document.createElement("figcaption");
-  cap.textContent = `${hit.score.toFixed(3)} · ${hit.camera || "no camera"} · ${when(hit.captured_at)}`;
-  if (extra) cap.append(document.createElement("br"), extra);
-  card.append(img, cap);
-  card.addEventListener("click", () => showDetail(hit));
+  card.dataset.index = index;
+  const img = el("img", {src: hit.thumbnail_url, alt: `crop ${hit.crop_id}`, loading: "lazy"});
+  card.append(el("div", {className: "pics"}, img, bodyFigure(hit.parts)), caption);
+  card.addEventListener("click", () => showDetail(index));
   return card;
+}
+
+function scoreText(hit) {
+  return el("span", {className: "score", title: `score ${hit.score.toFixed(4)} of at most ` +
+    `${scoreMax} (the sum of the parts; see "What the score means")`}, hit.score.toFixed(3),
+            el("span", {className: "muted"}, ` / ${scoreMax}`));
+}
+
+function cropCaption(hit) {
+  const bits = [hit.camera ? el("span", {title: cameraLabel(hit.camera)}, hit.camera) : null,
+                when(hit.captured_at), hit.person_id ? `person ${hit.person_id}` : null];
+  const cap = el("figcaption", {}, scoreText(hit));
+  for (const bit of bits.filter(Boolean)) cap.append(" · ", bit);
+  return cap;
 }
 
 function personCard(person) {
-  const span = person.first_seen === person.last_seen ? when(person.first_seen)
-    : `${when(person.first_seen)} – ${when(person.last_seen)}`;
-  const label = `${person.person_id || "unknown person"} · ${person.crop_count} crops · ${span}`;
-  const card = hitCard(person.crops[0], label);
+  const first = when(person.first_seen), last = when(person.last_seen);
+  const span = first && last && first !== last ? `${first} – ${last}` : first;
+  const who = person.person_id ? `person ${person.person_id}` : "no person id";
+  const cap = el("figcaption", {}, scoreText(person.crops[0]), " · ", who, el("br"),
+                 plural(person.crop_count, "matching crop"));
+  if (span) cap.append(" · ", span);
+  if (person.crops.length > 1) {
+    cap.append(el("div", {className: "strip"}, ...person.crops.slice(1).map((c) =>
+      el("img", {src: c.thumbnail_url, alt: `crop ${c.crop_id}`, title: c.score.toFixed(3)}))));
+  }
+  const card = hitCard(person.crops[0], cap);
   card.classList.add("person");
+  card.dataset.personId = person.person_id || "";
   return card;
 }
 
-function showDetail(hit) {
-  $("detail-img").src = hit.image_url;
-  $("detail-meta").textContent = `crop ${hit.crop_id} · score ${hit.score.toFixed(4)} · ` +
-    `${hit.camera || "no camera"} · ${when(hit.captured_at)} · person ${hit.person_id || "-"}`;
-  const rows = Object.entries(hit.parts).map(([name, score]) => {
-    const tr = document.createElement("tr");
-    const bar = document.createElement("meter");
-    bar.min = -1; bar.max = 1; bar.value = score;
-    tr.append(...[name, score.toFixed(4)].map((t) => {
-      const td = document.createElement("td"); td.textContent = t; return td;
-    }));
-    const td = document.createElement("td"); td.append(bar); tr.append(td);
-    return tr;
-  });
-  $("detail-parts").tBodies[0].replaceChildren(...rows);
-  $("detail").showModal();
+// ---- the detail view ----
+function metaRow(list, term, value) {
+  if (value !== null && value !== undefined && value !== "") {
+    list.append(el("dt", {}, term), el("dd", {}, value));
+  }
 }
 
+function showCrop(crop, hit) {
+  $("detail-img").src = crop.image_url;
+  $("detail-img").alt = `crop ${crop.crop_id}`;
+  $("detail-title").textContent = hit ? `Result ${current + 1} of ${shown.length} · crop ${crop.crop_id}`
+    : `Crop ${crop.crop_id} (not on this result page)`;
+  const meta = $("detail-meta");
+  meta.replaceChildren();
+  if (hit) metaRow(meta, "score", `${hit.score.toFixed(4)} of at most ${scoreMax}`);
+  metaRow(meta, "camera", crop.camera ? cameraLabel(crop.camera) : "unknown");
+  metaRow(meta, "captured", when(crop.captured_at) || "unknown");
+  metaRow(meta, "person", crop.person_id);
+  metaRow(meta, "file", crop.file_name);
+  metaRow(meta, "crop id", String(crop.crop_id));
+  $("detail-figure").replaceChildren(hit ? bodyFigure(hit.parts) : "");
+  const rows = hit ? Object.entries(hit.parts).map(([name, score]) => {
+    const bar = el("meter", {min: 0, max: name === "global" ? 1 : 1 / Math.max(stripeParts(hit.parts).length, 1),
+                              value: Math.max(score, 0)});
+    return el("tr", {}, el("td", {}, name), el("td", {}, score.toFixed(4)), el("td", {}, bar));
+  }) : [];
+  $("detail-parts").tBodies[0].replaceChildren(...rows);
+  $("detail-parts").hidden = !hit;
+  for (const li of $("sightings-list").children) {
+    li.classList.toggle("current", li.dataset.cropId === String(crop.crop_id));
+  }
+}
+
+async function loadSightings(personId, cropId) {
+  const box = $("detail-sightings");
+  box.hidden = true;
+  if (!personId) return;
+  const resp = await fetch(`/persons/${encodeURIComponent(personId)}/sightings`,
+                           {headers: apiHeaders()});
+  if (!resp.ok) return;
+  const data = await resp.json();
+  const timed = data.sightings.some((s) => s.captured_at);
+  $("sightings-title").textContent = `Person ${personId}: ${plural(data.sightings.length, "sighting")}` +
+    `${data.truncated ? " (the first 500)" : ""}, ` +
+    (timed ? "in time order" : "in the order they were added (no capture times)");
+  $("sightings-list").replaceChildren(...data.sightings.map((s, i) => {
+    const li = el("li", {tabIndex: 0, title: s.file_name || ""},
+                  el("img", {src: s.thumbnail_url, alt: `crop ${s.crop_id}`, loading: "lazy"}),
+                  `${i + 1}. ${s.camera || "no camera"}`);
+    if (s.captured_at) li.append(el("br"), when(s.captured_at));
+    li.dataset.cropId = s.crop_id;
+    li.classList.toggle("current", s.crop_id === cropId);
+    const open = () => {
+      const at = shown.findIndex((h) => h.crop_id === s.crop_id);
+      if (at >= 0) { current = at; showCrop(shown[at], shown[at]); }
+      else showCrop({...s, person_id: personId}, null);
+    };
+    li.addEventListener("click", open);
+    li.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
+    return li;
+  }));
+  box.hidden = false;
+}
+
+function showDetail(index) {
+  if (index < 0 || index >= shown.length) return;
+  current = index;
+  const hit = shown[index];
+  showCrop(hit, hit);
+  $("detail-prev").disabled = index === 0;
+  $("detail-next").disabled = index === shown.length - 1;
+  loadSightings(hit.person_id, hit.crop_id);
+  if (!$("detail").open) $("detail").showModal();
+}
+
+$("detail-prev").addEventListener("click", () => showDetail(current - 1));
+$("detail-next").addEventListener("click", () => showDetail(current + 1));
+$("detail").addEventListener("close", () => {
+  const card = results.querySelector(`.hit[data-index="${current}"]`);
+  if (card) card.focus();
+});
+
+// ---- keyboard ----
+function columns() {
+  const cards = [...results.children];
+  if (!cards.length) return 1;
+  const top = cards[0].offsetTop;
+  const n = cards.findIndex((c) => c.offsetTop !== top);
+  return n < 0 ? cards.length : n;
+}
+
+document.addEventListener("keydown", (event) => {
+  const typing = ["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement.tagName);
+  if ($("detail").open) {
+    if (event.key === "ArrowLeft") { showDetail(current - 1); event.preventDefault(); }
+    if (event.key === "ArrowRight") { showDetail(current + 1); event.preventDefault(); }
+    return;
+  }
+  if (event.key === "/" && !typing) { $("description").focus(); event.preventDefault(); return; }
+  const card = document.activeElement.closest && document.activeElement.closest("#results .hit");
+  if (!card) return;
+  const at = Number(card.dataset.index);
+  const step = {ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns(), ArrowUp: -columns()}[event.key];
+  if (step) {
+    const next = results.querySelector(`.hit[data-index="${at + step}"]`);
+    if (next) next.focus();
+    event.preventDefault();
+  } else if (event.key === "Enter" || event.key === " ") {
+    showDetail(at);
+    event.preventDefault();
+  }
+});
+
+// ---- searching ----
 function requestBody() {
   const body = {description: form.description.value, top_k: Number(form.top_k.value),
                 group_by: form.group_by.value};
@@ -75,23 +340,67 @@ function requestBody() {
   return body;
 }
 
+function filtersText(body) {
+  const bits = [];
+  if (body.cameras) bits.push(`cameras ${body.cameras.join(", ")}`);
+  if (body.time_from) bits.push(`from ${when(body.time_from)}`);
+  if (body.time_to) bits.push(`to ${when(body.time_to)}`);
+  return bits.join(", ");
+}
+
+function showNoResults(body, data) {
+  const filters = filtersText(body);
+  const box = $("empty-results");
+  if (data.matching === 0 && filters) {
+    box.textContent = `No indexed crop passes the filters (${filters}). Crops without a ` +
+      "capture time never pass a time filter. Clear the filters to search everything.";
+  } else if (data.matching === 0) {
+    box.textContent = gallery && gallery.indexing
+      ? "Nothing is searchable yet: indexing has just started; try again in a few seconds."
+      : "The gallery has no indexed crops yet.";
+  } else {
+    box.textContent = "No results.";
+  }
+  box.hidden = false;
+}
+
+let shownPersons = 0;
+
 async function runSearch(body, append) {
   statusLine.textContent = "Searching…"; statusLine.className = "";
-  const resp = await fetch("/search", {method: "POST",
-    headers: {"Content-Type": "application/json", ...apiHeaders()}, body: JSON.stringify(body)});
-  const data = await resp.json();
-  if (!append) results.replaceChildren();
+  $("empty-results").hidden = true;
+  let resp, data;
+  try {
+    resp = await fetch("/search", {method: "POST",
+      headers: {"Content-Type": "application/json", ...apiHeaders()}, body: JSON.stringify(body)});
+    data = await resp.json();
+  } catch (err) {
+    statusLine.textContent = `The server does not answer: ${err.message}`;
+    statusLine.className = "error";
+    return;
+  }
+  if (!append) { results.replaceChildren(); shown = []; shownPersons = 0; }
   if (!resp.ok) {
-    statusLine.textContent = data.message || data.detail || `error ${resp.status}`;
+    statusLine.textContent = resp.status === 503 && gallery && gallery.indexing
+      ? "Nothing is searchable yet: the first crops are being indexed; try again in a few seconds."
+      : data.message || data.detail || `error ${resp.status}`;
     statusLine.className = "error";
     moreButton.hidden = true;
     return;
   }
+  scoreMax = data.score_max || scoreMax;
+  $("score-max").textContent = scoreMax;
   const cards = data.group_by === "person" ? data.persons.map(personCard)
-    : data.hits.map((h) => hitCard(h));
+    : data.hits.map((h) => hitCard(h, cropCaption(h)));
   results.append(...cards);
-  statusLine.textContent = `${results.children.length} of ${data.matching} matching crops` +
-    ` in ${data.took_ms} ms (index ${data.index_version})`;
+  shownPersons += data.persons.length;
+  const indexing = gallery && gallery.indexing
+    ? " · still indexing: the results cover the crops indexed so far" : "";
+  const what = data.group_by === "person" ? plural(shownPersons, "person")
+    : plural(results.children.length, "crop");
+  statusLine.textContent = `Showing ${what} of ${data.matching.toLocaleString()} matching ` +
+    `crops in ${data.took_ms} ms${indexing}`;
+  if (!results.children.length) showNoResults(body, data);
   lastBody = {...body, cursor: data.next_cursor};
   moreButton.hidden = !data.next_cursor;
 }
@@ -101,4 +410,8 @@ form.addEventListener("submit", (event) => {
   runSearch(requestBody(), false);
 });
 moreButton.addEventListener("click", () => runSearch(lastBody, true));
-loadCameras();
+$("clear-filters").addEventListener("click", () => {
+  for (const o of $("cameras").options) o.selected = false;
+  form.time_from.value = ""; form.time_to.value = "";
+});
+loadStatus();

@@ -179,3 +179,59 @@ def test_check_rebuilds_an_index_of_another_model(built, tiny_encoder):
     with pytest.raises(jobs.StaleIndex):
         with session_scope(s.resolved_database_url) as session:
             add_crops(session, tiny_encoder, s.resolved_crops_dir, s.resolved_index_dir, [1])
+
+
+def test_chunk_bounds_start_small_and_double_up_to_the_largest():
+    assert jobs.chunk_bounds(0) == []
+    assert jobs.chunk_bounds(10, first=4, largest=8) == [(0, 4), (4, 10)]
+    assert jobs.chunk_bounds(40, first=4, largest=8) == [(0, 4), (4, 12), (12, 20), (20, 28),
+                                                         (28, 36), (36, 40)]
+    sizes = [hi - lo for lo, hi in jobs.chunk_bounds(4527)]
+    assert sizes[0] == jobs.FIRST_CHUNK and max(sizes) == jobs.ADD_CHUNK and sum(sizes) == 4527
+
+
+@sqlite_only
+def test_first_build_is_searchable_from_its_first_chunk(migrated_settings, tmp_path,
+                                                        tiny_encoder):
+    """40 crops: the first 32 are live (and marked indexed) while the last 8 encode, and
+    progress is reported after every batch, from the first one on."""
+    s = migrated_settings
+    _ingest(s, _add_images(tmp_path / "many", range(200, 240)))
+    store, seen = IndexStore(s.resolved_index_dir), []
+
+    def progress(done, total):
+        live = store.load()
+        with session_scope(s.resolved_database_url) as session:
+            indexed = crud.count_crops(session, statuses=[CropStatus.indexed])
+        seen.append((done, total, live.count if live else 0, indexed))
+
+    with session_scope(s.resolved_database_url) as session:
+        report = add_crops(session, tiny_encoder, s.resolved_crops_dir, s.resolved_index_dir,
+                           [], progress=progress, options=FAST)
+    assert seen[0] == (0, 40, 0, 0) and seen[1][:3] == (4, 40, 0)  # the first batch, no index
+    assert (36, 40, 32, 32) in seen and seen[-1][:2] == (40, 40)
+    assert report.full and report.indexed == 40
+    assert split_pointer(store.current_version())[1] == 1  # a base of 32, one generation of 8
+    with session_scope(s.resolved_database_url) as session:
+        assert crud.live_index_version(session).count == 40
+
+
+@sqlite_only
+def test_first_build_keeps_what_a_killed_run_published(migrated_settings, tmp_path,
+                                                       tiny_encoder):
+    s = migrated_settings
+    _ingest(s, _add_images(tmp_path / "many", range(300, 340)))
+
+    def killed(done, total):
+        if done > 32:
+            raise KeyboardInterrupt
+
+    with session_scope(s.resolved_database_url) as session, pytest.raises(KeyboardInterrupt):
+        add_crops(session, tiny_encoder, s.resolved_crops_dir, s.resolved_index_dir, [],
+                  progress=killed, options=FAST)
+    assert IndexStore(s.resolved_index_dir).load().count == 32
+    with session_scope(s.resolved_database_url) as session:
+        report = sync(session, tiny_encoder, s.resolved_crops_dir, s.resolved_index_dir,
+                      options=FAST)
+    assert (report.full, report.indexed) == (False, 8)
+    assert IndexStore(s.resolved_index_dir).load().count == 40

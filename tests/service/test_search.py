@@ -22,6 +22,9 @@ def test_hits_carry_metadata_urls_and_parts(api, tiny_encoder):
         assert abs(sum(hit["parts"].values()) - hit["score"]) < 1e-4
         assert hit["thumbnail_url"] == f"/crops/{hit['crop_id']}/thumbnail"
         assert hit["person_id"].startswith("p") and hit["camera"].startswith("cam-")
+        assert hit["file_name"] == f"c{hit['crop_id'] - 1}.png"
+        assert -body["score_max"] <= hit["score"] <= body["score_max"]
+    assert body["score_max"] == round(tiny_encoder.spec.norm ** 2, 6)
     thumb = api.get(body["hits"][0]["thumbnail_url"])
     assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
 
@@ -31,7 +34,16 @@ def test_camera_filter_is_exact(api):
     expected = [h["crop_id"] for h in everything if h["camera"] == "cam-1"]
     hits = search(api, top_k=4, cameras=["cam-1"])["hits"]
     assert [h["crop_id"] for h in hits] == expected  # all 4 of cam-1, in the global order
-    assert search(api, top_k=3, cameras=["nowhere"])["hits"] == []
+
+
+def test_unknown_camera_and_empty_camera_list_are_refused_not_silently_empty(api):
+    r = api.post("/search", json={"description": "someone", "cameras": ["cam-1", "nowhere"]})
+    assert r.status_code == 422
+    assert "'nowhere'" in r.json()["detail"] and "cam-0, cam-1, cam-2" in r.json()["detail"]
+    r = api.post("/search", json={"description": "someone", "cameras": []})
+    assert r.status_code == 422 and "omit it to search every camera" in r.json()["message"]
+    assert api.post("/admin/cameras", json={"name": "empty-cam"}).status_code == 201
+    assert search(api, cameras=["empty-cam"])["hits"] == []  # known, with no crops: no error
 
 
 def test_time_filter_is_exact_and_inclusive(api):
@@ -99,6 +111,27 @@ def test_search_is_audited(api):
     assert entries[0]["detail"]["cameras"] == ["cam-0"] and entries[0]["actor"].startswith("env")
 
 
+def _audited_searches(api):
+    key = api.headers.pop("X-API-Key")
+    try:
+        assert api.post("/search", json={"description": "anyone"}).status_code == 200
+    finally:
+        api.headers["X-API-Key"] = key
+    search(api, top_k=1)  # with the admin key
+    entries = api.get("/admin/audit", params={"action": "search"}).json()
+    return sorted(e["actor"] == "anonymous" for e in entries)
+
+
+@pytest.mark.parametrize("setting, expected", [("keyed", [False]), ("all", [False, True]),
+                                               ("off", []), ("false", []), ("true", [False, True])])
+def test_which_searches_are_audited_is_a_setting(api, setting, expected):
+    from service.config import Settings
+
+    api.app.state.settings = api.app.state.settings.model_copy(
+        update={"audit_searches": Settings(audit_searches=setting).audit_searches})
+    assert _audited_searches(api) == expected
+
+
 class _Counting:
     """Counts calls to one method of a wrapped object, delegating everything."""
 
@@ -125,6 +158,7 @@ def test_one_encoding_one_index_search_one_query_per_request(api, gallery, monke
     from service.db import get_engine
 
     search(api, **body)  # the catalog and the index are loaded once, not per request
+    api.app.state.audit.close()  # its thread would write the audit entries at any moment
     engine = api.app.state.engine
     encoder = _Counting(engine.encoder, "encode_text")
     monkeypatch.setattr(engine, "encoder", encoder)
@@ -143,3 +177,36 @@ def test_one_encoding_one_index_search_one_query_per_request(api, gallery, monke
         event.remove(db, "before_cursor_execute", record)
     assert (encoder.calls, live.calls) == (1, 1)
     assert [s.split()[0] for s in statements] == ["SELECT"], statements
+
+
+def test_person_sightings_are_in_time_order_and_unknown_persons_404(api, gallery):
+    from service.db import session_scope
+    from service.ingest import ingest_bytes
+    from tests.conftest import make_image
+
+    with session_scope(gallery.resolved_database_url) as session:  # p1, earlier, no camera
+        ingest_bytes(session, gallery, name="early.png", data=make_image(999), camera=None,
+                     captured_at=T0 - timedelta(days=1), person_id="p1")
+        ingest_bytes(session, gallery, name="timeless.png", data=make_image(998), camera=None,
+                     person_id="p1")
+    body = api.get("/persons/p1/sightings").json()
+    names = [s["file_name"] for s in body["sightings"]]
+    assert names == ["early.png", "c3.png", "c4.png", "c5.png", "timeless.png"]
+    assert body["sightings"][1]["camera"] == "cam-0" and body["sightings"][0]["camera"] is None
+    assert body["sightings"][1]["thumbnail_url"].endswith("/thumbnail") and not body["truncated"]
+    r = api.get("/persons/nobody/sightings")
+    assert r.status_code == 404 and "nobody" in r.json()["detail"]
+
+
+def test_camera_info_has_descriptions_and_counts(api):
+    assert api.post("/admin/cameras", json={"name": "dock", "description": "a dataset folder"}
+                    ).status_code == 201
+    info = {c["name"]: c for c in api.get("/cameras/info").json()}
+    assert info["cam-0"]["crop_count"] == 4 and info["cam-0"]["description"] is None
+    assert info["dock"] == {"name": "dock", "description": "a dataset folder", "crop_count": 0}
+
+
+def test_favicon_is_served(api):
+    r = api.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
+    assert b"<svg" in r.content

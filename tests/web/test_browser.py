@@ -1,15 +1,20 @@
 """The web pages in a real headless Chromium (Debian's chromium + chromedriver, driven by
 selenium): type a description and see results; upload a crop on the admin page, follow its job,
-and find it by searching."""
+and find it by searching; open a result (mouse and keyboard) and walk the person's sightings;
+filter by camera and time; group by person; page with More; the empty, no-results and
+indexing states, the last on `tbps demo` started from outside the repository."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -31,31 +36,85 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TBPS_")}
+    env.update(TBPS_DATA_DIR=str(data_dir), TBPS_DEVICE="cpu", TBPS_ADMIN_KEYS=ADMIN_KEY,
+               TBPS_WORKER_POLL_SECONDS="0.2", **extra)
+    return env
+
+
+def _start(tmp_path: Path, env: dict, args: list[str], *, ready: str = "/readyz",
+           cwd: Path | None = None, timeout: float = 120):
+    """Start `tbps ARGS` on a free port; returns (base URL, process) once ``ready`` is 200."""
+    port = _free_port()
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(TBPS + args + ["--port", str(port)], env=env, cwd=cwd,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(base + ready, timeout=1).status_code == 200:
+                return base, proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    _stop(proc)
+    raise AssertionError(f"{base}{ready} did not answer: {(tmp_path / 'server.log').read_text()}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """The server and its worker (which finishes the chunk it is encoding first)."""
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+
+
 @pytest.fixture
 def server(tmp_path, image_folder):
     """`tbps serve --with-worker` on an ingested and indexed gallery."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TBPS_")}
-    env.update(TBPS_DATA_DIR=str(tmp_path / "data"), TBPS_DEVICE="cpu",
-               TBPS_ADMIN_KEYS=ADMIN_KEY, TBPS_WORKER_POLL_SECONDS="0.2")
+    env = _env(tmp_path / "data")
     for args in (["ingest", str(image_folder), "--camera", "lobby"], ["index"]):
         subprocess.run(TBPS + args, env=env, check=True, capture_output=True, timeout=300)
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(TBPS + ["serve", "--port", str(port), "--with-worker"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.3)
+    base, proc = _start(tmp_path, env, ["serve", "--with-worker"])
     try:
         yield base
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        _stop(proc)
+
+
+T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+N_RICH = 24  # crop i: camera cam-{a,b,c}[i % 3], captured T0 + 10 i min, person p{i // 4}
+
+
+@pytest.fixture
+def rich_server(tmp_path):
+    """`tbps serve` on 24 indexed crops over 3 cameras, 6 persons and 4 hours."""
+    from service.config import Settings
+    from service.db import migrate, session_scope
+    from service.ingest import ingest_bytes
+
+    env = _env(tmp_path / "data")
+    settings = Settings(data_dir=tmp_path / "data", environment="test")
+    settings.ensure_dirs()
+    migrate(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as session:
+        for i in range(N_RICH):
+            ingest_bytes(session, settings, name=f"shot{i:02d}.png",
+                         data=make_image(500 + i, size=(40, 100)), camera="cam-" + "abc"[i % 3],
+                         captured_at=T0 + timedelta(minutes=10 * i), person_id=f"p{i // 4}")
+    subprocess.run(TBPS + ["index"], env=env, check=True, capture_output=True, timeout=300)
+    base, proc = _start(tmp_path, env, ["serve"])
+    try:
+        yield base
+    finally:
+        _stop(proc)
 
 
 @pytest.fixture
@@ -120,6 +179,9 @@ def test_search_upload_and_find_it(server, browser, tmp_path):
     browser.get(server + "/admin")
     key = browser.find_element(By.ID, "api-key")
     key.send_keys(ADMIN_KEY, Keys.TAB)
+    crops = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#stats [data-stat=crops]"))
+    assert crops[0].text.split("\n")[:2] == ["crops", "6"]  # a labelled grid, not a JSON dump
+    assert "{" not in browser.find_element(By.ID, "stats").text
     browser.find_element(By.ID, "files").send_keys(str(crop))
     browser.find_element(By.ID, "camera").send_keys("dock-7")
     browser.execute_script("document.getElementById('captured_at').value = "
@@ -136,3 +198,187 @@ def test_search_upload_and_find_it(server, browser, tmp_path):
     hits = _search(browser, server, "a person in a red shirt", camera="dock-7")
     assert [int(h.get_attribute("data-crop-id")) for h in hits] == [crop_id]
     assert "dock-7" in hits[0].text
+
+
+SET_LOCAL_TIME = """
+const d = new Date(arguments[1]), pad = (n) => String(n).padStart(2, "0");
+document.getElementById(arguments[0]).value =
+  `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:` +
+  `${pad(d.getMinutes())}`;"""
+
+
+def _submit(driver, description=None, top_k=None):
+    """Fill in the form (what is given), press Search, wait for the answer."""
+    from selenium.webdriver.common.by import By
+
+    if description is not None:
+        box = driver.find_element(By.ID, "description")
+        box.clear()
+        box.send_keys(description)
+    if top_k is not None:
+        field = driver.find_element(By.ID, "top_k")
+        field.clear()
+        field.send_keys(str(top_k))
+    driver.find_element(By.ID, "search-button").click()
+    _wait(driver, lambda d: "Searching" not in d.find_element(By.ID, "status").text and (
+        "matching crops" in d.find_element(By.ID, "status").text
+        or "error" in d.find_element(By.ID, "status").get_attribute("class")))
+    return driver.find_elements(By.CSS_SELECTOR, "#results .hit")
+
+
+def _ids(cards):
+    return [int(c.get_attribute("data-crop-id")) for c in cards]
+
+
+def _state(driver):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, "gallery-state").get_attribute("data-state")
+
+
+def test_results_explain_the_score_page_with_more_and_open_by_keyboard(rich_server, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(rich_server + "/")
+    _wait(browser, lambda d: _state(d) == "ready")
+    assert not browser.find_element(By.ID, "more").is_displayed()  # no search yet: no More
+    assert not browser.find_element(By.ID, "gallery-state").is_displayed()
+    cards = _submit(browser, "a person in a red shirt", top_k=5)
+    assert len(cards) == 5 and browser.find_element(By.ID, "more").is_displayed()
+    for card in cards:  # a body figure of the model's 4 stripes, and the score out of 2
+        assert len(card.find_elements(By.CSS_SELECTOR, "svg.body-figure rect[data-part]")) == 4
+        assert "/ 2" in card.text and "unknown" not in card.text and "person p" in card.text
+    seen = _ids(cards)
+
+    def more_cards(d):
+        return len(d.find_elements(By.CSS_SELECTOR, "#results .hit")) > len(seen)
+
+    while browser.find_element(By.ID, "more").is_displayed():
+        browser.find_element(By.ID, "more").click()
+        _wait(browser, more_cards)
+        seen = _ids(browser.find_elements(By.CSS_SELECTOR, "#results .hit"))
+    assert sorted(seen) == list(range(1, N_RICH + 1))  # every crop once, then no More
+
+    cards = browser.find_elements(By.CSS_SELECTOR, "#results .hit")
+    browser.execute_script("arguments[0].focus()", cards[0])
+    ActionChains(browser).send_keys(Keys.ARROW_RIGHT, Keys.ENTER).perform()
+    _wait(browser, lambda d: d.find_element(By.ID, "detail").is_displayed())
+    title = browser.find_element(By.ID, "detail-title")
+    assert title.text == f"Result 2 of {N_RICH} · crop {seen[1]}"
+    i = seen[1] - 1
+    meta = browser.find_element(By.ID, "detail-meta").text
+    assert f"cam-{'abc'[i % 3]}" in meta and f"shot{i:02d}.png" in meta and "2026" in meta
+    rows = browser.find_elements(By.CSS_SELECTOR, "#detail-parts tbody tr")
+    assert [r.text.split()[0] for r in rows] == ["global", "stripe_1", "stripe_2", "stripe_3",
+                                                  "stripe_4"]
+    sightings = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#sightings-list li"))
+    person = i // 4
+    assert [s.get_attribute("title") for s in sightings] == [
+        f"shot{j:02d}.png" for j in range(4 * person, 4 * person + 4)]  # time order
+    assert f"Person p{person}: 4 sightings" in browser.find_element(By.ID, "sightings-title").text
+    ActionChains(browser).send_keys(Keys.ARROW_RIGHT).perform()
+    _wait(browser, lambda d: d.find_element(By.ID, "detail-title").text.startswith("Result 3 of"))
+    other = browser.find_elements(By.CSS_SELECTOR, "#sightings-list li")[0]
+    other.click()  # a sighting: the detail view shows that crop
+    crop = int(other.get_attribute("data-crop-id"))
+    _wait(browser, lambda d: f"crop {crop}" in d.find_element(By.ID, "detail-title").text.lower())
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+    _wait(browser, lambda d: not d.find_element(By.ID, "detail").is_displayed())
+
+
+def test_filter_by_camera_and_time_group_by_person_and_no_results(rich_server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(rich_server + "/")
+    _wait(browser, lambda d: "cam-b" in [o.get_attribute("value") for o in
+                                         d.find_elements(By.CSS_SELECTOR, "#cameras option")])
+    Select(browser.find_element(By.ID, "cameras")).select_by_value("cam-b")
+    browser.execute_script(SET_LOCAL_TIME, "time_from", (T0 + timedelta(minutes=60)).isoformat())
+    browser.execute_script(SET_LOCAL_TIME, "time_to", (T0 + timedelta(minutes=180)).isoformat())
+    cards = _submit(browser, "a person in a red shirt", top_k=24)
+    expected = [i + 1 for i in range(N_RICH) if i % 3 == 1 and 6 <= i <= 18]
+    assert sorted(_ids(cards)) == expected and all("cam-b" in c.text for c in cards)
+    assert f"of {len(expected)} matching crops" in browser.find_element(By.ID, "status").text
+
+    browser.execute_script(SET_LOCAL_TIME, "time_from", (T0 + timedelta(days=2)).isoformat())
+    browser.execute_script(SET_LOCAL_TIME, "time_to", (T0 + timedelta(days=3)).isoformat())
+    assert _submit(browser) == []
+    empty = browser.find_element(By.ID, "empty-results")
+    assert empty.is_displayed() and "No indexed crop passes the filters" in empty.text
+    assert not browser.find_element(By.ID, "more").is_displayed()
+
+    browser.find_element(By.ID, "clear-filters").click()
+    Select(browser.find_element(By.ID, "group_by")).select_by_value("person")
+    cards = _submit(browser)
+    assert len(cards) == N_RICH // 4 and all("person" in c.get_attribute("class") for c in cards)
+    for card in cards:
+        assert "4 matching crops" in card.text and "–" in card.text  # a time span
+        assert "unknown" not in card.text and card.text.count("person p") == 1
+    assert not browser.find_element(By.ID, "empty-results").is_displayed()
+
+
+def test_empty_gallery_says_so(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    env = _env(tmp_path / "data")
+    subprocess.run(TBPS + ["migrate"], env=env, check=True, capture_output=True, timeout=120)
+    base, proc = _start(tmp_path, env, ["serve"], ready="/healthz")
+    try:
+        browser.get(base + "/")
+        _wait(browser, lambda d: _state(d) == "empty")
+        assert "The gallery is empty" in browser.find_element(By.ID, "gallery-state").text
+        assert _submit(browser, "anyone") == []
+        status = browser.find_element(By.ID, "status")
+        assert "error" in status.get_attribute("class") and "no index" in status.text
+        assert httpx.get(base + "/favicon.ico").status_code == 200
+    finally:
+        _stop(proc)
+
+
+def test_demo_from_another_folder_serves_at_once_and_answers_while_indexing(tmp_path, browser):
+    """`tbps demo` (what `make run` does) on a 400-crop gallery, started outside the
+    repository: the page answers within 60 s, says indexing n of N, and returns results
+    (from the crops indexed so far) before indexing ends; then every crop is searchable."""
+    from selenium.webdriver.common.by import By
+
+    gallery = tmp_path / "demo-gallery"
+    for i in range(400):
+        folder = gallery / ("left" if i % 2 else "right")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:03d}.png").write_bytes(make_image(1000 + i, size=(40, 100)))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    started = time.monotonic()
+    env = _env(tmp_path / "data", TBPS_DEMO_GALLERY=str(gallery))
+    base, proc = _start(tmp_path, env, ["demo"], ready="/", cwd=elsewhere, timeout=60)
+    try:
+        assert time.monotonic() - started < 60
+        browser.get(base + "/")
+        _wait(browser, lambda d: _state(d) == "indexing", timeout=60)
+        assert "Indexing" in browser.find_element(By.ID, "gallery-state").text  # queued first
+        _wait(browser, lambda d: "of 400 crops" in d.find_element(By.ID, "gallery-state").text,
+              timeout=60)
+        assert "searches cover the" in browser.find_element(By.ID, "gallery-state").text.lower()
+
+        def results_while_indexing(d):
+            cards = _submit(d, "a person in a red shirt", top_k=10)
+            status = d.find_element(By.ID, "status").text
+            return cards and "indexed so far" in status and _state(d) == "indexing"
+
+        _wait(browser, results_while_indexing, timeout=120)
+        status = browser.find_element(By.ID, "status").text
+        matching = int(status.split(" of ")[1].split()[0].replace(",", ""))
+        assert 0 < matching < 400, status
+        ready = httpx.get(base + "/readyz").json()
+        assert ready["status"] == "ready" and ready["indexing"]["total"] == 400
+
+        _wait(browser, lambda d: _state(d) == "ready", timeout=300)
+        _submit(browser, "a person in a red shirt", top_k=10)
+        assert "of 400 matching crops" in browser.find_element(By.ID, "status").text
+        assert {o.get_attribute("value") for o in
+                browser.find_elements(By.CSS_SELECTOR, "#cameras option")} == {"left", "right"}
+    finally:
+        _stop(proc)
