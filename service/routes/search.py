@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi.exceptions import RequestValidationError
 
 from service import crud, persons
 from service.config import Settings
@@ -43,8 +44,6 @@ def audited(settings: Settings, actor: Actor) -> bool:
                         401: {"model": ErrorResponse, "description": "Key required"},
                         403: {"model": ErrorResponse, "description": "Key not valid"},
                         409: {"model": ErrorResponse, "description": "Cursor from an older index"},
-                        422: {"model": ErrorResponse, "description": "Invalid request, or an "
-                              "unknown camera"},
                         503: {"model": ErrorResponse, "description": "No usable index yet"}})
 def search(body: SearchRequest, request: Request, session: SessionDep, engine: EngineDep,
            settings: SettingsDep, actor: SearcherDep) -> SearchResponse:
@@ -64,8 +63,9 @@ def search(body: SearchRequest, request: Request, session: SessionDep, engine: E
         raise HTTPException(status_code=409, detail=str(exc)) from None
     except BadCursor as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
-    except UnknownCamera as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from None
+    except UnknownCamera as exc:  # a validation error like the schema's own (detail + message)
+        raise RequestValidationError([{"loc": ("body", "cameras"), "msg": str(exc),
+                                       "type": "value_error"}]) from None
     request.app.state.metrics.search_seconds.observe(result.took_ms / 1000)
     if audited(settings, actor):
         detail = body.model_dump(mode="json", exclude_none=True, exclude={"cursor"})

@@ -93,8 +93,9 @@ def _auth(case) -> dict[str, str]:
 
 def _meaningful(case):
     """Valid data the schema cannot describe: uploaded files are real images (the schema says
-    "bytes", the service decodes them) and a cursor is one the service issued (none here).
-    Refusing random bytes (422) and unknown cursors (400) is tested in test_admin/test_search."""
+    "bytes", the service decodes them), a cursor is one the service issued (none here) and a
+    camera filter names cameras the gallery has. Refusing random bytes (422), unknown cursors
+    (400) and unknown or no cameras (422) is tested in test_admin/test_search."""
     body = case.body if isinstance(case.body, dict) else None
     if body and case.operation.label == "POST /admin/crops" and "files" in body:
         files = body["files"] if isinstance(body["files"], list) else [body["files"]]
@@ -102,6 +103,8 @@ def _meaningful(case):
                          for f in files]
     if body and case.operation.label == "POST /search":
         body.pop("cursor", None)
+        if body.get("cameras") is not None:
+            body["cameras"] = ["cam-a"]
     return case
 
 

@@ -39,7 +39,8 @@ def test_camera_filter_is_exact(api):
 def test_unknown_camera_and_empty_camera_list_are_refused_not_silently_empty(api):
     r = api.post("/search", json={"description": "someone", "cameras": ["cam-1", "nowhere"]})
     assert r.status_code == 422
-    assert "'nowhere'" in r.json()["detail"] and "cam-0, cam-1, cam-2" in r.json()["detail"]
+    assert r.json()["detail"][0]["loc"] == ["body", "cameras"]
+    assert "'nowhere'" in r.json()["message"] and "cam-0, cam-1, cam-2" in r.json()["message"]
     r = api.post("/search", json={"description": "someone", "cameras": []})
     assert r.status_code == 422 and "omit it to search every camera" in r.json()["message"]
     assert api.post("/admin/cameras", json={"name": "empty-cam"}).status_code == 201
