@@ -6,10 +6,11 @@
 Builds each config's model (1,280 ID classes, as the trainval-dev split), feeds it random
 batches shaped like its loader's (cached trunk outputs for ``cache_trunk`` configs, else
 pixels at the config's image size; captions of ``--tokens`` tokens), under the config's
-``train.precision`` (bfloat16 autocast for ``bf16``), and times ``--steps`` full optimizer steps after one warm-up step, then
-profiles one more with ``torch.profiler``. Prints a table of step times and the top operators
-per config; writes ``bench/results/train_step_<model name>.json``. Dataset-free, so it isolates
-the model's cost from data loading.
+``train.precision`` (bfloat16 autocast for ``bf16``), and times ``--steps`` full optimizer
+steps after one warm-up step, then profiles one more with ``torch.profiler``. Prints a table
+of step times and the top operators per config; writes
+``bench/results/train_step_<model name>.json``. Dataset-free, so it isolates the model's cost
+from data loading.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from typing import Any
 import torch
 
 from bench.envinfo import environment, format_table, machine_line
-from models.train import (PRECISIONS, TrainSettings, flush_denormals, load_train_config,
-                          model_config)
+from models.train import PRECISIONS, TrainSettings, flush_denormals, load_train_config, model_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

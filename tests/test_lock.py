@@ -79,7 +79,8 @@ def pins() -> dict[str, Pin]:
 
 
 def test_parser_reads_pins_hashes_and_via() -> None:
-    text = ("a-b==1.0 \\\n    --hash=sha256:00\n    --hash=sha256:11\n    # via tbps (pyproject.toml)\n"
+    text = ("a-b==1.0 \\\n    --hash=sha256:00\n    --hash=sha256:11\n"
+            "    # via tbps (pyproject.toml)\n"
             "c==2.0 ; sys_platform == 'linux' \\\n    --hash=sha256:22\n    # via\n"
             "    #   a-b\n    #   d[x]\n")
     a, c = parse_lock(text)

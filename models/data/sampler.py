@@ -3,9 +3,9 @@ and ``ResumableBatches``, which restarts an epoch part-way for ``tbps train --re
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import defaultdict
-import itertools
 from collections.abc import Iterator, Sequence
 
 from torch.utils.data import Sampler
