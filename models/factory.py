@@ -147,20 +147,38 @@ def upgrade_legacy_keys(model, state: dict[str, Any]) -> dict[str, Any]:
     return {rename(k): v for k, v in state.items()}
 
 
-def load_encoder(checkpoint: Path | None = None, device: str = "auto"):
+def load_encoder(checkpoint: Path | None = None, device: str = "auto", engine: str = "auto",
+                 cache_dir: Path | None = None, threads: int | None = None):
     """The encoder the service and indexer use.
 
     ``checkpoint`` None means the bundled default checkpoint when present, else the small
     randomly initialised stand-in (useful for tests and a first start; its results are noise).
+    ``engine``: ``torch``, ``onnx`` (ONNX Runtime on the CPU, graphs exported once into
+    ``cache_dir``, default beside the checkpoint) or ``auto`` (onnx on CPU, torch on CUDA).
+    ``threads``: ONNX Runtime intra-op threads (default: torch's thread count).
     """
-    from models.torch_encoder import TorchEncoder
-
     if checkpoint is None and DEFAULT_CHECKPOINT.is_file():
         checkpoint = DEFAULT_CHECKPOINT
     if checkpoint is None:
         log.warning("no checkpoint: using the untrained %s stand-in", FALLBACK_CONFIG)
         model = create_model(FALLBACK_CONFIG).eval()
         sha = f"untrained-{model.config.name}-seed{getattr(model.config, 'seed', 0)}"
-        return TorchEncoder(model, sha, device=device)
-    model, _ = load_model(Path(checkpoint))
-    return TorchEncoder(model, file_sha256(Path(checkpoint)), device=device)
+    else:
+        model, _ = load_model(Path(checkpoint))
+        sha = file_sha256(Path(checkpoint))
+    from models.onnx_encoder import default_cache_dir
+
+    return wrap_encoder(model, sha, device=device, engine=engine, threads=threads,
+                        cache_dir=cache_dir or default_cache_dir(checkpoint))
+
+
+def wrap_encoder(model, sha256: str, *, device: str = "auto", engine: str = "auto",
+                 cache_dir: Path, threads: int | None = None):
+    """``model`` behind the ``Encoder`` interface of the chosen engine."""
+    from models.onnx_encoder import OnnxEncoder, resolve_engine
+    from models.torch_encoder import TorchEncoder, resolve_device
+
+    if resolve_engine(engine, resolve_device(device)) == "onnx":
+        return OnnxEncoder(model, sha256, cache_dir, threads=threads)
+    return TorchEncoder(model, sha256, device=device)
+

@@ -21,8 +21,12 @@ class ChannelProjection(nn.Module):
         """tokens (B, L, D), mask (B, L) -> (B, K, L, D); batch norm over real tokens only."""
         b, length, d = tokens.shape
         x = self.linear(tokens)  # (B, L, K*D)
-        out = torch.zeros_like(x)
-        out[mask] = self.bn(x[mask])  # (T, K*D) for the T real tokens
+        if self.training:  # batch statistics over the T real tokens only
+            out = torch.zeros_like(x)
+            out[mask] = self.bn(x[mask])  # (T, K*D)
+        else:  # running statistics act per element: normalise all, zero the padding
+            normed = self.bn(x.flatten(0, 1)).view_as(x)  # (B, L, K*D); exportable, no masking
+            out = torch.where(mask.unsqueeze(-1), normed, torch.zeros_like(normed))
         return out.view(b, length, self.groups, d).permute(0, 2, 1, 3)  # (B, K, L, D)
 
 

@@ -90,7 +90,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
             return 0
-        encoder = load_encoder(settings.checkpoint, settings.device)
+        encoder = load_encoder(**settings.encoder_options)
         if getattr(args, "check", False):
             return _print_check(jobs.check(session, root, encoder=encoder, crops_dir=crops,
                                            repair=not getattr(args, "dry_run", False)))
@@ -169,7 +169,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from service.urls import crop_url
 
     settings = _settings()
-    engine = SearchEngine(load_encoder(settings.checkpoint, settings.device),
+    engine = SearchEngine(load_encoder(**settings.encoder_options),
                           settings.resolved_index_dir, settings.data_dir)
     query = SearchQuery(description=args.description, top_k=args.top_k,
                         cameras=tuple(args.camera) if args.camera else None)
@@ -207,7 +207,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     migrate(settings.resolved_database_url)
-    encoder = load_encoder(settings.checkpoint, settings.device)
+    encoder = load_encoder(**settings.encoder_options)
     if args.once:
         print(f"ran {run_pending(settings, encoder)} job(s)")
         return 0

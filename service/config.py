@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     checkpoint: Path | None = Field(None, description="model checkpoint; default: bundled model")
     device: str = Field("auto", description="torch device for encoders: auto | cpu | cuda")
+    engine: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="inference engine for the encoder: onnx (ONNX Runtime, CPU only), "
+        "torch, or auto (onnx on CPU, torch on CUDA)")
+    engine_cache_dir: Path | None = Field(None, description="where the ONNX graphs exported "
+                                          "from the checkpoint are kept; default: beside it")
     admin_keys: str = Field("", description="comma-separated admin API keys (hashed at start-up; "
                             "more keys can be created with `tbps create-key`)", repr=False)
     admin_key_hashes: str = Field("", description="comma-separated sha256 hex digests of admin "
@@ -106,6 +111,12 @@ class Settings(BaseSettings):
                              "generate one, e.g. `python -c 'import secrets; "
                              "print(secrets.token_urlsafe(32))'`")
         return self
+
+    @property
+    def encoder_options(self) -> dict:
+        """Keyword arguments of ``models.factory.load_encoder``."""
+        return {"checkpoint": self.checkpoint, "device": self.device, "engine": self.engine,
+                "cache_dir": self.engine_cache_dir}
 
     @property
     def resolved_metrics_access(self) -> str:

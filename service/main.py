@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
         limit_threads(settings.api_threads)
         worker = WorkerSupervisor().start() if settings.spawn_worker else None
         app.state.worker = worker
-        enc = encoder or load_encoder(settings.checkpoint, settings.device)
+        enc = encoder or load_encoder(**settings.encoder_options)
         app.state.engine = SearchEngine(enc, settings.resolved_index_dir, settings.data_dir)
         app.state.engine.live_index()
         app.state.audit = AuditBuffer(settings.resolved_database_url).start()

@@ -1,0 +1,180 @@
+"""``Encoder`` over ONNX Runtime: the image and text towers of any ``DualEncoderModel``,
+exported once with ``torch.onnx.export`` and cached by the checkpoint's sha256.
+
+Preprocessing and tokenization are the torch model's own (``build_eval_transform`` and
+``model.tokenize``), so both engines see the same inputs; only the towers run in ONNX Runtime.
+The cached graphs are derived files: written to a temporary name and renamed into place, so a
+concurrent process sees either no file or a whole one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.base import DualEncoderModel
+from models.encoder import EncoderSpec
+from models.torch_encoder import build_eval_transform
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "torch", "onnx")
+EXPORT_VERSION = 1  # bump when the export itself changes, so old cached graphs are not reused
+OPSET = 18
+SAMPLE_TEXTS = ("a man in a red coat and blue jeans", "a woman carrying a black bag")
+
+
+def resolve_engine(engine: str, device: torch.device) -> str:
+    """``auto`` -> ONNX Runtime on CPU, torch on CUDA; ``torch`` and ``onnx`` pass through."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown inference engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine == "auto":
+        return "onnx" if device.type == "cpu" else "torch"
+    if engine == "onnx" and device.type != "cpu":
+        raise ValueError(f"the onnx engine runs on the CPU only, not on {device}")
+    return engine
+
+
+class _ImageTower(torch.nn.Module):
+    def __init__(self, model: DualEncoderModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.image_features(images)  # (N, 3, H, W) -> (N, D)
+
+
+class _TextTower(torch.nn.Module):
+    """Positional int64 tensors in ``keys`` order -> ``text_features`` of the token dict
+    (``keys`` None: the tokenizer returns one tensor)."""
+
+    def __init__(self, model: DualEncoderModel, keys: tuple[str, ...] | None) -> None:
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, *tokens: torch.Tensor) -> torch.Tensor:
+        if self.keys is None:
+            return self.model.text_features(tokens[0])  # (N, L) -> (N, D)
+        return self.model.text_features(dict(zip(self.keys, tokens, strict=True)))
+
+
+def token_inputs(tokens) -> tuple[tuple[str, ...] | None, tuple[torch.Tensor, ...]]:
+    """Tokenizer output -> (dict keys or None, the tensors in that order)."""
+    if isinstance(tokens, torch.Tensor):
+        return None, (tokens,)
+    if isinstance(tokens, dict):
+        keys = tuple(sorted(tokens))
+        return keys, tuple(tokens[k] for k in keys)
+    raise TypeError(f"cannot export a tokenizer that returns {type(tokens).__name__}")
+
+
+def graph_paths(cache_dir: Path, sha256: str) -> dict[str, Path]:
+    stem = f"{sha256}.v{EXPORT_VERSION}"
+    return {tower: Path(cache_dir) / f"{stem}.{tower}.onnx" for tower in ("image", "text")}
+
+
+def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: list[str],
+            path: Path, dynamic_axes: int) -> None:
+    """Export to a temporary file beside ``path`` and rename it into place.
+
+    The first ``dynamic_axes`` axes of every input may vary (batch; batch and sequence)."""
+    auto = torch.export.Dim.AUTO
+    shapes = tuple({i: auto for i in range(dynamic_axes)} for _ in args)
+    if isinstance(module, _TextTower):
+        shapes = (shapes,)  # one entry for ``*tokens``
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.onnx.export(module.eval(), args, tmp, input_names=names,
+                          output_names=["features"], dynamic_shapes=shapes,
+                          opset_version=OPSET, external_data=False, verbose=False)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def export_towers(model: DualEncoderModel, sha256: str, cache_dir: Path) -> dict[str, Path]:
+    """The two graphs of ``model``, exported unless already cached under ``cache_dir``."""
+    paths = graph_paths(cache_dir, sha256)
+    model = model.eval()
+    if not paths["image"].is_file():
+        log.info("exporting the image tower to %s", paths["image"])
+        images = torch.zeros(2, 3, *model.config.image_size)  # (2, 3, H, W); batch 2 stays dynamic
+        _export(_ImageTower(model), (images,), ["images"], paths["image"], 1)
+    if not paths["text"].is_file():
+        log.info("exporting the text tower to %s", paths["text"])
+        keys, tensors = token_inputs(model.tokenize(list(SAMPLE_TEXTS)))
+        _export(_TextTower(model, keys), tensors, list(keys or ("tokens",)), paths["text"],
+                2)
+    return paths
+
+
+def default_cache_dir(checkpoint: Path | None) -> Path:
+    """Beside the checkpoint when that folder is writable, else a folder in the temp dir."""
+    if checkpoint is not None and os.access(Path(checkpoint).parent, os.W_OK):
+        return Path(checkpoint).parent
+    return Path(tempfile.gettempdir()) / "tbps-onnx"
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxEncoder:
+    """Batches PIL images or texts through the model's towers in ONNX Runtime (CPU)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, model: DualEncoderModel, checkpoint_sha256: str, cache_dir: Path,
+                 threads: int | None = None, batch_size: int = 64) -> None:
+        model = model.eval().cpu()
+        self.paths = export_towers(model, checkpoint_sha256, cache_dir)
+        self.threads = threads or torch.get_num_threads()
+        self._image = _session(self.paths["image"], self.threads)
+        self._text = _session(self.paths["text"], self.threads)
+        self._tokenize = model.tokenize
+        self.batch_size = batch_size
+        cfg = model.config
+        self.spec = EncoderSpec(
+            name=cfg.name, dim=model.export_dim, checkpoint_sha256=checkpoint_sha256,
+            image_size=tuple(cfg.image_size), mean=tuple(cfg.mean), std=tuple(cfg.std),
+            parts=model.parts(),
+        )
+        self._transform = build_eval_transform(cfg.image_size, cfg.mean, cfg.std)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self._transform(image.convert("RGB"))
+
+    def encode_image(self, images: Sequence[Image.Image] | torch.Tensor) -> np.ndarray:
+        if not isinstance(images, torch.Tensor):
+            if len(images) == 0:
+                return np.zeros((0, self.spec.dim), np.float32)
+            images = torch.stack([self.preprocess(im) for im in images])
+        pixels = images.detach().cpu().to(torch.float32).numpy()  # (N, 3, H, W)
+        chunks = [self._image.run(None, {"images": pixels[s : s + self.batch_size]})[0]
+                  for s in range(0, len(pixels), self.batch_size)]
+        return np.concatenate(chunks).astype(np.float32, copy=False)  # (N, D)
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.spec.dim), np.float32)
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            keys, tensors = token_inputs(self._tokenize(texts[start : start + self.batch_size]))
+            feed = dict(zip(keys or ("tokens",), (t.numpy() for t in tensors), strict=True))
+            chunks.append(self._text.run(None, feed)[0])
+        return np.concatenate(chunks).astype(np.float32, copy=False)  # (N, D)

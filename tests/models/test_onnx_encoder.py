@@ -1,0 +1,131 @@
+"""The ONNX Runtime engine against the torch one, on tiny stand-ins of several families."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from models.factory import create_model, load_encoder, save_checkpoint
+from models.onnx_encoder import OnnxEncoder, graph_paths, resolve_engine
+from models.torch_encoder import TorchEncoder
+from service.config import Settings
+from tests.models.conftest import tiny_vgsg
+
+TOLERANCE = 1e-4  # max abs difference of exported (unit-norm) vectors, fp32 both sides
+FAMILIES = {"vgsg": tiny_vgsg, "clip": lambda: "tiny-clip"}
+QUERIES = ["a man in a red coat and blue jeans", "a woman with a black bag",
+           "a person in a white shirt", "someone wearing a green hat and grey trousers, "
+           "carrying a large brown suitcase", "a child", "a man on a bicycle"]
+
+
+def _checkpoint(folder: Path, family: str, seed: int = 0) -> Path:
+    """A tiny checkpoint; each ``seed`` other than 0 perturbs the (seeded) initial weights."""
+    model = create_model(FAMILIES[family]())
+    if seed:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    path = folder / f"{family}-{seed}.pt"
+    save_checkpoint(path, model, extra={"seed": seed})
+    return path
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def engines(request, tmp_path_factory) -> tuple[OnnxEncoder, TorchEncoder, Path]:
+    """(onnx encoder, torch encoder, checkpoint) of one family's tiny checkpoint."""
+    path = _checkpoint(tmp_path_factory.mktemp(request.param), request.param)
+    onnx = load_encoder(path, device="cpu", engine="onnx")
+    return onnx, load_encoder(path, device="cpu", engine="torch"), path
+
+
+def _gallery(encoder, count: int = 40) -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (48, 24, 3), dtype=np.uint8))
+              for _ in range(count)]
+    return torch.stack([encoder.preprocess(im) for im in images])  # (N, 3, H, W)
+
+
+def test_vectors_match_torch(engines) -> None:
+    onnx, torch_enc, _ = engines
+    assert isinstance(onnx, OnnxEncoder) and isinstance(torch_enc, TorchEncoder)
+    assert onnx.spec == torch_enc.spec
+    images = _gallery(onnx, 5)
+    assert np.abs(onnx.encode_image(images) - torch_enc.encode_image(images)).max() < TOLERANCE
+    text = onnx.encode_text(QUERIES)
+    assert text.shape == (len(QUERIES), onnx.spec.dim)
+    assert np.abs(text - torch_enc.encode_text(QUERIES)).max() < TOLERANCE
+
+
+def test_pil_images_and_batches_of_any_size(engines) -> None:
+    """PIL input goes through the same preprocessing; batches larger and smaller than the
+    export batch (2) and than ``batch_size`` run, and empty input gives (0, D)."""
+    onnx, torch_enc, _ = engines
+    images = [Image.new("RGB", (20, 50), (200, 10 * i, 30)) for i in range(3)]
+    assert np.abs(onnx.encode_image(images) - torch_enc.encode_image(images)).max() < TOLERANCE
+    onnx.batch_size = 4
+    gallery = _gallery(onnx, 9)
+    assert onnx.encode_image(gallery).shape == (9, onnx.spec.dim)
+    assert onnx.encode_text(QUERIES[:1]).shape == (1, onnx.spec.dim)
+    assert onnx.encode_image([]).shape == onnx.encode_text([]).shape == (0, onnx.spec.dim)
+
+
+def test_same_top10_ranking(engines) -> None:
+    onnx, torch_enc, _ = engines
+    gallery = _gallery(onnx)
+    for enc in (onnx, torch_enc):
+        enc.batch_size = 16
+    scores = [enc.encode_text(QUERIES) @ enc.encode_image(gallery).T for enc in engines[:2]]
+    top = [np.argsort(-s, axis=1, kind="stable")[:, :10] for s in scores]  # (Q, 10)
+    np.testing.assert_array_equal(top[0], top[1])
+
+
+def test_export_is_cached_per_checkpoint(engines) -> None:
+    onnx, _, path = engines
+    before = {k: p.stat() for k, p in onnx.paths.items()}
+    again = load_encoder(path, device="cpu", engine="onnx")
+    assert again.paths == onnx.paths
+    for tower, stat in before.items():  # the same file, not a fresh export renamed over it
+        now = again.paths[tower].stat()
+        assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+    assert not list(path.parent.glob("*.tmp"))
+    assert onnx.paths == graph_paths(path.parent, onnx.spec.checkpoint_sha256)
+
+
+def test_another_checkpoint_gets_its_own_graphs(tmp_path: Path) -> None:
+    first, second = _checkpoint(tmp_path, "clip", 0), _checkpoint(tmp_path, "clip", 1)
+    cache = tmp_path / "cache"
+    a = load_encoder(first, device="cpu", engine="onnx", cache_dir=cache)
+    b = load_encoder(second, device="cpu", engine="onnx", cache_dir=cache)
+    assert a.spec.checkpoint_sha256 != b.spec.checkpoint_sha256
+    assert set(a.paths.values()).isdisjoint(b.paths.values())
+    assert all(p.parent == cache and p.is_file() for p in [*a.paths.values(), *b.paths.values()])
+    assert np.abs(a.encode_text(QUERIES) - b.encode_text(QUERIES)).max() > 1e-3
+
+
+def test_auto_is_onnx_on_cpu_and_torch_on_cuda(engines) -> None:
+    assert isinstance(load_encoder(engines[2], device="cpu", engine="auto"), OnnxEncoder)
+    assert resolve_engine("auto", torch.device("cpu")) == "onnx"
+    assert resolve_engine("auto", torch.device("cuda")) == "torch"
+    assert resolve_engine("torch", torch.device("cpu")) == "torch"
+
+
+def test_unknown_engine_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown inference engine 'tensorrt'; use one of auto"):
+        load_encoder(_checkpoint(tmp_path, "clip"), device="cpu", engine="tensorrt")
+    with pytest.raises(ValueError, match="onnx engine runs on the CPU only"):
+        resolve_engine("onnx", torch.device("cuda"))
+    with pytest.raises(ValidationError, match="engine"):
+        Settings(engine="tensorrt")
+
+
+def test_settings_carry_the_engine(tmp_path: Path) -> None:
+    settings = Settings(engine="torch", engine_cache_dir=tmp_path, checkpoint=tmp_path / "m.pt")
+    assert settings.encoder_options == {"checkpoint": tmp_path / "m.pt", "device": "auto",
+                                        "engine": "torch", "cache_dir": tmp_path}
+    assert Settings().engine == "auto"
