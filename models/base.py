@@ -37,6 +37,8 @@ class DualEncoderModel(nn.Module):
     """
 
     config: BaseModelConfig
+    # towers ``torch.onnx.export`` can trace; the others run in torch under the onnx engine
+    onnx_towers: tuple[str, ...] = ("image", "text")
 
     def tokenize(self, texts: Sequence[str]) -> Any:
         raise NotImplementedError

@@ -102,14 +102,14 @@ def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: list
 
 
 def export_towers(model: DualEncoderModel, sha256: str, cache_dir: Path) -> dict[str, Path]:
-    """The two graphs of ``model``, exported unless already cached under ``cache_dir``."""
-    paths = graph_paths(cache_dir, sha256)
+    """The graphs of ``model.onnx_towers``, exported unless already cached in ``cache_dir``."""
+    paths = {k: v for k, v in graph_paths(cache_dir, sha256).items() if k in model.onnx_towers}
     model = model.eval()
-    if not paths["image"].is_file():
+    if "image" in paths and not paths["image"].is_file():
         log.info("exporting the image tower to %s", paths["image"])
         images = torch.zeros(2, 3, *model.config.image_size)  # (2, 3, H, W); batch 2 stays dynamic
         _export(_ImageTower(model), (images,), ["images"], paths["image"], 1)
-    if not paths["text"].is_file():
+    if "text" in paths and not paths["text"].is_file():
         log.info("exporting the text tower to %s", paths["text"])
         keys, tensors = token_inputs(model.tokenize(list(SAMPLE_TEXTS)))
         _export(_TextTower(model, keys), tensors, list(keys or ("tokens",)), paths["text"],
@@ -134,7 +134,8 @@ def _session(path: Path, threads: int):
 
 
 class OnnxEncoder:
-    """Batches PIL images or texts through the model's towers in ONNX Runtime (CPU)."""
+    """Batches PIL images or texts through the model's towers in ONNX Runtime (CPU); a tower
+    the model does not list in ``onnx_towers`` runs in torch (fp32, CPU)."""
 
     device = torch.device("cpu")
 
@@ -143,9 +144,9 @@ class OnnxEncoder:
         model = model.eval().cpu()
         self.paths = export_towers(model, checkpoint_sha256, cache_dir)
         self.threads = threads or torch.get_num_threads()
-        self._image = _session(self.paths["image"], self.threads)
-        self._text = _session(self.paths["text"], self.threads)
-        self._tokenize = model.tokenize
+        self.model = model
+        self._image = _session(self.paths["image"], self.threads) if "image" in self.paths else None
+        self._text = _session(self.paths["text"], self.threads) if "text" in self.paths else None
         self.batch_size = batch_size
         cfg = model.config
         self.spec = EncoderSpec(
@@ -163,10 +164,16 @@ class OnnxEncoder:
             if len(images) == 0:
                 return np.zeros((0, self.spec.dim), np.float32)
             images = torch.stack([self.preprocess(im) for im in images])
-        pixels = images.detach().cpu().to(torch.float32).numpy()  # (N, 3, H, W)
-        chunks = [self._image.run(None, {"images": pixels[s : s + self.batch_size]})[0]
+        pixels = images.detach().cpu().to(torch.float32)  # (N, 3, H, W)
+        chunks = [self._run_image(pixels[s : s + self.batch_size])
                   for s in range(0, len(pixels), self.batch_size)]
         return np.concatenate(chunks).astype(np.float32, copy=False)  # (N, D)
+
+    def _run_image(self, pixels: torch.Tensor) -> np.ndarray:
+        if self._image is None:
+            with torch.inference_mode():
+                return self.model.image_features(pixels).numpy()
+        return self._image.run(None, {"images": pixels.numpy()})[0]
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
@@ -174,7 +181,14 @@ class OnnxEncoder:
             return np.zeros((0, self.spec.dim), np.float32)
         chunks = []
         for start in range(0, len(texts), self.batch_size):
-            keys, tensors = token_inputs(self._tokenize(texts[start : start + self.batch_size]))
-            feed = dict(zip(keys or ("tokens",), (t.numpy() for t in tensors), strict=True))
-            chunks.append(self._text.run(None, feed)[0])
+            chunks.append(self._run_text(texts[start : start + self.batch_size]))
         return np.concatenate(chunks).astype(np.float32, copy=False)  # (N, D)
+
+    def _run_text(self, texts: list[str]) -> np.ndarray:
+        tokens = self.model.tokenize(texts)
+        if self._text is None:
+            with torch.inference_mode():
+                return self.model.text_features(tokens).numpy()
+        keys, tensors = token_inputs(tokens)
+        feed = dict(zip(keys or ("tokens",), (t.numpy() for t in tensors), strict=True))
+        return self._text.run(None, feed)[0]

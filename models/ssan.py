@@ -52,6 +52,15 @@ ID_FORMS = ("paper", "concat")
 BRANCHES = ("global", "local", "relation")
 
 
+
+def stripe_max_pool(fmap: torch.Tensor, stripes: int) -> torch.Tensor:
+    """(B, C, h, w) -> (B, K, C): max over K horizontal stripes, the bins of
+    ``F.adaptive_max_pool2d(fmap, (K, 1))`` (rows floor(i*h/K) to ceil((i+1)*h/K)), written
+    with slices so that ONNX export (which has no adaptive max pool) can trace it."""
+    h = fmap.shape[2]
+    bins = [(i * h // stripes, -(-(i + 1) * h // stripes)) for i in range(stripes)]
+    return torch.stack([fmap[:, :, a:b].amax(dim=(2, 3)) for a, b in bins], dim=1)
+
 @dataclass
 class SSANLossConfig:
     """Loss weights (0 switches a term off) and settings; the defaults are the paper's.
@@ -241,6 +250,7 @@ class BranchNorm(nn.Module):
 @register_family("ssan", SSANConfig)
 class SSAN(OptionalWeightsMixin, DualEncoderModel):
     training_only_prefixes = ("id_global.", "id_local.", "id_relation.")
+    onnx_towers = ("image",)  # the BiLSTM's packed sequences have data-dependent shapes
 
     @seeded_init
     def __init__(self, config: SSANConfig) -> None:
@@ -306,8 +316,7 @@ class SSAN(OptionalWeightsMixin, DualEncoderModel):
         """-> global (B, M), local (B, K, M), relation (B, K, N) when configured."""
         fmap, _ = self.visual(images)  # (B, C, h, w)
         pooled = fmap.amax(dim=(2, 3))  # (B, C) global max pooling
-        stripes = F.adaptive_max_pool2d(fmap, (self.config.num_parts, 1))  # (B, C, K, 1)
-        parts = stripes.squeeze(-1).transpose(1, 2)  # (B, K, C)
+        parts = stripe_max_pool(fmap, self.config.num_parts)  # (B, K, C)
         return self._branches(pooled, parts, "image")
 
     def encode_text_branches(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -15,9 +15,10 @@ from models.onnx_encoder import OnnxEncoder, graph_paths, resolve_engine
 from models.torch_encoder import TorchEncoder
 from service.config import Settings
 from tests.models.conftest import tiny_vgsg
+from tests.models.test_ssan import tiny_ssan
 
 TOLERANCE = 1e-4  # max abs difference of exported (unit-norm) vectors, fp32 both sides
-FAMILIES = {"vgsg": tiny_vgsg, "clip": lambda: "tiny-clip"}
+FAMILIES = {"vgsg": tiny_vgsg, "clip": lambda: "tiny-clip", "ssan": tiny_ssan}
 QUERIES = ["a man in a red coat and blue jeans", "a woman with a black bag",
            "a person in a white shirt", "someone wearing a green hat and grey trousers, "
            "carrying a large brown suitcase", "a child", "a man on a bicycle"]
@@ -87,6 +88,7 @@ def test_same_top10_ranking(engines) -> None:
 
 def test_export_is_cached_per_checkpoint(engines) -> None:
     onnx, _, path = engines
+    assert set(onnx.paths) == set(onnx.model.onnx_towers)
     before = {k: p.stat() for k, p in onnx.paths.items()}
     again = load_encoder(path, device="cpu", engine="onnx")
     assert again.paths == onnx.paths
@@ -94,7 +96,8 @@ def test_export_is_cached_per_checkpoint(engines) -> None:
         now = again.paths[tower].stat()
         assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
     assert not list(path.parent.glob("*.tmp"))
-    assert onnx.paths == graph_paths(path.parent, onnx.spec.checkpoint_sha256)
+    expected = graph_paths(path.parent, onnx.spec.checkpoint_sha256)
+    assert onnx.paths == {k: expected[k] for k in onnx.model.onnx_towers}
 
 
 def test_another_checkpoint_gets_its_own_graphs(tmp_path: Path) -> None:
