@@ -75,6 +75,12 @@ def token_inputs(tokens) -> tuple[tuple[str, ...] | None, tuple[torch.Tensor, ..
     raise TypeError(f"cannot export a tokenizer that returns {type(tokens).__name__}")
 
 
+def token_feed(tokens) -> dict[str, np.ndarray]:
+    """Tokenizer output -> the text graph's inputs by name."""
+    keys, tensors = token_inputs(tokens)
+    return dict(zip(keys or ("tokens",), (t.numpy() for t in tensors), strict=True))
+
+
 def graph_paths(cache_dir: Path, sha256: str) -> dict[str, Path]:
     stem = f"{sha256}.v{EXPORT_VERSION}"
     return {tower: Path(cache_dir) / f"{stem}.{tower}.onnx" for tower in ("image", "text")}
@@ -124,7 +130,7 @@ def default_cache_dir(checkpoint: Path | None) -> Path:
     return Path(tempfile.gettempdir()) / "tbps-onnx"
 
 
-def _session(path: Path, threads: int):
+def open_session(path: Path, threads: int):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -145,8 +151,8 @@ class OnnxEncoder:
         self.paths = export_towers(model, checkpoint_sha256, cache_dir)
         self.threads = threads or torch.get_num_threads()
         self.model = model
-        self._image = _session(self.paths["image"], self.threads) if "image" in self.paths else None
-        self._text = _session(self.paths["text"], self.threads) if "text" in self.paths else None
+        self._image, self._text = (open_session(self.paths[k], self.threads)
+                                   if k in self.paths else None for k in ("image", "text"))
         self.batch_size = batch_size
         cfg = model.config
         self.spec = EncoderSpec(
@@ -189,6 +195,4 @@ class OnnxEncoder:
         if self._text is None:
             with torch.inference_mode():
                 return self.model.text_features(tokens).numpy()
-        keys, tensors = token_inputs(tokens)
-        feed = dict(zip(keys or ("tokens",), (t.numpy() for t in tensors), strict=True))
-        return self._text.run(None, feed)[0]
+        return self._text.run(None, token_feed(tokens))[0]
