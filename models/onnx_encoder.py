@@ -124,8 +124,13 @@ def export_towers(model: DualEncoderModel, sha256: str, cache_dir: Path) -> dict
 
 
 def default_cache_dir(checkpoint: Path | None) -> Path:
-    """Beside the checkpoint when that folder is writable, else a folder in the temp dir."""
-    if checkpoint is not None and os.access(Path(checkpoint).parent, os.W_OK):
+    """Beside the checkpoint when that folder is writable, else a folder in the temp dir.
+
+    No checkpoint (the untrained stand-in, whose name is no content hash): a fresh folder, so
+    that a graph exported from older stand-in code is never reused."""
+    if checkpoint is None:
+        return Path(tempfile.mkdtemp(prefix="tbps-onnx-standin-"))
+    if os.access(Path(checkpoint).parent, os.W_OK):
         return Path(checkpoint).parent
     return Path(tempfile.gettempdir()) / "tbps-onnx"
 

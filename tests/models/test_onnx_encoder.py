@@ -11,7 +11,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from models.factory import create_model, load_encoder, save_checkpoint
-from models.onnx_encoder import OnnxEncoder, graph_paths, resolve_engine
+from models.onnx_encoder import OnnxEncoder, default_cache_dir, graph_paths, resolve_engine
 from models.torch_encoder import TorchEncoder
 from service.config import Settings
 from tests.models.conftest import tiny_vgsg
@@ -132,3 +132,9 @@ def test_settings_carry_the_engine(tmp_path: Path) -> None:
     assert settings.encoder_options == {"checkpoint": tmp_path / "m.pt", "device": "auto",
                                         "engine": "torch", "cache_dir": tmp_path}
     assert Settings().engine == "auto"
+
+
+def test_graphs_live_beside_the_checkpoint_but_the_stand_in_never_shares_them(tmp_path) -> None:
+    assert default_cache_dir(tmp_path / "model.pt") == tmp_path
+    first, second = default_cache_dir(None), default_cache_dir(None)
+    assert first != second and not list(first.iterdir())
