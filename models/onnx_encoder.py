@@ -20,8 +20,7 @@ import torch
 from PIL import Image
 
 from models.base import DualEncoderModel
-from models.encoder import EncoderSpec
-from models.torch_encoder import build_eval_transform
+from models.torch_encoder import build_eval_transform, model_spec
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +158,9 @@ class OnnxEncoder:
         self._image, self._text = (open_session(self.paths[k], self.threads)
                                    if k in self.paths else None for k in ("image", "text"))
         self.batch_size = batch_size
-        cfg = model.config
-        self.spec = EncoderSpec(
-            name=cfg.name, dim=model.export_dim, checkpoint_sha256=checkpoint_sha256,
-            image_size=tuple(cfg.image_size), mean=tuple(cfg.mean), std=tuple(cfg.std),
-            parts=model.parts(),
-        )
-        self._transform = build_eval_transform(cfg.image_size, cfg.mean, cfg.std)
+        self.spec = model_spec(model, checkpoint_sha256)
+        self._transform = build_eval_transform(model.config.image_size, model.config.mean,
+                                               model.config.std)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self._transform(image.convert("RGB"))

@@ -30,6 +30,14 @@ def build_eval_transform(image_size: Sequence[int], mean: Sequence[float],
     ])
 
 
+def model_spec(model: DualEncoderModel, checkpoint_sha256: str) -> EncoderSpec:
+    """What any engine running ``model`` exports: size, preprocessing and parts."""
+    cfg = model.config
+    return EncoderSpec(name=cfg.name, dim=model.export_dim, checkpoint_sha256=checkpoint_sha256,
+                       image_size=tuple(cfg.image_size), mean=tuple(cfg.mean),
+                       std=tuple(cfg.std), parts=model.parts())
+
+
 class TorchEncoder:
     """Batches PIL images or texts through a model's exported inference path."""
 
@@ -38,13 +46,9 @@ class TorchEncoder:
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.batch_size = batch_size
-        cfg = model.config
-        self.spec = EncoderSpec(
-            name=cfg.name, dim=model.export_dim, checkpoint_sha256=checkpoint_sha256,
-            image_size=tuple(cfg.image_size), mean=tuple(cfg.mean), std=tuple(cfg.std),
-            parts=model.parts(),
-        )
-        self._transform = build_eval_transform(cfg.image_size, cfg.mean, cfg.std)
+        self.spec = model_spec(model, checkpoint_sha256)
+        self._transform = build_eval_transform(model.config.image_size, model.config.mean,
+                                               model.config.std)
         self._autocast = self.device.type == "cuda"
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
