@@ -64,10 +64,10 @@ def thin(timeline: list[dict]) -> list[dict]:
     return [{k: v for k, v in e.items() if k != "_key"} for e in kept]
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process_group(proc: subprocess.Popen, term_wait_s: float = 30) -> None:
     """SIGTERM to the demo's process group (server, worker, reader processes), then SIGKILL:
     a worker finishes the chunk it is encoding before it exits."""
-    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+    for sig, wait_s in ((signal.SIGTERM, term_wait_s), (signal.SIGKILL, 10)):
         try:
             os.killpg(proc.pid, sig)
             proc.wait(timeout=wait_s)
@@ -101,7 +101,7 @@ def main() -> int:
                 break
             time.sleep(1.0)
     finally:
-        _stop(proc)
+        stop_process_group(proc)
     result = {"command": "tbps demo (from a temporary cwd, empty TBPS_DATA_DIR)", **marks,
               "log": log.name, "samples": len(timeline), "timeline": thin(timeline)}
     print(json.dumps({k: v for k, v in result.items() if k != "timeline"}, indent=2))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.first_start_bench import stop_process_group
 from tests.conftest import make_image
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -65,15 +65,7 @@ def _start(tmp_path: Path, env: dict, args: list[str], *, ready: str = "/readyz"
 
 def _stop(proc: subprocess.Popen) -> None:
     """The server and its worker (which finishes the chunk it is encoding first)."""
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            return
+    stop_process_group(proc, term_wait_s=20)
 
 
 @pytest.fixture
