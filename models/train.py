@@ -72,6 +72,9 @@ class TrainSettings:
     threads: int = 2
     seed: int = 0
     init_from: str = ""  # a tbps checkpoint whose weights start this run (see warm_start)
+    # a tbps checkpoint of any family whose image / text backbones start this run's backbones
+    # (heads fresh; see transfer_backbones)
+    init_backbones_from: str = ""
     erase_p: float = 0.5  # random erasing probability of the pixel augmentation
     cache_trunk: bool = False  # train on cached frozen-trunk outputs (models/cached_trunk.py)
     cache_dir: str = "runs/cache"
@@ -162,6 +165,8 @@ class Trainer:
         self.model = create_model(model_config(data, classes))
         if settings.init_from:
             warm_start(self.model, Path(settings.init_from))
+        if settings.init_backbones_from:
+            transfer_backbones(self.model, Path(settings.init_backbones_from))
         self.model.to(self.device)
         cfg = self.model.config
         self.dataset = CaptionedImages(train_records, cfg.image_size, build_train_transform(
@@ -348,6 +353,41 @@ def warm_start(model: torch.nn.Module, path: Path) -> None:
         raise ValueError(f"train.init_from {path}: not this architecture (missing "
                          f"{missing[:5]}, unexpected {unexpected[:5]})")
     log.info("weights initialised from %s (%d tensors)", path, len(state))
+
+
+BACKBONE_PREFIXES = ("visual.net.", "textual.net.")
+
+
+def transfer_backbones(model: torch.nn.Module, path: Path) -> None:
+    """Start the image and text backbones (``visual.net`` / ``textual.net``) from those of a
+    tbps checkpoint of any family built on the same backbones (e.g. VFE-TPS or an ablation of
+    VGSG from the bundled VGSG model); heads and projections keep their fresh initialisation.
+    A tower this model does not have is left out.
+
+    Refused, naming the keys: a shape that differs (another backbone), and a trained source
+    weight that this model keeps frozen at its package values (it would be dropped from this
+    run's checkpoints, which store only what the package cannot rebuild: freeze no more than
+    the source trained).
+    """
+    from models.factory import read_checkpoint
+
+    target = model.state_dict()
+    # a tower this model lacks (SSAN's text side is its own bi-LSTM) is not transferred
+    towers = tuple(p for p in BACKBONE_PREFIXES if any(k.startswith(p) for k in target))
+    source = read_checkpoint(path)["state_dict"]
+    source = {k: v for k, v in upgrade_legacy_keys(model, source).items()
+              if k.startswith(towers)}
+    optional = getattr(model, "is_optional_weight", lambda key: False)
+    absent = [k for k in source if k not in target]
+    shapes = [k for k in source if k in target and target[k].shape != source[k].shape]
+    frozen = [k for k in source if k in target and optional(k)]
+    if absent or shapes or frozen or not source:
+        raise ValueError(f"train.init_backbones_from {path}: backbones do not transfer "
+                         f"(not in this model {absent[:3]}, other shapes {shapes[:3]}, frozen "
+                         f"here {frozen[:3]}, backbone tensors in the checkpoint {len(source)})")
+    model.load_state_dict(source, strict=False)
+    log.info("backbones %s initialised from %s (%d tensors; heads fresh)", towers, path,
+             len(source))
 
 
 def rng_state() -> dict[str, Any]:

