@@ -1,0 +1,221 @@
+"""The index backend interface: where vectors live and how they are searched.
+
+Every backend keeps *versions*: a full build writes a new version beside the live one
+(``build``), ``publish`` makes it live atomically, the previous one stays for ``rollback``.
+``add`` and ``remove`` change the live version at once, as a new *generation* of it: the
+pointer returned by ``current_version()`` changes on every publish, add and remove, so a
+searcher that compares it with the view it holds knows when to reopen.
+
+Search has the same two-stage semantics in every backend: exact specs score the full vectors;
+approximate specs take candidates from an approximate index over the global part (or the
+whole vector, a "full:" spec) and re-rank them exactly on the full vectors, so scores are
+always the model's full inner product. Filters are exact: the result is the top k among the
+rows that pass, never a post-filtered top k.
+
+Two ways to filter, because engines differ:
+- ``SearchFilter`` (camera ids, time range): applied inside the engine by backends with
+  ``filters_in_engine`` (they store each row's camera and time, given in ``Rows``);
+- ``allowed_ids``: an array of crop ids the caller computed (the service's catalog), applied
+  by every backend (FAISS: an id selector).
+
+Implementations: ``indexer.backends.faiss_backend.FaissBackend`` (files under a folder);
+others register themselves in ``indexer.backends`` (see ``register_backend``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from indexer.manifest import Manifest
+
+__all__ = ["PAD_SCORE", "BackendUnavailable", "BuildBusy", "Hits", "IndexBackend", "IndexView",
+           "NoIndex", "Rows", "SearchFilter"]
+
+PAD_SCORE = np.float32(-np.finfo(np.float32).max)  # score of an id -1 padding slot
+
+
+class NoIndex(FileNotFoundError):
+    """No version is live (or the one asked for does not exist)."""
+
+
+class BuildBusy(RuntimeError):
+    """Another full build holds the build lock."""
+
+
+class BackendUnavailable(RuntimeError):
+    """The configured backend cannot be created (not installed, not reachable)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Rows:
+    """Vectors to store, one row per crop.
+
+    ``vectors`` are the encoder's exported vectors (float32, or float16 when read back from
+    storage), L2-normalised per part. ``camera_ids`` and ``timestamps`` are for backends that
+    filter inside the engine; others ignore them.
+    """
+
+    ids: np.ndarray  # (N,) int64 crop ids, unique
+    vectors: np.ndarray  # (N, D) float32
+    camera_ids: np.ndarray | None = None  # (N,) int64, -1 unknown
+    timestamps: np.ndarray | None = None  # (N,) float64 seconds since the epoch (UTC), NaN unknown
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        if np.ndim(self.ids) != 1 or np.ndim(self.vectors) != 2 or len(self.vectors) != n:
+            raise ValueError(f"rows: ids {np.shape(self.ids)} and vectors "
+                             f"{np.shape(self.vectors)} do not match")
+        for name in ("camera_ids", "timestamps"):
+            value = getattr(self, name)
+            if value is not None and np.shape(value) != (n,):
+                raise ValueError(f"rows: {name} {np.shape(value)} does not match {n} ids")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @classmethod
+    def empty(cls, dim: int) -> Rows:
+        return cls(np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
+
+    def select(self, mask: np.ndarray) -> Rows:
+        """The rows where ``mask`` (N,) bool is True."""
+        pick = (lambda a: None if a is None else a[mask])  # noqa: E731
+        return Rows(self.ids[mask], self.vectors[mask], pick(self.camera_ids),
+                    pick(self.timestamps))
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Which rows a search may return: all conditions hold (None: no condition).
+    Times are inclusive bounds in seconds since the epoch; a row with an unknown time fails
+    any time condition."""
+
+    camera_ids: frozenset[int] | None = None
+    time_from: float | None = None
+    time_to: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.camera_ids is None and self.time_from is None and self.time_to is None
+
+    def mask(self, camera_ids: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        """(N,) bool for rows with these cameras (N,) and times (N,): the reference semantics
+        that engine-side filters must reproduce."""
+        keep = np.ones(len(camera_ids), dtype=bool)
+        if self.camera_ids is not None:
+            keep &= np.isin(camera_ids, np.fromiter(self.camera_ids, np.int64))
+        if self.time_from is not None:
+            keep &= timestamps >= self.time_from  # NaN compares False
+        if self.time_to is not None:
+            keep &= timestamps <= self.time_to
+        return keep
+
+
+@dataclass(frozen=True, eq=False)
+class Hits:
+    """Search results, best first per query; unpacks as ``scores, ids = hits``."""
+
+    scores: np.ndarray  # (Q, k) float32, full inner products; PAD_SCORE where ids is -1
+    ids: np.ndarray  # (Q, k) int64 crop ids, -1 padded when fewer than k rows pass
+    version: str = ""  # the pointer searched
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter((self.scores, self.ids))
+
+
+@runtime_checkable
+class IndexView(Protocol):
+    """One version opened for reading: every call sees the same content."""
+
+    version: str  # the pointer: "<base>" or "<base>+<generation>"
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    @property
+    def count(self) -> int:
+        """Rows searchable in this version."""
+
+    def live_ids(self) -> np.ndarray:
+        """(count,) int64 every searchable crop id, sorted."""
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) crop ids -> (n, D) float32 stored full vectors; KeyError for an unknown id."""
+
+    def search(self, queries: np.ndarray, k: int, *, filter: SearchFilter | None = None,
+               allowed_ids: np.ndarray | None = None) -> Hits:
+        """(Q, D) float32 queries -> top k per query among the rows that pass ``filter`` and
+        are in ``allowed_ids`` (when given). ``filter`` needs ``filters_in_engine``."""
+
+
+@runtime_checkable
+class IndexBackend(Protocol):
+    """Versions of an index: build, publish, add, remove, search, rollback, check."""
+
+    name: str  # "faiss", "milvus": the TBPS_INDEX_BACKEND value
+    filters_in_engine: bool  # search applies SearchFilter itself (rows carry camera and time)
+    work_dir: Path  # local folder for resumable build shards and the build lock
+
+    def current_version(self) -> str | None:
+        """The live pointer; it changes on every publish, add and remove."""
+
+    def previous_version(self) -> str | None:
+        """The pointer ``rollback`` would make live."""
+
+    def manifest(self, version: str | None = None) -> Manifest:
+        """The manifest of a version (default: the live one); ``NoIndex`` when none."""
+
+    def build(self, batches: Iterable[Rows], *, total: int, encoder: dict[str, Any],
+              factory: str | None = None) -> str:
+        """Write a complete version of ``total`` rows, read once from ``batches``, beside the
+        live one; returns its name (not live until ``publish``). ``encoder`` is the
+        ``EncoderSpec.to_dict()`` that made the vectors; ``factory`` None lets the backend
+        choose the spec for the size (exact when small)."""
+
+    def publish(self, version: str, *, keep_previous: bool = False) -> None:
+        """Make a built version live atomically; the old live one becomes the previous one
+        (unless ``keep_previous``: a compaction of the same content)."""
+
+    def add(self, rows: Rows) -> str:
+        """Make these rows searchable in the live version at once (an id already present is
+        replaced); returns the new pointer. ``NoIndex`` when nothing is live."""
+
+    def remove(self, ids: np.ndarray) -> str | None:
+        """Hide these crop ids from every search at once; returns the new pointer (None when
+        nothing is live)."""
+
+    def open(self, version: str | None = None) -> IndexView | None:
+        """A view of a version (default: the live one; None when nothing is live)."""
+
+    def search(self, queries: np.ndarray, k: int, *, filter: SearchFilter | None = None,
+               allowed_ids: np.ndarray | None = None) -> Hits:
+        """``open().search(...)`` on the live version; ``NoIndex`` when none."""
+
+    def rollback(self) -> str:
+        """Swap the live and the previous version; returns the pointer now live."""
+
+    def check(self, version: str | None = None) -> list[str]:
+        """Problems of a version with itself (counts, shapes, duplicate ids, vector norms);
+        those that make it unusable start with "corrupt". Empty when it is sound."""
+
+    def unfinished(self) -> list[str]:
+        """Names of half-written versions a killed build left (``prune`` removes them)."""
+
+    def prune(self) -> list[str]:
+        """Delete versions other than the live and the previous one, and half-written ones;
+        returns what was removed."""
+
+    def lock(self) -> AbstractContextManager[None]:
+        """The build lock: one full build (or compaction) at a time per index, across
+        processes. Non-blocking: raises ``BuildBusy`` when held
+        (``indexer.backends.locking.build_lock`` does this with a file in ``work_dir``)."""
