@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 INSERT_CHUNK = 2_000  # rows per insert call: 2000 x 1280 float32 = 10 MB, under gRPC's 64 MB
 MANIFEST_MAX = 65_535  # VARCHAR limit of the meta collection
+FLUSH_MIN = 10_000  # builds from this size are flushed (sealed, indexed) before publish
 
 
 class MilvusBackend:
@@ -102,7 +103,7 @@ class MilvusBackend:
         written = self._insert_all(name, stage, batches)
         if written != total:
             raise ValueError(f"build {name}: read {written} rows, expected {total}")
-        self._index_and_load(name, stage)
+        self._seal(name, stage, written)
         factory_name = "Flat" if stage is None else (
             stage.factory if stage.input == "global" else f"full:{stage.factory}")
         manifest = Manifest.new(encoder=encoder, count=written, dim=dim, factory=factory_name,
@@ -251,16 +252,20 @@ class MilvusBackend:
         return str(self.current_version())
 
     def _create_version(self, name: str, dim: int, stage: FirstStage | None) -> None:
+        """The version's collections, indexed and loaded before the first insert (inserted
+        rows are searchable at once; Milvus indexes each segment as it seals)."""
         from pymilvus import DataType, MilvusClient
 
-        for collection, width in ((name, dim),) + (
-                ((f"{name}_fs", stage.stop - stage.start),) if stage else ()):
+        for collection, width, collection_stage in _collection_shapes(name, dim, stage):
             schema = MilvusClient.create_schema(auto_id=False)
             schema.add_field("id", DataType.INT64, is_primary=True)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=width)
             schema.add_field("camera_id", DataType.INT64)
             schema.add_field("ts", DataType.DOUBLE)
-            self.client.create_collection(collection, schema=schema, consistency_level="Strong")
+            index = self.client.prepare_index_params()
+            index.add_index("vector", metric_type="IP", **index_params(collection_stage))
+            self.client.create_collection(collection, schema=schema, index_params=index,
+                                          consistency_level="Strong")
 
     def _insert_all(self, name: str, stage: FirstStage | None,
                     batches: Iterable[Rows]) -> int:
@@ -273,14 +278,13 @@ class MilvusBackend:
                 written += len(chunk)
         return written
 
-    def _index_and_load(self, name: str, stage: FirstStage | None) -> None:
-        pairs = [(name, None)] + ([(f"{name}_fs", stage)] if stage else [])
-        for collection, collection_stage in pairs:
+    def _seal(self, name: str, stage: FirstStage | None, written: int) -> None:
+        """Flush a large build so every segment is sealed and indexed before it goes live;
+        a small one stays in growing segments, which Milvus searches exactly."""
+        if written < FLUSH_MIN:
+            return
+        for collection in _collection_names(name, stage):
             self.client.flush(collection)
-            index = self.client.prepare_index_params()
-            index.add_index("vector", metric_type="IP", **index_params(collection_stage))
-            self.client.create_index(collection, index)
-            self.client.load_collection(collection)
 
     def _aliased(self, alias: str) -> str | None:
         try:
@@ -313,6 +317,15 @@ class MilvusBackend:
         head = f"{self.prefix}_v"
         return sorted(c for c in self.client.list_collections()
                       if c.startswith(head) and not c.endswith("_fs"))
+
+
+def _collection_shapes(base: str, dim: int,
+                       stage: FirstStage | None) -> list[tuple[str, int, FirstStage | None]]:
+    """(collection, vector width, the stage its index serves) for a version."""
+    shapes: list[tuple[str, int, FirstStage | None]] = [(base, dim, None)]
+    if stage is not None:
+        shapes.append((f"{base}_fs", stage.stop - stage.start, stage))
+    return shapes
 
 
 def _collection_names(base: str, stage: FirstStage | None) -> list[str]:
