@@ -82,15 +82,8 @@ def make_gallery(url: str, n: int) -> None:
 
 def publish_version(index_dir: Path, vectors: Path, spec_name: str, encoder_spec: dict) -> str:
     """A version over the synthetic vectors (ids 1..N), built with the indexer's functions."""
-    import faiss
-
-    from indexer.build import (
-        IndexSpec,
-        build_first_stage,
-        build_manifest_spec,
-        nlist_of,
-        normalise_factory,
-    )
+    from indexer.backends.faiss_backend import write_first_stage
+    from indexer.build import IndexSpec, normalise_factory
     from indexer.store import IndexStore, new_version_name
     from indexer.writer import write_arrays
 
@@ -99,15 +92,8 @@ def publish_version(index_dir: Path, vectors: Path, spec_name: str, encoder_spec
     full = np.load(vectors, mmap_mode="r")  # (N, D) float16
     write_arrays(staging, full, np.arange(1, len(full) + 1, dtype=np.int64))
     spec = IndexSpec(normalise_factory(spec_name))
-    first = build_manifest_spec(spec, encoder_spec["parts"], full.shape[1])
-    if first is not None:
-        index = build_first_stage(full, spec, first["start"], first["stop"])
-        first["nlist"] = nlist_of(index)
-        faiss.write_index(index, str(staging / "first_stage.faiss"))
-    manifest = {"checkpoint_sha256": encoder_spec["checkpoint_sha256"], "factory": spec.factory,
-                "metric": "inner_product", "encoder": encoder_spec, "first_stage": first,
-                "count": int(len(full)), "dim": int(full.shape[1]), "vectors_dtype": "float16",
-                "created_at": datetime.now(UTC).isoformat(), "synthetic": True}
+    manifest = write_first_stage(staging, full, spec, encoder_spec)
+    manifest = manifest.replace(factory=spec.factory, extra={"synthetic": True})
     store.commit_staging(staging, version, manifest)
     store.publish(version)
     return version

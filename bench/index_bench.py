@@ -56,11 +56,11 @@ def load_bench_encoder(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> dict:
-    from indexer.jobs import build_full
     from indexer.pipeline import ReadOptions
     from indexer.reader import default_workers
     from service.config import Settings
     from service.db import migrate, session_scope
+    from service.index_jobs import build_full
     from service.ingest import ingest_folder
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="tbps-index-bench-"))

@@ -112,8 +112,8 @@ def recall(got: np.ndarray, truth: np.ndarray) -> float:
 # ---- measuring ----
 def build(folder: Path, vectors: Path, factory: str, encoder_spec: dict):
     """A published version of ``vectors`` (hard-linked, not copied) with this spec."""
+    from indexer.backends.faiss_backend import write_first_stage
     from indexer.build import choose_spec
-    from indexer.jobs import _finish_version
     from indexer.store import IndexStore
 
     store = IndexStore(folder)
@@ -122,7 +122,7 @@ def build(folder: Path, vectors: Path, factory: str, encoder_spec: dict):
     full = np.load(staging / "vectors.npy", mmap_mode="r")
     np.save(staging / "ids.npy", np.arange(len(full), dtype=np.int64))
     started = time.perf_counter()
-    manifest = _finish_version(staging, full, choose_spec(len(full), factory), encoder_spec)
+    manifest = write_first_stage(staging, full, choose_spec(len(full), factory), encoder_spec)
     store.commit_staging(staging, "v", manifest)
     store.publish("v")
     live = store.load()
@@ -167,7 +167,7 @@ def real_dataset(index_dir: Path, encoder, q: int, work: Path):
     np.save(vectors, np.asarray(live.full))
     texts = captions(q, seed=1)
     queries = encoder.encode_text(texts).astype(np.float32)  # (Q, D) real text encodings
-    return vectors, queries, texts, live.manifest["encoder"]
+    return vectors, queries, texts, live.manifest.encoder
 
 
 def captions(q: int, seed: int = 0) -> list[str]:
@@ -206,7 +206,7 @@ def run_dataset(name: str, vectors: Path, queries: np.ndarray, texts: list[str],
         settings = [(None, None)] if live.exact else grid
         for nprobe, cand in settings:
             if nprobe:
-                live.manifest["first_stage"].update(nprobe=nprobe, candidates=cand)
+                live.retune(nprobe=nprobe, candidates=cand)
             nq = flat_queries if live.exact and len(full) >= 500_000 else len(queries)
             m = measure(live, queries[:nq], truth[:nq], texts, encoder)
             row = {"dataset": name, "n": len(full), "dim": int(full.shape[1]), "spec": factory,

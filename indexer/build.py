@@ -17,11 +17,16 @@ import faiss
 import numpy as np
 
 from indexer import gpu
+from indexer.manifest import DEFAULT_FACTORY, FirstStage, normalise_factory
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FACTORY = "Flat"
+__all__ = ["DEFAULT_FACTORY", "FACTORY_PATTERN", "IndexSpec", "auto_nlist", "build_first_stage",
+           "choose_spec", "first_stage_of", "global_slice", "nlist_of", "normalise_factory"]
+
 FLAT_MAX = 100_000  # above this, exact search over full vectors misses 50 ms on a 2-core CPU
+# what ``choose_spec`` takes: a factory string, optionally "full:"-prefixed (request schemas)
+FACTORY_PATTERN = r"^(full:)?[A-Za-z0-9_,.]+$"
 TRAIN_MAX = 131_072  # rows sampled to train a quantizer
 TRAIN_NITER = 10  # k-means iterations: the exact re-rank absorbs a slightly coarser quantizer
 ADD_CHUNK = 65_536
@@ -47,14 +52,6 @@ class IndexSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def normalise_factory(factory: str | None) -> str:
-    """Old spellings of exact search ("IDMap2,Flat", "IDMap,Flat", "") mean "Flat"."""
-    factory = (factory or DEFAULT_FACTORY).strip()
-    for prefix in ("IDMap2,", "IDMap,"):
-        factory = factory.removeprefix(prefix)
-    return factory or DEFAULT_FACTORY
 
 
 def choose_spec(n: int, factory: str | None = None) -> IndexSpec:
@@ -113,13 +110,13 @@ def build_first_stage(full: np.ndarray, spec: IndexSpec, start: int, stop: int, 
     return index
 
 
-def build_manifest_spec(spec: IndexSpec, parts: list | tuple, dim: int,
-                        nlist: int | None = None) -> dict[str, Any] | None:
+def first_stage_of(spec: IndexSpec, parts: list | tuple, dim: int,
+                   nlist: int = 0) -> FirstStage | None:
     """The manifest's ``first_stage`` entry (None for exact search)."""
     if spec.exact:
         return None
     start, stop = global_slice(parts, dim) if spec.input == "global" else (0, dim)
-    return {**spec.to_dict(), "start": start, "stop": stop, "nlist": nlist or 0}
+    return FirstStage(**spec.to_dict(), start=start, stop=stop, nlist=nlist)
 
 
 def nlist_of(index: faiss.Index) -> int:

@@ -10,6 +10,14 @@ import faiss
 log = logging.getLogger(__name__)
 
 
+def limit_threads(n: int) -> None:
+    """Threads torch and FAISS may use in this process."""
+    import torch
+
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
 @lru_cache(maxsize=1)
 def gpu_count() -> int:
     """Number of GPUs faiss can use (0 with faiss-cpu)."""

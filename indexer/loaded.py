@@ -10,22 +10,21 @@ excluded with an ID selector, so results are the top k among the live, allowed i
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
 import torch
 
 from indexer import gpu
+from indexer.backends.base import PAD_SCORE, Hits, SearchFilter
+from indexer.manifest import FirstStage, Manifest
 
 log = logging.getLogger(__name__)
 
-PAD_SCORE = np.float32(-np.finfo(np.float32).max)  # score of -1 padding, as faiss pads
 EXACT_SUBSET_MAX = 20_000  # allowed sets up to this size are searched exactly, row by row
 
 
@@ -58,24 +57,6 @@ def read_deltas(folder: Path, gen: int, dim: int) -> Deltas:
     return Deltas(ids, vectors, np.fromiter(hidden, dtype=np.int64, count=len(hidden)))
 
 
-class _Reconstructor:
-    """``live.index.reconstruct(crop_id)`` for older callers; prefer ``LoadedIndex.vectors``."""
-
-    def __init__(self, owner: LoadedIndex) -> None:
-        self._owner = owner
-
-    def reconstruct(self, crop_id: int) -> np.ndarray:
-        return self._owner.vectors(np.array([crop_id]))[0]
-
-    @property
-    def ntotal(self) -> int:
-        return self._owner.count
-
-    @property
-    def d(self) -> int:
-        return self._owner.dim
-
-
 class Base:
     """The immutable part of a version: ids, memory-mapped full vectors, first stage.
 
@@ -85,19 +66,19 @@ class Base:
 
     def __init__(self, folder: Path, use_gpu: bool = True) -> None:
         self.folder = folder
-        self.manifest = json.loads((folder / "manifest.json").read_text())
+        self.manifest = Manifest.read(folder / "manifest.json")
         if (folder / "vectors.npy").exists():
             self.ids = np.load(folder / "ids.npy")  # (N,) int64
             self.full = np.load(folder / "vectors.npy", mmap_mode="r")  # (N, D) float16
         else:
             self.ids, self.full = _read_legacy(folder)
-            self.manifest = {**self.manifest, "factory": "Flat", "first_stage": None}
+            self.manifest = self.manifest.replace(factory="Flat", first_stage=None)
         self.order = np.argsort(self.ids, kind="stable")
         self.use_gpu = use_gpu
         self.first_stage = self.first_stage_gpu = None
-        if self.manifest.get("first_stage"):
+        if self.manifest.first_stage is not None:
             self.first_stage = faiss.read_index(str(folder / "first_stage.faiss"))
-            _tune(self.first_stage, self.manifest["first_stage"])
+            _tune(self.first_stage, self.manifest.first_stage)
             self.first_stage_gpu = gpu.maybe_to_gpu(self.first_stage) if use_gpu else None
         self._flat: faiss.Index | None = None
         self._flat_gpu: faiss.Index | None = None
@@ -173,7 +154,7 @@ class LoadedIndex:
         self.alive[self.base.rows_of(self.deltas.hidden)] = False
 
     @property
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
         return self.base.manifest
 
     @property
@@ -195,16 +176,12 @@ class LoadedIndex:
     # ---- sizes and ids ----
     @property
     def dim(self) -> int:
-        return int(self.manifest["dim"])
+        return int(self.manifest.dim)
 
     @property
     def count(self) -> int:
         """Live vectors: base rows not hidden plus rows added since the build."""
         return int(self.alive.sum()) + len(self.deltas.ids)
-
-    @property
-    def index(self) -> _Reconstructor:
-        return _Reconstructor(self)
 
     def live_ids(self) -> np.ndarray:
         """(count,) every crop id searchable in this version, sorted."""
@@ -230,19 +207,29 @@ class LoadedIndex:
         return out
 
     # ---- search ----
-    def search(self, queries: np.ndarray, k: int,
-               allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, *,
+               filter: SearchFilter | None = None) -> Hits:
         """(Q, D) queries -> (Q, k) scores and crop ids, -1 padded (score -FLT_MAX).
 
         ``allowed_ids`` restricts the search to those crop ids (exact filtering: the top k
         among the allowed, not a post-filtered top k). Scores are the full inner product.
+        Camera and time filters are not stored here: the caller turns them into ``allowed_ids``.
         """
+        if filter is not None and not filter.empty:
+            raise ValueError("the FAISS backend filters by allowed_ids only: turn camera and "
+                             "time filters into crop ids first")
         k = max(1, int(k))
         queries = np.ascontiguousarray(queries, dtype=np.float32)  # (Q, D)
         rows = None if allowed_ids is None else self._allowed_rows(allowed_ids)
         base_s, base_i = self._search_base(queries, k, rows)  # (Q, k) each
         delta_s, delta_i = self._search_deltas(queries, k, allowed_ids)
-        return _merge_top_k(np.hstack([base_s, delta_s]), np.hstack([base_i, delta_i]), k)
+        scores, ids = _merge_top_k(np.hstack([base_s, delta_s]), np.hstack([base_i, delta_i]), k)
+        return Hits(scores, ids, self.version)
+
+    def retune(self, *, nprobe: int, candidates: int) -> None:
+        """Search this version's first stage with another nprobe / candidate count (benches)."""
+        stage = replace(self.manifest.first_stage, nprobe=nprobe, candidates=candidates)
+        self.base.manifest = self.manifest.replace(first_stage=stage)
 
     def _allowed_rows(self, allowed_ids: np.ndarray) -> np.ndarray:
         rows = self.rows_of(np.unique(np.asarray(allowed_ids, dtype=np.int64)))
@@ -282,13 +269,13 @@ class LoadedIndex:
 
     def _two_stage(self, queries: np.ndarray, k: int,
                    rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        spec = self.manifest["first_stage"]
-        start, stop = spec["start"], spec["stop"]
-        n_cand = max(k, int(spec.get("candidates", 256)))
-        nprobe = int(spec.get("nprobe", 128))
+        spec = self.manifest.first_stage
+        start, stop = spec.start, spec.stop
+        n_cand = max(k, spec.candidates)
+        nprobe = spec.nprobe
         if rows is not None:  # a narrow filter: probe more lists to find enough allowed rows
             share = max(len(rows) / len(self.ids), 1e-6)
-            nprobe = int(min(spec.get("nlist", nprobe), np.ceil(nprobe / min(1.0, share * 8))))
+            nprobe = int(min(spec.nlist or nprobe, np.ceil(nprobe / min(1.0, share * 8))))
         sel = self._selector(rows)
         if faiss.try_extract_index_ivf(self.first_stage) is not None:
             params = faiss.SearchParametersIVF(nprobe=nprobe)
@@ -366,7 +353,7 @@ def load_index(folder: Path, version: str, gen: int = 0, *, use_gpu: bool = True
     """Open a version folder (shared base, see ``load_base``) with generations 1..gen applied.
     The exact index of a Flat spec is built on the first search, not here."""
     base = load_base(folder, use_gpu)
-    return LoadedIndex(version, base, read_deltas(folder, gen, int(base.manifest["dim"])))
+    return LoadedIndex(version, base, read_deltas(folder, gen, base.manifest.dim))
 
 
 def flat_index(full: np.ndarray, chunk: int = 65536) -> faiss.Index:
@@ -377,14 +364,14 @@ def flat_index(full: np.ndarray, chunk: int = 65536) -> faiss.Index:
     return index
 
 
-def _tune(index: faiss.Index, spec: dict[str, Any]) -> None:
+def _tune(index: faiss.Index, spec: FirstStage) -> None:
     """Default nprobe, and an HNSW efSearch wide enough for it (or for the candidates)."""
     if hasattr(index, "hnsw"):  # a pure HNSW first stage
-        faiss.downcast_index(index).hnsw.efSearch = max(2 * int(spec.get("candidates", 256)), 64)
+        faiss.downcast_index(index).hnsw.efSearch = max(2 * spec.candidates, 64)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:
         return
-    ivf.nprobe = int(spec.get("nprobe", 128))
+    ivf.nprobe = spec.nprobe
     quantizer = faiss.downcast_index(ivf.quantizer)
     if hasattr(quantizer, "hnsw"):
         quantizer.hnsw.efSearch = max(2 * ivf.nprobe, 64)

@@ -21,7 +21,6 @@ changes, so a searcher that compares ``current_version()`` with the version it h
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -34,29 +33,14 @@ from typing import Any
 
 import numpy as np
 
+from indexer.backends.base import NoIndex
+from indexer.files import fsync_dir, fsync_tree, write_arrays
 from indexer.loaded import LoadedIndex, load_index
+from indexer.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
 __all__ = ["IndexStore", "LoadedIndex", "new_version_name", "split_pointer"]
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(folder: Path) -> None:
-    """fsync every file below ``folder``, then the folders themselves."""
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            with path.open("rb") as fh:
-                os.fsync(fh.fileno())
-    for path in sorted([p for p in folder.rglob("*") if p.is_dir()] + [folder], reverse=True):
-        fsync_dir(path)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -118,25 +102,23 @@ class IndexStore:
         staging.mkdir()
         return staging
 
-    def commit_staging(self, staging: Path, version: str, manifest: dict[str, Any]) -> str:
+    def commit_staging(self, staging: Path, version: str, manifest: Manifest) -> str:
         """Write the manifest last, fsync everything and rename the folder into place."""
-        manifest = {**manifest, "version": version}
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        (staging / "manifest.json").write_text(manifest.replace(version=version).to_json())
         fsync_tree(staging)
         staging.rename(self.versions / version)
         fsync_dir(self.versions)
         return version
 
-    def write_version(self, vectors: np.ndarray, ids: np.ndarray, manifest: dict[str, Any],
+    def write_version(self, vectors: np.ndarray, ids: np.ndarray, encoder: dict[str, Any],
                       version: str | None = None) -> str:
-        """Write a complete exact (Flat) version from in-memory arrays; not yet live."""
-        from indexer.writer import write_arrays
-
+        """Write a complete exact (Flat) version from in-memory arrays; not yet live.
+        ``encoder`` is the ``EncoderSpec.to_dict()`` that made the vectors."""
         version = version or new_version_name()
         staging = self.staging_dir(version)
         write_arrays(staging, vectors, ids)
-        manifest = {"factory": "Flat", **manifest, "count": int(len(ids)),
-                    "dim": int(vectors.shape[1])}
+        manifest = Manifest.new(encoder=encoder, count=len(ids), dim=vectors.shape[1],
+                                factory="Flat", first_stage=None)
         return self.commit_staging(staging, version, manifest)
 
     def publish(self, version: str, *, keep_previous: bool = False) -> None:
@@ -144,7 +126,7 @@ class IndexStore:
         PREVIOUS (unless ``keep_previous``: a compaction of the same content)."""
         base, _ = split_pointer(version)
         if not (self.versions / base / "manifest.json").exists():
-            raise FileNotFoundError(f"index version {version} is not complete")
+            raise NoIndex(f"index version {version} is not complete")
         with self.lock():
             current = self.current_version()
             if current and split_pointer(current)[0] != base and not keep_previous:
@@ -157,9 +139,9 @@ class IndexStore:
         with self.lock():
             current, previous = self.current_version(), self.previous_version()
             if previous is None:
-                raise FileNotFoundError("no previous index version to roll back to")
+                raise NoIndex("no previous index version to roll back to")
             if not (self.versions / split_pointer(previous)[0] / "manifest.json").exists():
-                raise FileNotFoundError(f"previous index version {previous} is gone")
+                raise NoIndex(f"previous index version {previous} is gone")
             _write_text_atomic(self.root / "CURRENT", previous)
             if current:
                 _write_text_atomic(self.root / "PREVIOUS", current)
@@ -174,7 +156,7 @@ class IndexStore:
         with self.lock():
             current = self.current_version()
             if current is None:
-                raise FileNotFoundError("no live index to add to: build one first")
+                raise NoIndex("no live index to add to: build one first")
             base, gen = split_pointer(current)
             deltas = self.versions / base / "deltas"
             deltas.mkdir(exist_ok=True)
@@ -212,9 +194,9 @@ class IndexStore:
         base, gen = split_pointer(version)
         return load_index(self.versions / base, version, gen, **options)
 
-    def manifest(self, version: str) -> dict[str, Any]:
+    def manifest(self, version: str) -> Manifest:
         base, _ = split_pointer(version)
-        return json.loads((self.versions / base / "manifest.json").read_text())
+        return Manifest.read(self.versions / base / "manifest.json")
 
     def prune(self) -> list[str]:
         """Delete version folders other than CURRENT's and PREVIOUS's bases, and leftovers of

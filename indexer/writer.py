@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.store import fsync_dir, fsync_tree
+from indexer.files import fsync_dir, fsync_tree, write_arrays
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Shard", "ShardWriter", "merge_shards", "write_arrays"]
 
 
 @dataclass
@@ -25,18 +27,6 @@ class Shard:
     ids: np.ndarray  # (n,) int64
     vectors: np.ndarray  # (n, D) float16 (memmap)
     failed: list[tuple[int, str]]
-
-
-def write_arrays(folder: Path, vectors: np.ndarray, ids: np.ndarray) -> None:
-    """``ids.npy`` (N,) int64 and ``vectors.npy`` (N, D) float16 into ``folder``."""
-    vectors = np.asarray(vectors)
-    ids = np.asarray(ids, dtype=np.int64)
-    if vectors.ndim != 2 or len(vectors) != len(ids):
-        raise ValueError(f"vectors {vectors.shape} and ids {ids.shape} do not match")
-    if len(np.unique(ids)) != len(ids):
-        raise ValueError("crop ids must be unique")
-    np.save(folder / "ids.npy", ids)
-    np.save(folder / "vectors.npy", vectors.astype(np.float16))
 
 
 class ShardWriter:

@@ -11,10 +11,10 @@ from pathlib import Path
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from indexer import jobs as index_jobs
-from service import crud, storage
+from service import crud, index_jobs, storage
 from service.catalog import touch_stamp
 from service.config import Settings
+from service.index_backend import backend_from_settings
 from service.ingest import FileResult, ingest_bytes
 from service.orm import Crop, Job
 
@@ -90,9 +90,9 @@ def after_change(settings: Settings, *, deleted: list[int] | None = None) -> Non
         touch_stamp(settings.data_dir, full=bool(deleted))
     except OSError:  # committed already: searches see it at their next full reload
         log.exception("could not write the catalog stamp")
-    if deleted and hasattr(index_jobs, "remove_crops"):
+    if deleted:
         try:
-            index_jobs.remove_crops(settings.resolved_index_dir, deleted)
+            index_jobs.remove_crops(backend_from_settings(settings), deleted)
         except Exception:  # the catalog already hides them; `tbps index` tidies up later
             log.exception("could not remove %d deleted crops from the index", len(deleted))
 

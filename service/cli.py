@@ -74,14 +74,16 @@ def _progress_printer(label: str):
 def cmd_index(args: argparse.Namespace) -> int:
     """Incremental by default (add pending crops, drop deleted ones); --full rebuilds beside the
     live index and swaps; --rollback and --check need no encoding."""
-    from indexer import jobs
     from indexer.pipeline import ReadOptions
     from models.factory import load_encoder
+    from service import index_jobs as jobs
     from service.db import migrate, session_scope
+    from service.index_backend import backend_from_settings
+    from service.index_check import check
 
     settings = _settings()
     migrate(settings.resolved_database_url)
-    root, crops = settings.resolved_index_dir, settings.resolved_crops_dir
+    root, crops = backend_from_settings(settings), settings.resolved_crops_dir
     with session_scope(settings.resolved_database_url) as session:
         if getattr(args, "rollback", False):
             try:
@@ -92,8 +94,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             return 0
         encoder = load_encoder(**settings.encoder_options)
         if getattr(args, "check", False):
-            return _print_check(jobs.check(session, root, encoder=encoder, crops_dir=crops,
-                                           repair=not getattr(args, "dry_run", False)))
+            return _print_check(check(session, root, encoder=encoder, crops_dir=crops,
+                                      repair=not getattr(args, "dry_run", False)))
         run = jobs.build_full if getattr(args, "full", False) else jobs.sync
         options = ReadOptions(batch_size=getattr(args, "batch_size", None) or 64,
                               workers=getattr(args, "workers", None))
@@ -165,12 +167,13 @@ def proxy_options(settings: Settings) -> dict:
 def cmd_search(args: argparse.Namespace) -> int:
     from models.factory import load_encoder
     from service.db import session_scope
+    from service.index_backend import backend_from_settings
     from service.search import IndexNotReady, SearchEngine, SearchQuery, UnknownCamera
     from service.urls import crop_url
 
     settings = _settings()
     engine = SearchEngine(load_encoder(**settings.encoder_options),
-                          settings.resolved_index_dir, settings.data_dir)
+                          backend_from_settings(settings, for_search=True), settings.data_dir)
     query = SearchQuery(description=args.description, top_k=args.top_k,
                         cameras=tuple(args.camera) if args.camera else None)
     try:

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     demo_gallery: Path | None = Field(None, description="folder ingested by `make run` when empty")
     crops_dir: Path | None = None
     index_dir: Path | None = None
+    index_backend: Literal["faiss", "milvus"] = Field(
+        "faiss", description="where index vectors live: faiss (files under index_dir, searched "
+        "in process) or milvus (a Milvus server; its engine stores and filters the vectors)")
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     log_level: str = "INFO"

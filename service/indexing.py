@@ -14,9 +14,9 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from indexer.store import IndexStore
 from service import crud
 from service.config import Settings
+from service.index_backend import backend_from_settings
 from service.orm import CropStatus, Job, as_utc
 
 log = logging.getLogger(__name__)
@@ -108,12 +108,12 @@ def job_needed(session: Session, settings: Settings) -> str | None:
     """The job kind that brings the index up to date: ``add`` (pending crops, or no index: the
     first build is searchable as it grows), ``reindex`` (built by another checkpoint), or
     None."""
-    live = IndexStore(settings.resolved_index_dir)
-    pointer = live.current_version()
+    backend = backend_from_settings(settings)
+    pointer = backend.current_version()
     if pointer is None:
         return "add" if crud.count_crops(session) else None
     sha = checkpoint_sha(settings)
-    if sha is not None and live.manifest(pointer).get("checkpoint_sha256") != sha:
+    if sha is not None and not backend.manifest(pointer).built_by(sha):
         return "reindex"
     return "add" if crud.count_crops(session, statuses=[CropStatus.pending]) else None
 

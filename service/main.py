@@ -12,11 +12,13 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 
+from indexer.gpu import limit_threads
 from models.factory import load_encoder
 from service.audit import AuditBuffer
 from service.config import Settings, get_settings
 from service.errors import CatchAll, on_database_error, on_storage_error
 from service.gate import AdminGate
+from service.index_backend import backend_from_settings
 from service.keys import KeyRing
 from service.limits import BodySizeLimit
 from service.metrics import Metrics, MetricsMiddleware
@@ -45,14 +47,6 @@ async def _on_validation_error(_request: Request, exc: RequestValidationError) -
                         content={"detail": errors, "message": _validation_message(exc)})
 
 
-def limit_threads(n: int) -> None:
-    import faiss
-    import torch
-
-    torch.set_num_threads(n)
-    faiss.omp_set_num_threads(n)
-
-
 def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -63,7 +57,8 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
         worker = WorkerSupervisor().start() if settings.spawn_worker else None
         app.state.worker = worker
         enc = encoder or load_encoder(**settings.encoder_options)
-        app.state.engine = SearchEngine(enc, settings.resolved_index_dir, settings.data_dir)
+        app.state.engine = SearchEngine(enc, backend_from_settings(settings, for_search=True),
+                                        settings.data_dir)
         app.state.engine.live_index()
         app.state.audit = AuditBuffer(settings.resolved_database_url).start()
         try:

@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import faiss
 import numpy as np
 from sqlalchemy.orm import Session
 
-from indexer.store import IndexStore, LoadedIndex
+from indexer.backends import IndexBackend, IndexView, create_backend
 from models.encoder import Encoder, part_scores
 from service import crud
 from service.catalog import Catalog, extend_catalog, load_catalog, read_stamp
@@ -156,45 +155,32 @@ def _after(score: float, key, cursor_key: list | None) -> bool:
     return score < s0 or (score == s0 and type(key) is type(k0) and key > k0)
 
 
-def index_ids(live: LoadedIndex) -> np.ndarray:
-    """Crop ids searchable in a loaded index."""
-    if hasattr(live, "live_ids"):
-        return np.asarray(live.live_ids(), dtype=np.int64)
-    return faiss.vector_to_array(faiss.downcast_index(live.index).id_map).astype(np.int64)
-
-
 class SearchEngine:
     """Holds the encoder, the live index and the catalog; reloads each when it changes."""
 
-    def __init__(self, encoder: Encoder, index_root: Path, data_dir: Path | None = None) -> None:
+    def __init__(self, encoder: Encoder, index: IndexBackend | Path,
+                 data_dir: Path | None = None) -> None:
+        """``index``: a backend, or a folder holding a FAISS index."""
         self.encoder = encoder
-        self.store = IndexStore(index_root)
-        self.data_dir = Path(data_dir) if data_dir is not None else Path(index_root)
-        self._live: LoadedIndex | None = None
+        self.backend = (create_backend("faiss", root=Path(index)) if isinstance(index, (str, Path))
+                        else index)
+        self.data_dir = Path(data_dir) if data_dir is not None else self.backend.work_dir
         self._catalog: Catalog | None = None
         self._catalog_stamp: tuple[str, str] | None = None
         self._catalog_loaded_at = self._catalog_full_at = 0.0
         self._membership: tuple[tuple[str, int], np.ndarray] | None = None
         self._lock = threading.Lock()
 
-    def live_index(self) -> LoadedIndex | None:
-        version = self.store.current_version()
-        if version is None:
-            return None
-        if self._live is None or self._live.version != version:
-            with self._lock:
-                if self._live is None or self._live.version != version:
-                    self._live = self.store.load(version)
-                    log.info("loaded index %s (%d vectors)", version, self._live.count)
-        return self._live
+    def live_index(self) -> IndexView | None:
+        """The live version (the backend reopens it when its pointer changes)."""
+        return self.backend.open()
 
-    def check_ready(self) -> LoadedIndex:
+    def check_ready(self) -> IndexView:
         live = self.live_index()
         if live is None:
             raise IndexNotReady("no index has been built yet: run `tbps index` or "
                                 "POST /admin/reindex")
-        built_with = live.manifest.get("checkpoint_sha256")
-        if built_with != self.encoder.spec.checkpoint_sha256:
+        if not live.manifest.built_by(self.encoder):
             raise IndexNotReady(f"the live index {live.version} was built with another model; "
                                 "run `tbps index` (or POST /admin/reindex) with the current "
                                 "checkpoint")
@@ -222,11 +208,11 @@ class SearchEngine:
         self._catalog, self._catalog_stamp, self._catalog_loaded_at = catalog, stamp, now
         log.info("catalog: %d crops", catalog.size)
 
-    def _in_index(self, live: LoadedIndex, catalog: Catalog) -> np.ndarray:
+    def _in_index(self, live: IndexView, catalog: Catalog) -> np.ndarray:
         """(N,) bool: which catalog crops the live index holds (cached per index/catalog)."""
         key = (live.version, catalog.generation)
         if self._membership is None or self._membership[0] != key:
-            self._membership = (key, np.isin(catalog.ids, index_ids(live)))
+            self._membership = (key, np.isin(catalog.ids, live.live_ids()))
         return self._membership[1]
 
     def search(self, session: Session, query: SearchQuery) -> SearchResult:
@@ -265,14 +251,15 @@ class SearchEngine:
         result.took_ms = (time.perf_counter() - started) * 1000
         return result
 
-    def _hits(self, session: Session, live: LoadedIndex, query: np.ndarray,
+    def _hits(self, session: Session, live: IndexView, query: np.ndarray,
               ranked: list[tuple[float, int]]) -> dict[int, Hit]:
         """One metadata query for all shown crops; per-part scores from their vectors."""
         rows = crud.crops_by_ids(session, ids=[i for _, i in ranked])
         shown = [(s, i) for s, i in ranked if i in rows]
         if not shown:
             return {}
-        parts = part_scores(self.encoder.spec, query, _vectors(live, [i for _, i in shown]))
+        vectors = live.vectors(np.asarray([i for _, i in shown], dtype=np.int64))  # (n, D)
+        parts = part_scores(self.encoder.spec, query, vectors)
         out = {}
         for (score, crop_id), part in zip(shown, parts, strict=False):
             crop = rows[crop_id]
@@ -296,17 +283,10 @@ def _check_cameras(catalog: Catalog, cameras: tuple[str, ...] | None) -> None:
                             f"cameras are: {known} (GET /cameras)")
 
 
-def _vectors(live: LoadedIndex, ids: list[int]) -> np.ndarray:
-    """(len(ids), D) stored vectors of the given crops."""
-    if hasattr(live, "vectors"):
-        return np.asarray(live.vectors(np.asarray(ids, dtype=np.int64)), dtype=np.float32)
-    return np.stack([live.index.reconstruct(int(i)) for i in ids])
-
-
 class _Ranker:
     """The index search for one request: top k among the allowed crops, exactly."""
 
-    def __init__(self, live: LoadedIndex, catalog: Catalog, mask: np.ndarray,
+    def __init__(self, live: IndexView, catalog: Catalog, mask: np.ndarray,
                  qvec: np.ndarray) -> None:
         self.live, self.catalog, self.mask, self.qvec = live, catalog, mask, qvec
         self.allowed = int(mask.sum())
@@ -324,6 +304,8 @@ class _Ranker:
         else:
             scores, ids = self.live.search(self.qvec, k,
                                            allowed_ids=self.catalog.ids[self.mask])
+        # (filters stay in the catalog: exact for every backend, and the catalog also answers
+        # how many crops match and groups crops by person)
         scores, ids = scores[0], ids[0]
         pos = self.catalog.positions(ids)
         keep = (ids >= 0) & (pos >= 0)

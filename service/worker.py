@@ -18,12 +18,12 @@ from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
-from indexer import jobs as index_jobs
 from indexer.pipeline import ReadOptions
 from models.encoder import Encoder
-from service import crud
+from service import crud, index_jobs
 from service.config import Settings
 from service.db import session_scope
+from service.index_backend import backend_from_settings
 from service.orm import Job
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def run_reindex(session: Session, settings: Settings, encoder: Encoder, params: 
                 progress: Progress) -> str:
     small = crud.count_crops(session) < SMALL_GALLERY  # reader processes would cost more
     report = index_jobs.build_full(session, encoder, settings.resolved_crops_dir,
-                                   settings.resolved_index_dir,
+                                   backend_from_settings(settings),
                                    factory=params.get("factory") or None, progress=progress,
                                    options=ReadOptions(workers=0) if small else None)
     return (f"published index {report.version}: {report.indexed} crops indexed, "
@@ -65,19 +65,15 @@ def run_add(session: Session, settings: Settings, encoder: Encoder, params: dict
     pending = [crop.id for crop in crud.pending_crops(session)]
     if not pending:
         return "no pending crops"
-    if hasattr(index_jobs, "add_crops"):
-        report = index_jobs.add_crops(session, encoder, settings.resolved_crops_dir,
-                                      settings.resolved_index_dir, pending, progress=progress)
-        return (f"index {report.version}: {report.indexed} crops added, "
-                f"{len(report.failed)} failed")
-    return "this indexer has no incremental add: " + run_reindex(session, settings, encoder,
-                                                                  params, progress)
+    report = index_jobs.add_crops(session, encoder, settings.resolved_crops_dir,
+                                  backend_from_settings(settings), pending, progress=progress)
+    return f"index {report.version}: {report.indexed} crops added, {len(report.failed)} failed"
 
 
 def remove_from_index(settings: Settings, crop_ids: list[int]) -> None:
     """Hide deleted crops in the index too (the catalog already drops them from results)."""
-    if hasattr(index_jobs, "remove_crops") and crop_ids:
-        index_jobs.remove_crops(settings.resolved_index_dir, crop_ids)
+    if crop_ids:
+        index_jobs.remove_crops(backend_from_settings(settings), crop_ids)
 
 
 RUNNERS = {"reindex": ("encoded", run_reindex), "add": ("encoded", run_add)}

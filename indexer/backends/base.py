@@ -123,7 +123,8 @@ class SearchFilter:
 
 @dataclass(frozen=True, eq=False)
 class Hits:
-    """Search results, best first per query; unpacks as ``scores, ids = hits``."""
+    """Search results, best first per query; unpacks as ``scores, ids = hits`` (and
+    ``hits[0]``, ``hits[1]`` are the scores and the ids, as a pair would be)."""
 
     scores: np.ndarray  # (Q, k) float32, full inner products; PAD_SCORE where ids is -1
     ids: np.ndarray  # (Q, k) int64 crop ids, -1 padded when fewer than k rows pass
@@ -131,6 +132,9 @@ class Hits:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return iter((self.scores, self.ids))
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return (self.scores, self.ids)[i]
 
 
 @runtime_checkable
@@ -164,7 +168,8 @@ class IndexBackend(Protocol):
 
     name: str  # "faiss", "milvus": the TBPS_INDEX_BACKEND value
     filters_in_engine: bool  # search applies SearchFilter itself (rows carry camera and time)
-    work_dir: Path  # local folder for resumable build shards and the build lock
+    work_dir: Path  # local folder of the build lock
+    builds_dir: Path  # local folder of resumable builds' shards (".building-<tag>" folders)
 
     def current_version(self) -> str | None:
         """The live pointer; it changes on every publish, add and remove."""

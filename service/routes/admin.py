@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
+from indexer.build import FACTORY_PATTERN
 from service import admin, crud
 from service.deps import AdminDep, EngineDep, SessionDep, SettingsDep
 from service.schemas import (
@@ -41,9 +42,11 @@ def _not_found(what: str) -> dict:
 class ReindexRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    factory: str | None = Field(None, max_length=128, pattern=r"^[A-Za-z0-9_,.]+$",
-                                description="FAISS factory string; default exact search.",
-                                examples=["IDMap2,Flat"])
+    factory: str | None = Field(None, max_length=128, pattern=FACTORY_PATTERN,
+                                description="FAISS factory string of the first stage, "
+                                "\"full:\"-prefixed to index whole vectors; default: chosen "
+                                "by gallery size (exact search up to 100k crops).",
+                                examples=["Flat", "IVF1024_HNSW32,SQ8", "full:IVF1024,PQ64"])
 
 
 def _read_upload(file: UploadFile, limit: int) -> bytes:
@@ -251,8 +254,7 @@ def stats(request: Request, session: SessionDep, engine: EngineDep, _actor: Admi
     request.app.state.audit.flush()
     live = engine.live_index()
     info = IndexInfo(version=live.version, count=live.count,
-                     dim=int(live.manifest.get("dim", 0)),
-                     factory=live.manifest.get("factory")) if live else IndexInfo()
+                     dim=live.manifest.dim, factory=live.manifest.factory) if live else IndexInfo()
     return Stats(crops=crud.crop_counts_by_status(session), cameras=crud.count_cameras(session),
                  persons=crud.count_persons(session), index=info,
                  jobs=crud.count_jobs_by_status(session),

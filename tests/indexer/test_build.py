@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from indexer.backends.faiss_backend import write_first_stage
 from indexer.build import IndexSpec, choose_spec, global_slice, normalise_factory
-from indexer.jobs import _finish_version
 from indexer.store import IndexStore
 from indexer.writer import write_arrays
 from models.encoder import EncoderSpec, Part
@@ -40,7 +40,7 @@ def build(tmp_path, vectors, ids, factory):
     full = np.load(staging / "vectors.npy", mmap_mode="r")
     spec = choose_spec(len(ids), factory)
     spec = IndexSpec(spec.factory, spec.input, nprobe=16, candidates=256)
-    manifest = _finish_version(staging, full, spec, encoder_spec().to_dict())
+    manifest = write_first_stage(staging, full, spec, encoder_spec().to_dict())
     store.commit_staging(staging, "v1", manifest)
     store.publish("v1")
     return store.load()
@@ -66,8 +66,8 @@ def test_two_stage_specs_match_exact_search(tmp_path, factory, min_recall):
     queries = two_part_vectors(30, seed=1)
     live = build(tmp_path, v, ids, factory)
     stop = G * (1 + K) if factory.startswith("full:") else G
-    assert live.manifest["first_stage"]["stop"] == stop and live.first_stage.ntotal == 3000
-    assert live.manifest["factory"] == factory
+    assert live.manifest.first_stage.stop == stop and live.first_stage.ntotal == 3000
+    assert live.manifest.factory == factory
     scores, got = live.search(queries, 10)
     want_s, want = exact_top(v, ids, queries, 10)
     assert recall(got, want) >= min_recall

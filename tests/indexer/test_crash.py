@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from indexer.jobs import build_full
 from indexer.pipeline import ReadOptions
 from indexer.store import IndexStore
 from service import crud
 from service.db import session_scope
+from service.index_jobs import build_full
 from service.ingest import ingest_folder
 from service.orm import CropStatus
 from tests.conftest import make_image
@@ -23,7 +23,7 @@ from tests.conftest import make_image
 DRIVER = """
 import sys, time
 from pathlib import Path
-from indexer.jobs import build_full
+from service.index_jobs import build_full
 from indexer.pipeline import ReadOptions
 from models.factory import create_model
 from models.torch_encoder import TorchEncoder

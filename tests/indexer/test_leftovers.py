@@ -8,10 +8,12 @@ import time
 
 import pytest
 
-from indexer.jobs import _sha_tag, build_full, check, sync
+from indexer.jobs import sha_tag
 from indexer.pipeline import ReadOptions
 from indexer.store import IndexStore
 from service.db import session_scope
+from service.index_check import check
+from service.index_jobs import build_full, sync
 from service.ingest import ingest_folder
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -35,7 +37,7 @@ def _check(s, encoder, repair: bool):
 
 def test_a_plain_index_resumes_a_killed_build_and_cleans_the_rest(indexed, tiny_encoder):
     versions = IndexStore(indexed.resolved_index_dir).versions
-    (versions / f".building-{_sha_tag(tiny_encoder)}").mkdir()  # this checkpoint's: resumed
+    (versions / f".building-{sha_tag(tiny_encoder)}").mkdir()  # this checkpoint's: resumed
     (versions / ".building-othermodel").mkdir()  # another checkpoint's: removed
     (versions / ".staging-20260101T000000000000Z").mkdir()
     assert not _check(indexed, tiny_encoder, repair=False).ok  # what --dry-run saw, exit 1

@@ -48,7 +48,7 @@ def test_publish_swaps_atomically_and_keeps_previous(tmp_path):
     v2 = store.write_version(_vectors(7), np.arange(7), {"factory": "Flat"}, "v2")
     store.publish(v2)
     live = store.load()
-    assert (live.version, live.count, live.manifest["count"], live.manifest["dim"]) == (
+    assert (live.version, live.count, live.manifest.count, live.manifest.dim) == (
         "v2", 7, 7, 16)
     assert store.previous_version() == "v1"
     assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(".staging-*"))

@@ -41,9 +41,9 @@ def index_and_search(checkpoint: Path, settings: Settings, folder: Path, descrip
 
     Returns (build report, search result, encoder) on a fresh SQLite database.
     """
-    from indexer.jobs import build_full
     from models.factory import load_encoder
     from service.db import migrate, session_scope
+    from service.index_jobs import build_full
     from service.ingest import ingest_folder
     from service.search import SearchEngine, SearchQuery
 

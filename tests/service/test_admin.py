@@ -156,6 +156,17 @@ def test_reindex_is_a_job_and_a_second_one_is_409(api, gallery, tiny_encoder):
     assert api.get("/admin/jobs/999").status_code == 404
 
 
+def test_reindex_takes_every_spec_choose_spec_takes(api, gallery, tiny_encoder):
+    from indexer.build import choose_spec
+
+    full = api.post("/admin/reindex", json={"factory": "full:IVF4,Flat"})
+    assert full.status_code == 202, full.json()
+    assert choose_spec(10, "full:IVF4,Flat").input == "full"
+    bad = api.post("/admin/reindex", json={"factory": "Flat; rm -rf /"})
+    assert bad.status_code == 422 and "factory" in str(bad.json()["detail"])
+    assert api.post("/admin/reindex", json={"factory": "half:IVF4,Flat"}).status_code == 422
+
+
 def test_cameras_create_list_rename(api):
     r = api.post("/admin/cameras", json={"name": "roof", "description": "east"})
     assert r.status_code == 201 and r.json()["crop_count"] == 0

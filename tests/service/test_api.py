@@ -3,8 +3,8 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer.jobs import build_full
 from service.db import session_scope
+from service.index_jobs import build_full
 from service.ingest import ingest_folder
 from service.main import create_app
 

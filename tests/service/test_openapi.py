@@ -15,9 +15,9 @@ from schemathesis.checks import CHECKS as CHECK_REGISTRY
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi import checks as openapi_checks
 
-from indexer.jobs import build_full
 from service.config import Settings
 from service.db import migrate, session_scope
+from service.index_jobs import build_full
 from service.ingest import ingest_folder
 from service.main import create_app
 from tests.conftest import make_image

@@ -10,6 +10,7 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from indexer.manifest import Manifest
 from service.orm import Crop, CropStatus, IndexStatus, IndexVersion
 
 CHUNK = 5000  # ids per IN (...) clause, well under SQLite's variable limit
@@ -66,7 +67,7 @@ def mark_pending(session: Session, ids: Iterable[int]) -> None:
                         .values(status=CropStatus.pending))
 
 
-def record_live(session: Session, *, version: str, path: Path, manifest: dict,
+def record_live(session: Session, *, version: str, path: Path | str, manifest: Manifest,
                 count: int) -> None:
     """Make the row of base ``version`` the only live one (creating it if needed)."""
     for row in session.scalars(select(IndexVersion).where(IndexVersion.status == IndexStatus.live,
@@ -74,9 +75,9 @@ def record_live(session: Session, *, version: str, path: Path, manifest: dict,
         row.status = IndexStatus.retired
     row = session.scalar(select(IndexVersion).where(IndexVersion.version == version))
     if row is None:
-        row = IndexVersion(version=version, path=str(path), dim=int(manifest["dim"]),
-                           factory=str(manifest.get("factory", "Flat"))[:256],
-                           checkpoint_sha256=str(manifest.get("checkpoint_sha256", "")))
+        row = IndexVersion(version=version, path=str(path), dim=manifest.dim,
+                           factory=manifest.factory[:256],
+                           checkpoint_sha256=manifest.checkpoint_sha256)
         session.add(row)
     row.status, row.count = IndexStatus.live, int(count)
     row.published_at = datetime.now(UTC)
