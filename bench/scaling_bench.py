@@ -93,7 +93,7 @@ def run_faiss(folder: Path, vectors: Path, queries: np.ndarray, keep: np.ndarray
     allowed = np.flatnonzero(keep).astype(np.int64)
     runs = {"unfiltered": timed_queries(lambda q: live.search(q, 10)[1][0], queries),
             "filtered": timed_queries(lambda q: live.search(q, 10, allowed)[1][0], queries)}
-    return summary(f"faiss {live.manifest['factory']}", seconds, runs, truths)
+    return summary(f"faiss {live.manifest.factory}", seconds, runs, truths)
 
 
 def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndarray,

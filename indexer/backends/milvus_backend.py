@@ -59,6 +59,7 @@ class MilvusBackend:
         except ModuleNotFoundError as exc:
             raise BackendUnavailable(f"pymilvus is not installed: {exc}") from exc
         self.work_dir = Path(root)
+        self.builds_dir = self.work_dir / "builds"  # unused: a Milvus build is not resumed
         self.prefix = prefix
         try:
             self.client = MilvusClient(uri=uri, token=token, timeout=timeout)
@@ -102,12 +103,13 @@ class MilvusBackend:
         self._create_version(name, dim, stage)
         written = self._insert_all(name, stage, batches)
         if written != total:
-            raise ValueError(f"build {name}: read {written} rows, expected {total}")
+            raise ValueError(f"build {name}: {written} rows given, {total} expected")
         self._seal(name, stage, written)
         factory_name = "Flat" if stage is None else (
             stage.factory if stage.input == "global" else f"full:{stage.factory}")
         manifest = Manifest.new(encoder=encoder, count=written, dim=dim, factory=factory_name,
-                                first_stage=stage, backend=self.name)
+                                first_stage=stage, backend=self.name).replace(
+                                    vectors_dtype="float32")
         self._write_meta(name, manifest=manifest.to_json(), generation=0, complete=True)
         log.info("built Milvus version %s: %d rows, %s", name, written, factory_name)
         return name
@@ -269,8 +271,12 @@ class MilvusBackend:
 
     def _insert_all(self, name: str, stage: FirstStage | None,
                     batches: Iterable[Rows]) -> int:
-        written = 0
+        written, seen = 0, set()
         for batch in batches:
+            ids = set(batch.ids.tolist())
+            if len(ids) != len(batch) or seen & ids:
+                raise ValueError(f"build {name}: crop ids must be unique")
+            seen |= ids
             for lo in range(0, len(batch), INSERT_CHUNK):
                 chunk = batch.select(np.arange(len(batch))[lo:lo + INSERT_CHUNK])
                 for collection, data in _collections_rows(name, stage, chunk):

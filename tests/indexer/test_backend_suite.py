@@ -37,6 +37,21 @@ def built(backend, rows: Rows, factory: str | None = None) -> str:
     return version
 
 
+def stored(backend, rows: Rows) -> Rows:
+    """The rows as the backend keeps them (FAISS: float16), the exact reference's input."""
+    dtype = np.dtype(backend.manifest().vectors_dtype)
+    return Rows(rows.ids, rows.vectors.astype(dtype).astype(np.float32), rows.camera_ids,
+                rows.timestamps)
+
+
+def search(backend, rows: Rows, q: np.ndarray, k: int, flt: SearchFilter | None):
+    """A filtered search as the service runs it: in the engine, or as the catalog's crop ids
+    for a backend that filters by ids only (FAISS)."""
+    if flt is None or backend.filters_in_engine:
+        return backend.search(q, k, filter=flt)
+    return backend.search(q, k, allowed_ids=rows.ids[flt.mask(rows.camera_ids, rows.timestamps)])
+
+
 FILTERS = [
     None,
     SearchFilter(camera_ids=frozenset({1, 3})),
@@ -50,12 +65,13 @@ FILTERS = [
 def test_exact_search_is_the_exact_top_k_among_the_rows_that_pass(backend, flt) -> None:
     rows = make_rows(300)
     built(backend, rows)
+    rows = stored(backend, rows)
     q = queries(3)
-    hits = backend.search(q, 10, filter=flt)
+    hits = search(backend, rows, q, 10, flt)
     for i in range(len(q)):
         ids, scores = exact_top(rows, q[i], 10, flt)
         assert hits.ids[i, :len(ids)].tolist() == ids.tolist()
-        np.testing.assert_allclose(hits.scores[i, :len(ids)], scores, atol=1e-5)
+        np.testing.assert_allclose(hits.scores[i, :len(ids)], scores, atol=1e-4)
     assert backend.manifest().factory == "Flat" and backend.manifest().count == 300
 
 
@@ -63,7 +79,7 @@ def test_unknown_times_fail_every_time_condition(backend) -> None:
     rows = make_rows(100)
     built(backend, rows)
     unknown = set(rows.ids[np.isnan(rows.timestamps)].tolist())
-    hits = backend.search(queries(2), 100, filter=SearchFilter(time_to=T0 + 1e9))
+    hits = search(backend, rows, queries(2), 100, SearchFilter(time_to=T0 + 1e9))
     returned = set(hits.ids[hits.ids >= 0].tolist())
     assert returned and not returned & unknown
 
@@ -72,10 +88,10 @@ def test_too_few_rows_pad_and_an_empty_camera_set_matches_nothing(backend) -> No
     rows = make_rows(50)
     built(backend, rows)
     flt = SearchFilter(camera_ids=frozenset({0}))
-    hits = backend.search(queries(1), 60, filter=flt)
+    hits = search(backend, rows, queries(1), 60, flt)
     n = int(flt.mask(rows.camera_ids, rows.timestamps).sum())
     assert (hits.ids[0, n:] == -1).all() and (hits.ids[0, :n] >= 0).all()
-    none = backend.search(queries(1), 5, filter=SearchFilter(camera_ids=frozenset()))
+    none = search(backend, rows, queries(1), 5, SearchFilter(camera_ids=frozenset()))
     assert (none.ids == -1).all()
 
 
@@ -92,9 +108,10 @@ def test_two_stage_search_reranks_the_global_candidates_on_full_vectors(backend,
     rows = make_rows(600, seed=3)
     built(backend, rows, factory="IVF8,Flat")  # 8 lists, all probed: exact first stage
     manifest = backend.manifest()
+    rows = stored(backend, rows)
     assert manifest.first_stage is not None and manifest.first_stage.input == "global"
     q = queries(4, seed=5)
-    hits = backend.search(q, 10, filter=flt)
+    hits = search(backend, rows, q, 10, flt)
     for i in range(len(q)):
         want = two_stage_top(rows, q[i], 10, manifest.first_stage.candidates, flt)
         assert hits.ids[i].tolist() == want.tolist()
@@ -115,7 +132,7 @@ def test_add_and_remove_change_the_pointer_and_the_answer(backend) -> None:
     after_add = backend.add(twin)
     assert after_add not in (before, after_remove)
     hits = backend.search(q, 1)
-    assert hits.ids[0, 0] == 10_000 and hits.scores[0, 0] == pytest.approx(2.0, abs=1e-5)
+    assert hits.ids[0, 0] == 10_000 and hits.scores[0, 0] == pytest.approx(2.0, abs=1e-3)
     assert backend.open().count == 100
 
 
@@ -126,7 +143,7 @@ def test_add_replaces_a_row_with_the_same_id(backend) -> None:
     backend.add(Rows(rows.ids[:1], q.copy(), rows.camera_ids[:1], rows.timestamps[:1]))
     view = backend.open()
     assert view.count == 40
-    np.testing.assert_allclose(view.vectors(rows.ids[:1]), q, atol=1e-6)
+    np.testing.assert_allclose(view.vectors(rows.ids[:1]), q, atol=1e-3)
 
 
 def test_publish_and_rollback_swap_versions(backend) -> None:
@@ -154,7 +171,7 @@ def test_check_is_clean_after_build_and_writes(backend) -> None:
     backend.remove(rows.ids[:5])
     backend.add(make_rows(10, seed=4, first_id=500))
     assert backend.check() == []
-    assert backend.manifest().count == 85
+    assert backend.open().count == 85
 
 
 def test_nothing_live_is_a_clear_error(backend) -> None:
@@ -169,7 +186,7 @@ def test_nothing_live_is_a_clear_error(backend) -> None:
 
 def test_a_short_build_is_refused_and_left_unfinished(backend) -> None:
     rows = make_rows(20)
-    with pytest.raises(ValueError, match="expected 30"):
+    with pytest.raises(ValueError, match="20 rows given"):
         backend.build([rows], total=30, encoder=encoder_dict())
     assert backend.current_version() is None
     assert backend.unfinished()
