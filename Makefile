@@ -31,11 +31,11 @@ test: setup
 	bash scripts/ensure_test_deps.sh
 	$(BIN)/python -m pytest -q
 
-## make lock: re-resolve every dependency of pyproject.toml (runtime and test extra) into requirements.lock
+## make lock: re-resolve every dependency of pyproject.toml (runtime, test and scale extras) into requirements.lock
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv==$(UV_VERSION)
-	$(BIN)/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra scale --universal --python-version 3.11 \
 	  --generate-hashes --no-header --quiet -o $(LOCK) --custom-compile-command "make lock"
 
 lint: setup

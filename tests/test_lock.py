@@ -68,7 +68,8 @@ def _via_name(text: str) -> str:
 def declared() -> list[Requirement]:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     reqs = [Requirement(r) for r in data["project"]["dependencies"]]
-    reqs += [Requirement(r) for r in data["project"]["optional-dependencies"]["test"]]
+    for extra in ("test", "scale"):  # the extras `make lock` resolves
+        reqs += [Requirement(r) for r in data["project"]["optional-dependencies"][extra]]
     return reqs
 
 

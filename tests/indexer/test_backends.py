@@ -13,8 +13,10 @@ def unit_rows(ids, seed=0):
     return Rows(np.asarray(ids, np.int64), v / np.linalg.norm(v, axis=1, keepdims=True))
 
 
-@pytest.fixture(params=["faiss"])
+@pytest.fixture(params=["faiss", "milvus"])
 def backend(request, tmp_path) -> IndexBackend:
+    if request.param == "milvus":  # a real Milvus standalone (tests/indexer/conftest.py)
+        return request.getfixturevalue("milvus_backend")
     return create_backend(request.param, root=tmp_path / "index")
 
 

@@ -26,12 +26,30 @@ def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+def test_milvus_profile_runs_standalone_etcd_minio_and_points_the_app_at_it(compose):
+    services = compose["services"]
+    milvus = {n for n, s in services.items() if "milvus" in s.get("profiles", [])}
+    assert milvus == {"milvus", "milvus-etcd", "milvus-minio"}
+    for name in milvus:
+        assert services[name]["healthcheck"]["test"] and services[name]["volumes"], name
+    assert services["milvus"]["image"] == "milvusdb/milvus:v2.3.5"  # the suite's server
+    assert services["milvus"]["environment"]["ETCD_ENDPOINTS"] == "milvus-etcd:2379"
+    assert {d: c["condition"] for d, c in services["milvus"]["depends_on"].items()} == {
+        "milvus-etcd": "service_healthy", "milvus-minio": "service_healthy"}
+    wait = services["prestart"]["depends_on"]["milvus"]
+    assert wait == {"condition": "service_healthy", "required": False}
+    env = services["api"]["environment"]
+    assert env["TBPS_INDEX_BACKEND"] == "${TBPS_INDEX_BACKEND:-faiss}"
+    assert env["TBPS_MILVUS_URI"] == "${TBPS_MILVUS_URI:-http://milvus:19530}"
+    assert services["worker"]["environment"] == env
+
+
 def _argv(command) -> list[str]:
     return command if isinstance(command, list) else shlex.split(command)
 
 
 def test_compose_has_database_prestart_api_and_worker(compose):
-    services = compose["services"]
+    services = {n: s for n, s in compose["services"].items() if not s.get("profiles")}
     assert set(services) == {"db", "prestart", "api", "worker"}
     for name in ("db", "api", "worker"):
         assert services[name]["healthcheck"]["test"], name

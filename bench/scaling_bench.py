@@ -1,0 +1,162 @@
+"""FAISS (the embedded default) against Milvus (a standalone server on this machine) on the
+same synthetic gallery: build time, p50/p99 single-query search latency without and with a
+camera + time filter, recall@10 against exact full-vector search under the same filter.
+
+    .venv/bin/python -m bench.scaling_bench --n 200000 --out bench/results/scaling_200k.json
+
+Vectors are shaped like the default model's (1280 = global 256 + four 256 stripes) and
+clustered (``bench.search_bench.synthetic``), so recall means something. Both backends use
+the spec the indexer picks for N: a first stage over the global part (FAISS
+``IVF<nlist>_HNSW32,SQ8``; Milvus ``IVF_SQ8`` with the same nlist and nprobe), its 256
+candidates re-ranked on full vectors. FAISS filters by the crop ids the service's catalog
+would pass (``allowed_ids``); Milvus evaluates the filter expression inside the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.envinfo import environment, format_table, machine_line, peak_rss_mib
+from bench.search_bench import build, ground_truth, recall, synthetic
+from indexer.backends.base import Rows, SearchFilter
+from indexer.build import choose_spec
+
+log = logging.getLogger("scaling_bench")
+CAMERAS = 100
+DAY = 86_400.0
+T0 = 1_700_000_000.0
+
+
+def model_spec() -> dict[str, Any]:
+    parts = [{"name": "global", "start": 0, "stop": 256, "group": "global"}]
+    parts += [{"name": f"stripe_{i + 1}", "start": 256 * (i + 1), "stop": 256 * (i + 2),
+               "group": "local"} for i in range(4)]
+    return {"name": "synthetic-vgsg", "dim": 1280, "checkpoint_sha256": "synthetic",
+            "image_size": [384, 128], "mean": [0.5] * 3, "std": [0.5] * 3, "parts": parts}
+
+
+def metadata(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(cameras (N,), times (N,)): 100 cameras, 30 days of crops."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, CAMERAS, n), T0 + rng.uniform(0, 30 * DAY, n)
+
+
+FILTER = SearchFilter(camera_ids=frozenset(range(0, CAMERAS, 5)), time_from=T0 + 5 * DAY,
+                      time_to=T0 + 20 * DAY)  # 20 of 100 cameras, half the month: ~10%
+
+
+def milvus_factory(faiss_factory: str) -> str:
+    """The Milvus spec matching the FAISS one the indexer picks: Flat, or IVF_SQ8 with the
+    same number of lists (``milvus_first_stage`` then probes the same sixth of them)."""
+    if faiss_factory == "Flat":
+        return "Flat"
+    return f"IVF_SQ8,nlist={int(faiss_factory.split('_')[0].removeprefix('IVF'))}"
+
+
+def filtered_truth(full: np.ndarray, queries: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    rows = np.flatnonzero(keep)
+    return rows[ground_truth(full[rows], queries, 10)]
+
+
+def timed_queries(search, queries: np.ndarray) -> tuple[list[float], np.ndarray]:
+    for q in queries[:5]:
+        search(q[None])  # warm up
+    ms, got = [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        got.append(search(q[None]))
+        ms.append((time.perf_counter() - t0) * 1000)
+    return ms, np.array(got)
+
+
+def summary(name: str, build_s: float, runs: dict[str, tuple[list[float], np.ndarray]],
+            truths: dict[str, np.ndarray]) -> dict[str, Any]:
+    out: dict[str, Any] = {"backend": name, "build_s": round(build_s, 1)}
+    for key, (ms, got) in runs.items():
+        out[key] = {"p50_ms": round(float(np.percentile(ms, 50)), 2),
+                    "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                    "recall@10": round(recall(got, truths[key]), 4)}
+    return out
+
+
+def run_faiss(folder: Path, vectors: Path, queries: np.ndarray, keep: np.ndarray,
+              truths: dict[str, np.ndarray]) -> dict[str, Any]:
+    live, seconds = build(folder, vectors, None, model_spec())
+    allowed = np.flatnonzero(keep).astype(np.int64)
+    runs = {"unfiltered": timed_queries(lambda q: live.search(q, 10)[1][0], queries),
+            "filtered": timed_queries(lambda q: live.search(q, 10, allowed)[1][0], queries)}
+    return summary(f"faiss {live.manifest.factory}", seconds, runs, truths)
+
+
+def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndarray,
+               queries: np.ndarray, truths: dict[str, np.ndarray], factory: str) -> dict[str, Any]:
+    from indexer.backends.milvus_backend import MilvusBackend
+    from indexer.backends.milvus_local import local_milvus
+
+    with local_milvus(work / "milvus") as uri:
+        backend = MilvusBackend(root=work / "mwork", uri=uri, prefix="bench")
+        started = time.perf_counter()
+        batches = (Rows(np.arange(lo, min(lo + 20_000, len(full)), dtype=np.int64),
+                        np.asarray(full[lo:lo + 20_000], np.float32), cameras[lo:lo + 20_000],
+                        times[lo:lo + 20_000]) for lo in range(0, len(full), 20_000))
+        version = backend.build(batches, total=len(full), encoder=model_spec(),
+                                factory=factory)
+        backend.publish(version)
+        seconds = time.perf_counter() - started
+        view = backend.open()
+        runs = {"unfiltered": timed_queries(lambda q: view.search(q, 10).ids[0], queries),
+                "filtered": timed_queries(lambda q: view.search(q, 10, filter=FILTER).ids[0],
+                                          queries)}
+        result = summary(f"milvus {factory}", seconds, runs, truths)
+        backend.drop_all()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with tempfile.TemporaryDirectory(prefix="scaling-bench-") as tmp:
+        work = Path(tmp)
+        queries = synthetic(args.n, args.queries, model_spec(), work / "vectors.npy")
+        full = np.load(work / "vectors.npy", mmap_mode="r")
+        cameras, times = metadata(args.n)
+        keep = FILTER.mask(cameras, times)
+        truths = {"unfiltered": ground_truth(full, queries, 10),
+                  "filtered": filtered_truth(full, queries, keep)}
+        spec = choose_spec(args.n)
+        results = [run_faiss(work / "faiss", work / "vectors.npy", queries, keep, truths)]
+        results.append(run_milvus(work, full, cameras, times, queries, truths,
+                                  milvus_factory(spec.factory)))
+    report = {"n": args.n, "queries": args.queries, "filter_selectivity": float(keep.mean()),
+              "results": results, "peak_rss_mib": peak_rss_mib(), "environment": environment()}
+    print_table(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+
+
+def print_table(report: dict[str, Any]) -> None:
+    cols = [("backend", lambda r: r["backend"]), ("build s", lambda r: r["build_s"])]
+    for key in ("unfiltered", "filtered"):
+        cols += [(f"{key} p50 ms", lambda r, k=key: r[k]["p50_ms"]),
+                 (f"{key} p99 ms", lambda r, k=key: r[k]["p99_ms"]),
+                 (f"{key} recall@10", lambda r, k=key: r[k]["recall@10"])]
+    print(f"N={report['n']:,}, {report['queries']} queries, filter keeps "
+          f"{report['filter_selectivity']:.1%}; {machine_line(report['environment'])}")
+    print(format_table(report["results"], cols))
+
+
+if __name__ == "__main__":
+    main()

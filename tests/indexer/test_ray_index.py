@@ -1,0 +1,91 @@
+"""The Ray Data indexer on a local Ray started here: its vectors are the local indexer's, bad
+crops are reported (not indexed), and the build lands in a backend, published."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.pipeline import ReadOptions, StageTimes, encoded_batches
+from indexer.ray_index import CropItem, build_with_ray, encode_dataset, encoded_rows
+from tests.conftest import make_image
+
+ray = pytest.importorskip("ray", reason="the scale extra")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.factory import create_model, save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, create_model("tiny-clip"))
+    return path
+
+
+@pytest.fixture
+def crops(tmp_path: Path) -> list[CropItem]:
+    items = []
+    for i in range(10):
+        path = tmp_path / f"c{i}.png"
+        path.write_bytes(make_image(i))
+        items.append(CropItem(100 + i, path, camera_id=i % 3, timestamp=1.7e9 + i))
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(make_image(50, fmt="JPEG")[:200])
+    return items + [CropItem(999, bad)]
+
+
+def options(checkpoint: Path) -> dict:
+    return {"checkpoint": checkpoint, "device": "cpu", "engine": "torch"}
+
+
+def local_vectors(checkpoint: Path, crops: list[CropItem]) -> dict[int, np.ndarray]:
+    from models.factory import load_encoder
+
+    encoder = load_encoder(**options(checkpoint))
+    items = [(c.id, c.path) for c in crops]
+    out = {}
+    for batch, vectors in encoded_batches(encoder, items, ReadOptions(workers=0), StageTimes()):
+        out |= dict(zip(batch.ids, vectors, strict=True))
+    return out
+
+
+def test_ray_vectors_equal_the_local_indexers(local_ray, tiny_checkpoint, crops) -> None:
+    dataset = encode_dataset(crops, options(tiny_checkpoint), batch_size=4, actors=2)
+    seen: dict[int, np.ndarray] = {}
+    failures = []
+    for rows, failed in encoded_rows(dataset.materialize(), total=len(crops)):
+        seen |= dict(zip(rows.ids.tolist(), rows.vectors, strict=True))
+        failures += failed
+        assert set(rows.camera_ids.tolist()) <= {0, 1, 2}
+    local = local_vectors(tiny_checkpoint, crops)
+    assert sorted(seen) == sorted(local) == list(range(100, 110))
+    for crop_id, vector in local.items():
+        np.testing.assert_allclose(seen[crop_id], vector, rtol=0, atol=1e-5)
+    assert [f[0] for f in failures] == [999]
+
+
+def test_build_with_ray_publishes_a_searchable_version(local_ray, tiny_checkpoint, crops,
+                                                       index_backend) -> None:
+    from models.factory import load_encoder
+
+    spec = load_encoder(**options(tiny_checkpoint)).spec.to_dict()
+    seen = []
+    report = build_with_ray(index_backend, crops, options(tiny_checkpoint), spec, batch_size=4,
+                            actors=1, progress=lambda done, total: seen.append((done, total)))
+    assert report.indexed == 10 and [f[0] for f in report.failed] == [999]
+    assert seen[-1] == (11, 11)
+    assert index_backend.current_version().startswith(report.version)
+    assert index_backend.check() == []
+    view = index_backend.open()
+    probe = view.vectors(np.array([104]))
+    assert index_backend.search(probe, 1).ids[0, 0] == 104
