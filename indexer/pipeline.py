@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from indexer.encode import encode_batch, encoder_device
-from indexer.reader import MAX_BYTES, MAX_PIXELS, Batch, read_batches
+from indexer.limits import ImageLimits
+from indexer.reader import Batch, read_batches
 from indexer.writer import ShardWriter
 from models.encoder import Encoder
 
@@ -23,12 +24,12 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class ReadOptions:
-    """How the reader stage runs; ``workers`` None means one per spare core."""
+    """How the reader stage runs; ``workers`` None means one per spare core. The service
+    passes its settings' ``limits`` (``Settings.image_limits``)."""
 
     batch_size: int = 64
     workers: int | None = None
-    max_bytes: int = MAX_BYTES
-    max_pixels: int = MAX_PIXELS
+    limits: ImageLimits = field(default_factory=ImageLimits)
 
 
 @dataclass
@@ -47,9 +48,8 @@ def encoded_batches(encoder: Encoder, items: Sequence[tuple[int, Path]], options
                     times: StageTimes) -> Iterator[tuple[Batch, np.ndarray]]:
     """Yield each reader batch with its (B, D) float32 vectors."""
     pin = encoder_device(encoder).type == "cuda"
-    batches = read_batches(items, tuple(encoder.spec.image_size), batch_size=options.batch_size,
-                           workers=options.workers, pin_memory=pin, max_bytes=options.max_bytes,
-                           max_pixels=options.max_pixels)
+    batches = read_batches(items, encoder.preprocess, batch_size=options.batch_size,
+                           workers=options.workers, pin_memory=pin, limits=options.limits)
     mark = time.perf_counter()
     for batch in batches:
         mark = times.add("read", mark)

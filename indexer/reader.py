@@ -1,10 +1,10 @@
 """Reader stage: crop files -> decoded, resized uint8 batches, in parallel worker processes.
 
-Workers return uint8 (3, H, W) tensors resized exactly as the encoder's ``preprocess`` does
-(``PILToTensor`` then an antialiased bicubic ``Resize`` on the uint8 tensor); the encoder stage
-scales and normalises the batch on its device. uint8 keeps inter-process traffic 4x smaller
-than float. Bad files (missing, empty, oversized, truncated, not an image) come back as
-failures with a reason; they never stop the run.
+Workers return the uint8 (3, H, W) tensors of the encoder's own ``preprocess.pixels`` (the
+``Preprocess`` object pickles into them); the encoder stage runs ``preprocess.normalise`` on
+the batch on its device. uint8 keeps inter-process traffic 4x smaller than float. Bad files
+(missing, empty, over the ``ImageLimits``, truncated, not an image) come back as failures with
+a reason; they never stop the run.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2 as T
+
+from indexer.limits import ImageLimits
+from models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
-
-MAX_BYTES = 10 * 1024 * 1024
-MAX_PIXELS = 4096 * 4096
 
 
 class BadImage(ValueError):
@@ -44,8 +43,9 @@ class Batch:
         return self
 
 
-def decode(path: Path, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def decode(path: Path, limits: ImageLimits = ImageLimits()) -> Image.Image:
     """Read and fully decode one crop as RGB, or raise ``BadImage`` saying why."""
+    max_bytes, max_pixels = limits.max_bytes, limits.max_pixels
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -78,12 +78,10 @@ def decode(path: Path, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXE
 class CropFiles(Dataset):
     """(crop id, path) pairs -> (crop id, (3, H, W) uint8 or None, reason or None)."""
 
-    def __init__(self, items: Sequence[tuple[int, Path]], image_size: tuple[int, int], *,
-                 max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> None:
+    def __init__(self, items: Sequence[tuple[int, Path]], preprocess: Preprocess,
+                 limits: ImageLimits = ImageLimits()) -> None:
         self.items = list(items)
-        self.limits = {"max_bytes": max_bytes, "max_pixels": max_pixels}
-        self.resize = T.Compose([T.PILToTensor(), T.Resize(tuple(image_size), antialias=True,
-                                 interpolation=T.InterpolationMode.BICUBIC)])
+        self.preprocess, self.limits = preprocess, limits
 
     def __len__(self) -> int:
         return len(self.items)
@@ -91,7 +89,7 @@ class CropFiles(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         crop_id, path = self.items[i]
         try:
-            return crop_id, self.resize(decode(path, **self.limits)), None
+            return crop_id, self.preprocess.pixels(decode(path, self.limits)), None
         except BadImage as exc:
             return crop_id, None, str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad crop must not stop the run
@@ -115,12 +113,12 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def read_batches(items: Sequence[tuple[int, Path]], image_size: tuple[int, int], *,
+def read_batches(items: Sequence[tuple[int, Path]], preprocess: Preprocess, *,
                  batch_size: int = 64, workers: int | None = None, pin_memory: bool = False,
-                 max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Iterator[Batch]:
+                 limits: ImageLimits = ImageLimits()) -> Iterator[Batch]:
     """Decode and resize crops in ``workers`` processes (0: in this process), in order."""
     workers = default_workers() if workers is None else workers
-    dataset = CropFiles(items, image_size, max_bytes=max_bytes, max_pixels=max_pixels)
+    dataset = CropFiles(items, preprocess, limits)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
                         worker_init_fn=_worker_init if workers else None, pin_memory=pin_memory,
                         prefetch_factor=4 if workers else None, persistent_workers=False)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from models.data.training_set import CaptionedImages
-from models.data.transforms import build_resized_eval_transform
+from models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,7 @@ def compute_trunk_cache(model: Any, dataset: CaptionedImages, batch_size: int = 
     """Trunk outputs of every image, flipped image and caption, float16, in eval mode."""
     was_training = model.training
     model.eval()
-    cfg = model.config
-    normalise = build_resized_eval_transform(cfg.mean, cfg.std)
+    normalise = Preprocess.of(model.config).normalise
     images, flipped = [], []
     for start in range(0, len(dataset), batch_size):
         pixels = torch.stack([normalise(p) for p in dataset.pixels[start:start + batch_size]])

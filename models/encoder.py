@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.preprocess import Preprocess
+
 
 @dataclass(frozen=True)
 class Part:
@@ -58,9 +60,9 @@ class EncoderSpec:
 @runtime_checkable
 class Encoder(Protocol):
     spec: EncoderSpec
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """One PIL image -> (3, H, W) float tensor, resized and normalised for this model."""
+    # one image -> (3, H, W) float model input; its ``pixels`` / ``normalise`` halves let the
+    # indexer resize in reader processes and normalise on the encoder's device
+    preprocess: Preprocess
 
     def encode_image(self, images: Sequence[Image.Image] | torch.Tensor) -> np.ndarray:
         """(N,) PIL images or a preprocessed (N, 3, H, W) batch -> (N, D) float32."""

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from models.config import BaseModelConfig, read_config_file
+from models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,7 @@ def save_checkpoint(path: Path, model, *, extra: dict[str, Any] | None = None,
         "format_version": CHECKPOINT_VERSION,
         "config": getattr(model, "checkpoint_config", model.config.to_dict)(),
         "tokenizer": model.tokenizer_spec(),
-        "preprocess": {"image_size": list(model.config.image_size),
-                       "mean": list(model.config.mean), "std": list(model.config.std)},
+        "preprocess": Preprocess.of(model.config).to_dict(),
         "state_dict": state,
         "extra": extra or {},
     }

@@ -1,8 +1,8 @@
 """``Encoder`` over ONNX Runtime: the image and text towers of any ``DualEncoderModel``,
 exported once with ``torch.onnx.export`` and cached by the checkpoint's sha256.
 
-Preprocessing and tokenization are the torch model's own (``build_eval_transform`` and
-``model.tokenize``), so both engines see the same inputs; only the towers run in ONNX Runtime.
+Preprocessing and tokenization are the torch model's own (``Preprocess.of(model.config)``
+and ``model.tokenize``), so both engines see the same inputs; only the towers run in ONNX Runtime.
 The cached graphs are derived files: written to a temporary name and renamed into place, so a
 concurrent process sees either no file or a whole one.
 """
@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from models.base import DualEncoderModel
-from models.torch_encoder import build_eval_transform, model_spec
+from models.preprocess import Preprocess
+from models.torch_encoder import model_spec
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +160,7 @@ class OnnxEncoder:
                                    if k in self.paths else None for k in ("image", "text"))
         self.batch_size = batch_size
         self.spec = model_spec(model, checkpoint_sha256)
-        self._transform = build_eval_transform(model.config.image_size, model.config.mean,
-                                               model.config.std)
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self._transform(image.convert("RGB"))
+        self.preprocess = Preprocess.of(model.config)
 
     def encode_image(self, images: Sequence[Image.Image] | torch.Tensor) -> np.ndarray:
         if not isinstance(images, torch.Tensor):

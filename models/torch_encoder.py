@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2 as T
 
 from models.base import DualEncoderModel
 from models.encoder import EncoderSpec
+from models.preprocess import Preprocess
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -19,23 +19,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def build_eval_transform(image_size: Sequence[int], mean: Sequence[float],
-                         std: Sequence[float]) -> T.Compose:
-    """PIL -> (3, H, W) float tensor: RGB, bicubic resize to (H, W), normalise."""
-    return T.Compose([
-        T.PILToTensor(),
-        T.Resize(tuple(image_size), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-        T.ToDtype(torch.float32, scale=True),
-        T.Normalize(list(mean), list(std)),
-    ])
-
-
 def model_spec(model: DualEncoderModel, checkpoint_sha256: str) -> EncoderSpec:
     """What any engine running ``model`` exports: size, preprocessing and parts."""
-    cfg = model.config
-    return EncoderSpec(name=cfg.name, dim=model.export_dim, checkpoint_sha256=checkpoint_sha256,
-                       image_size=tuple(cfg.image_size), mean=tuple(cfg.mean),
-                       std=tuple(cfg.std), parts=model.parts())
+    pre = Preprocess.of(model.config)
+    return EncoderSpec(name=model.config.name, dim=model.export_dim,
+                       checkpoint_sha256=checkpoint_sha256, image_size=pre.image_size,
+                       mean=pre.mean, std=pre.std, parts=model.parts())
 
 
 class TorchEncoder:
@@ -47,12 +36,8 @@ class TorchEncoder:
         self.model = model.eval().to(self.device)
         self.batch_size = batch_size
         self.spec = model_spec(model, checkpoint_sha256)
-        self._transform = build_eval_transform(model.config.image_size, model.config.mean,
-                                               model.config.std)
+        self.preprocess = Preprocess.of(model.config)
         self._autocast = self.device.type == "cuda"
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self._transform(image.convert("RGB"))
 
     @torch.inference_mode()
     def encode_image(self, images: Sequence[Image.Image] | torch.Tensor) -> np.ndarray:

@@ -44,6 +44,7 @@ from models.data.sampler import IdentityBalancedSampler, RandomBatchSampler, Res
 from models.data.training_set import CaptionedImages, collate
 from models.data.transforms import build_train_transform
 from models.factory import create_model, parse_config, save_checkpoint, upgrade_legacy_keys
+from models.preprocess import Preprocess
 from models.torch_encoder import resolve_device
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,9 @@ class Trainer:
             transfer_backbones(self.model, Path(settings.init_backbones_from))
         self.model.to(self.device)
         cfg = self.model.config
-        self.dataset = CaptionedImages(train_records, cfg.image_size, build_train_transform(
-            cfg.image_size, cfg.mean, cfg.std, erase_p=settings.erase_p), seed=settings.seed,
+        preprocess = Preprocess.of(cfg)
+        self.dataset = CaptionedImages(train_records, preprocess, build_train_transform(
+            preprocess, erase_p=settings.erase_p), seed=settings.seed,
             pairs=settings.batching == "pairs")
         self.batches = ResumableBatches(self._sampler())
         self.loader = self._loader(d)

@@ -93,12 +93,14 @@ def cmd_index(args: argparse.Namespace) -> int:
                 return 1
             return 0
         encoder = load_encoder(**settings.encoder_options)
+        options = ReadOptions(batch_size=getattr(args, "batch_size", None) or 64,
+                              workers=getattr(args, "workers", None),
+                              limits=settings.image_limits)
         if getattr(args, "check", False):
             return _print_check(check(session, root, encoder=encoder, crops_dir=crops,
-                                      repair=not getattr(args, "dry_run", False)))
+                                      repair=not getattr(args, "dry_run", False),
+                                      options=options))
         run = jobs.build_full if getattr(args, "full", False) else jobs.sync
-        options = ReadOptions(batch_size=getattr(args, "batch_size", None) or 64,
-                              workers=getattr(args, "workers", None))
         try:
             report = run(session, encoder, crops, root, factory=getattr(args, "factory", None),
                          progress=_progress_printer("encoding crops"), options=options)

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from indexer.limits import ImageLimits
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # beside the repository (../shared of the checkout), wherever the command is started from
 DEFAULT_DEMO_GALLERY = REPO_ROOT.parent / "shared" / "data" / "cuhk-pedes" / "imgs"
@@ -81,8 +83,11 @@ class Settings(BaseSettings):
     index_backend: Literal["faiss", "milvus"] = Field(
         "faiss", description="where index vectors live: faiss (files under index_dir, searched "
         "in process) or milvus (a Milvus server; its engine stores and filters the vectors)")
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096
+    max_upload_bytes: int = Field(ImageLimits().max_bytes, ge=1, description="largest crop "
+                                  "file: bigger uploads are refused, bigger files are not "
+                                  "indexed (reported failed)")
+    max_image_pixels: int = Field(ImageLimits().max_pixels, ge=1, description="largest crop in "
+                                  "pixels (width x height), for uploads and the indexer alike")
     log_level: str = "INFO"
 
     @field_validator("environment")
@@ -120,6 +125,11 @@ class Settings(BaseSettings):
         """Keyword arguments of ``models.factory.load_encoder``."""
         return {"checkpoint": self.checkpoint, "device": self.device, "engine": self.engine,
                 "cache_dir": self.engine_cache_dir}
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """The limits uploads are checked against, handed to the indexer's reader."""
+        return ImageLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_image_pixels)
 
     @property
     def resolved_metrics_access(self) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from indexer.backends import BuildBusy, IndexBackend, IndexView, NoIndex
+from indexer.pipeline import ReadOptions
 from indexer.store import split_pointer
 from models.encoder import Encoder
 from service import crud
@@ -34,9 +35,10 @@ class CheckReport:
 
 
 def check(session: Session, index: Index, *, encoder: Encoder | None = None,
-          crops_dir: Path | None = None, repair: bool = True) -> CheckReport:
+          crops_dir: Path | None = None, repair: bool = True,
+          options: ReadOptions | None = None) -> CheckReport:
     """Verify that the database and the live index agree; with ``repair``, fix what can be
-    fixed (re-encoding needs ``encoder`` and ``crops_dir``)."""
+    fixed (re-encoding needs ``encoder`` and ``crops_dir``; ``options`` is its reader)."""
     backend = as_backend(index)
     report = CheckReport(backend.current_version())
     can_encode = encoder is not None and crops_dir is not None
@@ -46,11 +48,11 @@ def check(session: Session, index: Index, *, encoder: Encoder | None = None,
         live = None if repair and can_encode else live
     if live is None or any(p.startswith("corrupt") for p in report.problems):
         if repair and can_encode:
-            built = build_full(session, encoder, crops_dir, backend)
+            built = build_full(session, encoder, crops_dir, backend, options=options)
             report.repaired.append(f"built a full index {built.version} "
                                    f"({built.indexed} crops)")
         return _finish(backend, report, repair)
-    _check_database(session, backend, live, report, repair, encoder, crops_dir)
+    _check_database(session, backend, live, report, repair, encoder, crops_dir, options)
     if crops_dir is not None:
         _check_stray_files(session, Path(crops_dir), report, repair)
     return _finish(backend, report, repair)
@@ -87,7 +89,7 @@ def _check_stray_files(session: Session, crops_dir: Path, report: CheckReport,
 
 def _check_database(session: Session, backend: IndexBackend, live: IndexView,
                     report: CheckReport, repair: bool, encoder: Encoder | None,
-                    crops_dir: Path | None) -> None:
+                    crops_dir: Path | None, options: ReadOptions | None) -> None:
     to_add, to_remove, in_index_pending = gallery_diff(session, live.live_ids())
     if len(to_remove):
         report.problems.append(f"{len(to_remove)} deleted or unknown crops are in the index")
@@ -104,7 +106,8 @@ def _check_database(session: Session, backend: IndexBackend, live: IndexView,
     if len(to_add):
         report.problems.append(f"{len(to_add)} crops are pending or missing from the index")
         if repair and encoder is not None and crops_dir is not None:
-            added = add_crops(session, encoder, crops_dir, backend, to_add.tolist())
+            added = add_crops(session, encoder, crops_dir, backend, to_add.tolist(),
+                              options=options)
             report.repaired.append(f"indexed {added.indexed} crops ({len(added.failed)} failed)")
     _check_version_row(session, backend, report, repair)
 

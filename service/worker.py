@@ -48,13 +48,18 @@ def _progress_writer(url: str, job_id: int, verb: str, every_s: float = 0.5) -> 
     return report
 
 
+def read_options(settings: Settings, crops: int) -> ReadOptions:
+    """The reader of a job over ``crops`` crops: the settings' image limits; decoding in this
+    process for a small gallery (reader processes would cost more than they save)."""
+    return ReadOptions(workers=0 if crops < SMALL_GALLERY else None, limits=settings.image_limits)
+
+
 def run_reindex(session: Session, settings: Settings, encoder: Encoder, params: dict,
                 progress: Progress) -> str:
-    small = crud.count_crops(session) < SMALL_GALLERY  # reader processes would cost more
     report = index_jobs.build_full(session, encoder, settings.resolved_crops_dir,
                                    backend_from_settings(settings),
                                    factory=params.get("factory") or None, progress=progress,
-                                   options=ReadOptions(workers=0) if small else None)
+                                   options=read_options(settings, crud.count_crops(session)))
     return (f"published index {report.version}: {report.indexed} crops indexed, "
             f"{len(report.failed)} failed, {report.seconds:.1f}s")
 
@@ -66,7 +71,8 @@ def run_add(session: Session, settings: Settings, encoder: Encoder, params: dict
     if not pending:
         return "no pending crops"
     report = index_jobs.add_crops(session, encoder, settings.resolved_crops_dir,
-                                  backend_from_settings(settings), pending, progress=progress)
+                                  backend_from_settings(settings), pending, progress=progress,
+                                  options=read_options(settings, len(pending)))
     return f"index {report.version}: {report.indexed} crops added, {len(report.failed)} failed"
 
 

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from models.data.datasets import Record, remap_pids
 from models.data.transforms import load_resized
+from models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class CaptionedImages(Dataset):
     caption) pair, so that an epoch passes over every caption once (the reference recipe).
     """
 
-    def __init__(self, records: Sequence[Record], image_size: Sequence[int],
+    def __init__(self, records: Sequence[Record], preprocess: Preprocess,
                  transform: Callable[[torch.Tensor], torch.Tensor], seed: int = 0,
                  pairs: bool = False) -> None:
         self.records = [r for r in records if r.captions]
@@ -35,8 +36,8 @@ class CaptionedImages(Dataset):
         self.labels = [self.classes[self.records[i].pid] for i in owners]
         self.transform = transform
         self.rng = random.Random(seed)
-        log.info("decoding %d images at %s", len(self.records), tuple(image_size))
-        self.pixels = [load_resized(r.image_path, image_size) for r in self.records]
+        log.info("decoding %d images at %s", len(self.records), preprocess.image_size)
+        self.pixels = [load_resized(r.image_path, preprocess) for r in self.records]
 
     def __len__(self) -> int:
         return len(self.labels)

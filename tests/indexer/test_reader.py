@@ -7,8 +7,16 @@ import pytest
 from PIL import Image
 
 from indexer.encode import encode_batch
+from indexer.limits import ImageLimits
+from indexer.pipeline import ReadOptions, StageTimes, encode_items
 from indexer.reader import BadImage, decode, read_batches
+from models.factory import create_model
+from models.onnx_encoder import OnnxEncoder
+from models.preprocess import Preprocess
 from tests.conftest import make_image
+
+SMALL = ImageLimits(max_pixels=200 * 200)
+PRE = Preprocess((32, 16), (0.5,) * 3, (0.25,) * 3)
 
 
 @pytest.fixture
@@ -37,19 +45,18 @@ def files(tmp_path):
                                              (14, "oversized")])
 def test_bad_inputs_say_why(files, key, reason):
     with pytest.raises(BadImage, match=reason):
-        decode(files[key], max_pixels=200 * 200)
+        decode(files[key], SMALL)
 
 
 def test_oversized_in_bytes(files):
     with pytest.raises(BadImage, match="oversized"):
-        decode(files[0], max_bytes=100)
+        decode(files[0], ImageLimits(max_bytes=100))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_reader_keeps_order_and_reports_failures(files, workers):
     items = sorted(files.items())
-    batches = list(read_batches(items, (32, 16), batch_size=3, workers=workers,
-                                max_pixels=200 * 200))
+    batches = list(read_batches(items, PRE, batch_size=3, workers=workers, limits=SMALL))
     ids = [i for b in batches for i in b.ids]
     failed = dict(f for b in batches for f in b.failed)
     assert ids == [0, 1, 2, 3] and sorted(failed) == [10, 11, 12, 13, 14]
@@ -57,11 +64,41 @@ def test_reader_keeps_order_and_reports_failures(files, workers):
     assert {tuple(b.images.shape[1:]) for b in batches if len(b.ids)} == {(3, 32, 16)}
 
 
-def test_encoder_stage_matches_the_encoder_on_pil_images(files, tiny_encoder):
+@pytest.fixture(scope="module")
+def onnx_encoder(tmp_path_factory):
+    """The tiny stand-in under ONNX Runtime (exported once for the module)."""
+    return OnnxEncoder(create_model("tiny-clip"), "untrained-tiny-clip-seed0",
+                       tmp_path_factory.mktemp("onnx"))
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_indexer_gives_the_encoders_own_vectors_bit_for_bit(request, files, engine,
+                                                                workers):
+    """Reader processes (resize) + encoder stage (normalise) == ``encode_image`` on the file."""
+    encoder = request.getfixturevalue("tiny_encoder" if engine == "torch" else "onnx_encoder")
     items = [(i, files[i]) for i in range(4)]
-    h, w = tiny_encoder.spec.image_size
-    batch = next(iter(read_batches(items, (h, w), batch_size=4, workers=0)))
-    got = encode_batch(tiny_encoder, batch.images)  # (4, D)
-    want = tiny_encoder.encode_image([Image.open(files[i]) for i in range(4)])
-    assert got.shape == (4, tiny_encoder.spec.dim) and got.dtype == np.float32
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    ids, got, failed = encode_items(encoder, items, ReadOptions(batch_size=4, workers=workers),
+                                    StageTimes())
+    want = encoder.encode_image([Image.open(files[i]) for i in range(4)])
+    assert list(ids) == [0, 1, 2, 3] and not failed
+    assert got.shape == (4, encoder.spec.dim) and got.dtype == np.float32
+    assert np.array_equal(got, want)
+    batch = next(iter(read_batches(items, encoder.preprocess, batch_size=4, workers=0)))
+    assert np.array_equal(encode_batch(encoder, batch.images), want)
+
+
+def test_the_read_options_limits_are_the_ones_applied(files):
+    """A limit just below a crop fails it, saying the limit; just at its size passes it."""
+    items = [(0, files[0])]  # 48x96
+    for limits, reason in ((ImageLimits(max_pixels=48 * 96 - 1), "48x96 pixels (limit 4607)"),
+                           (ImageLimits(max_bytes=files[0].stat().st_size - 1), "bytes (limit")):
+        batch = next(iter(read_batches(items, PRE, workers=0, limits=limits)))
+        assert batch.ids == [] and reason in batch.failed[0][1], batch.failed
+    at_size = ImageLimits(max_bytes=files[0].stat().st_size, max_pixels=48 * 96)
+    assert next(iter(read_batches(items, PRE, workers=0, limits=at_size))).ids == [0]
+
+
+def test_limits_must_be_positive():
+    with pytest.raises(ValueError, match="positive"):
+        ImageLimits(max_pixels=0)

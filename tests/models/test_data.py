@@ -13,6 +13,7 @@ from models.data.datasets import (
 )
 from models.data.sampler import IdentityBalancedSampler
 from models.data.transforms import build_train_transform, load_resized
+from models.preprocess import Preprocess
 from tests.models.conftest import write_cuhk_fixture
 
 
@@ -59,7 +60,8 @@ def test_identity_balanced_sampler():
 
 def test_train_transform_shapes(tmp_path):
     records = read_cuhk_pedes(write_cuhk_fixture(tmp_path, {"train": [1]}, images_per_id=1))
-    pixels = load_resized(records[0].image_path, (32, 16))
+    preprocess = Preprocess((32, 16), (0.5,) * 3, (0.5,) * 3)
+    pixels = load_resized(records[0].image_path, preprocess)
     assert pixels.shape == (3, 32, 16) and pixels.dtype == torch.uint8
-    out = build_train_transform((32, 16), (0.5,) * 3, (0.5,) * 3)(pixels)
+    out = build_train_transform(preprocess)(pixels)
     assert out.shape == (3, 32, 16) and out.dtype == torch.float32
