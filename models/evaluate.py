@@ -102,6 +102,11 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
                              "ids, see docs/results.md)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx"],
+                        help="inference engine (auto: ONNX Runtime on the CPU, torch on CUDA)")
+    parser.add_argument("--precision", default="auto",
+                        help="auto, fp32, bf16 / fp16 (torch autocast) or int8 (ONNX Runtime, "
+                             "text tower quantised)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run_eval)
     return parser
@@ -113,7 +118,8 @@ def run_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     records = select_split(read_dataset(args.dataset, args.root), args.split)
     started = time.time()
-    encoder = load_encoder(args.checkpoint, device=args.device)
+    encoder = load_encoder(args.checkpoint, device=args.device, engine=args.engine,
+                           precision=args.precision)
     metrics = evaluate_encoder(encoder, records, args.batch_size)
     log.info("evaluated %d queries in %.1fs", metrics["queries"], time.time() - started)
     if args.json:

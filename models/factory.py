@@ -148,7 +148,8 @@ def upgrade_legacy_keys(model, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_encoder(checkpoint: Path | None = None, device: str = "auto", engine: str = "auto",
-                 cache_dir: Path | None = None, threads: int | None = None):
+                 cache_dir: Path | None = None, threads: int | None = None,
+                 precision: str = "auto"):
     """The encoder the service and indexer use.
 
     ``checkpoint`` None means the bundled default checkpoint when present, else the small
@@ -156,6 +157,9 @@ def load_encoder(checkpoint: Path | None = None, device: str = "auto", engine: s
     ``engine``: ``torch``, ``onnx`` (ONNX Runtime on the CPU, graphs exported once into
     ``cache_dir``, default beside the checkpoint) or ``auto`` (onnx on CPU, torch on CUDA).
     ``threads``: ONNX Runtime intra-op threads (default: torch's thread count).
+    ``precision``: ``auto`` (torch: float16 autocast on CUDA, float32 on the CPU; ONNX Runtime:
+    float32), ``fp32``, ``bf16`` / ``fp16`` (torch autocast) or ``int8`` (ONNX Runtime, the text
+    tower's weights dynamically quantised; images stay float32).
     """
     if checkpoint is None and DEFAULT_CHECKPOINT.is_file():
         checkpoint = DEFAULT_CHECKPOINT
@@ -169,16 +173,17 @@ def load_encoder(checkpoint: Path | None = None, device: str = "auto", engine: s
     from models.onnx_encoder import default_cache_dir
 
     return wrap_encoder(model, sha, device=device, engine=engine, threads=threads,
-                        cache_dir=cache_dir or default_cache_dir(checkpoint))
+                        cache_dir=cache_dir or default_cache_dir(checkpoint),
+                        precision=precision)
 
 
 def wrap_encoder(model, sha256: str, *, device: str = "auto", engine: str = "auto",
-                 cache_dir: Path, threads: int | None = None):
+                 cache_dir: Path, threads: int | None = None, precision: str = "auto"):
     """``model`` behind the ``Encoder`` interface of the chosen engine."""
     from models.onnx_encoder import OnnxEncoder, resolve_engine
     from models.torch_encoder import TorchEncoder, resolve_device
 
     if resolve_engine(engine, resolve_device(device)) == "onnx":
-        return OnnxEncoder(model, sha256, cache_dir, threads=threads)
-    return TorchEncoder(model, sha256, device=device)
+        return OnnxEncoder(model, sha256, cache_dir, threads=threads, precision=precision)
+    return TorchEncoder(model, sha256, device=device, precision=precision)
 

@@ -123,6 +123,26 @@ def export_towers(model: DualEncoderModel, sha256: str, cache_dir: Path) -> dict
     return paths
 
 
+ONNX_PRECISIONS = ("auto", "fp32", "int8")
+
+
+def int8_text_graph(text_graph: Path) -> Path:
+    """The text graph with its weights dynamically quantised to int8 (activations quantised at
+    run time), cached beside it; written to a temporary file and renamed into place."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = text_graph.with_name(text_graph.name.replace(".text.onnx", ".text.int8.onnx"))
+    if not out.is_file():
+        fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        try:
+            quantize_dynamic(str(text_graph), tmp, weight_type=QuantType.QInt8)
+            os.replace(tmp, out)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return out
+
+
 def default_cache_dir(checkpoint: Path | None) -> Path:
     """Beside the checkpoint when that folder is writable, else a folder in the temp dir.
 
@@ -151,9 +171,16 @@ class OnnxEncoder:
     device = torch.device("cpu")
 
     def __init__(self, model: DualEncoderModel, checkpoint_sha256: str, cache_dir: Path,
-                 threads: int | None = None, batch_size: int = 64) -> None:
+                 threads: int | None = None, batch_size: int = 64,
+                 precision: str = "auto") -> None:
+        if precision not in ONNX_PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not an ONNX Runtime precision; known: "
+                             f"{', '.join(ONNX_PRECISIONS)} (bf16 is a torch engine option)")
         model = model.eval().cpu()
         self.paths = export_towers(model, checkpoint_sha256, cache_dir)
+        if precision == "int8" and "text" in self.paths:  # the query path; images stay fp32
+            self.paths["text"] = int8_text_graph(self.paths["text"])
+        self.precision = precision
         self.threads = threads or torch.get_num_threads()
         self.model = model
         self._image, self._text = (open_session(self.paths[k], self.threads)

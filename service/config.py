@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     engine: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="inference engine for the encoder: onnx (ONNX Runtime, CPU only), "
         "torch, or auto (onnx on CPU, torch on CUDA)")
+    engine_precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+        "auto", description="encoder precision: auto (torch: fp16 on CUDA, fp32 on CPU; ONNX "
+        "Runtime: fp32), fp32, bf16 / fp16 (torch autocast), int8 (ONNX Runtime: the text "
+        "tower's weights quantised; images stay fp32)")
     engine_cache_dir: Path | None = Field(None, description="where the ONNX graphs exported "
                                           "from the checkpoint are kept; default: beside it")
     admin_keys: str = Field("", description="comma-separated admin API keys (hashed at start-up; "
@@ -124,7 +128,7 @@ class Settings(BaseSettings):
     def encoder_options(self) -> dict:
         """Keyword arguments of ``models.factory.load_encoder``."""
         return {"checkpoint": self.checkpoint, "device": self.device, "engine": self.engine,
-                "cache_dir": self.engine_cache_dir}
+                "cache_dir": self.engine_cache_dir, "precision": self.engine_precision}
 
     @property
     def image_limits(self) -> ImageLimits:

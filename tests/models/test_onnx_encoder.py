@@ -130,7 +130,8 @@ def test_unknown_engine_is_refused(tmp_path: Path) -> None:
 def test_settings_carry_the_engine(tmp_path: Path) -> None:
     settings = Settings(engine="torch", engine_cache_dir=tmp_path, checkpoint=tmp_path / "m.pt")
     assert settings.encoder_options == {"checkpoint": tmp_path / "m.pt", "device": "auto",
-                                        "engine": "torch", "cache_dir": tmp_path}
+                                        "engine": "torch", "cache_dir": tmp_path,
+                                        "precision": "auto"}
     assert Settings().engine == "auto"
 
 
@@ -138,3 +139,53 @@ def test_graphs_live_beside_the_checkpoint_but_the_stand_in_never_shares_them(tm
     assert default_cache_dir(tmp_path / "model.pt") == tmp_path
     first, second = default_cache_dir(None), default_cache_dir(None)
     assert first != second and not list(first.iterdir())
+
+
+# ---- precision options (TBPS_ENGINE_PRECISION) ----
+def _per_row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_int8_text_is_quantised_cached_and_close(tmp_path) -> None:
+    path = _checkpoint(tmp_path, "vgsg", seed=3)
+    fp32 = load_encoder(path, device="cpu", engine="onnx")
+    int8 = load_encoder(path, device="cpu", engine="onnx", precision="int8")
+    graph = int8.paths["text"]
+    assert graph.name.endswith(".text.int8.onnx") and graph.is_file()
+    assert graph.stat().st_size < fp32.paths["text"].stat().st_size  # int8 weights
+    a, b = fp32.encode_text(QUERIES), int8.encode_text(QUERIES)
+    assert not np.array_equal(a, b)  # really another graph
+    assert _per_row_cosine(a, b).min() > 0.98
+    images = _gallery(fp32, 4)  # the image tower stays float32
+    assert np.array_equal(fp32.encode_image(images), int8.encode_image(images))
+    stamp = graph.stat().st_mtime_ns
+    load_encoder(path, device="cpu", engine="onnx", precision="int8")
+    assert graph.stat().st_mtime_ns == stamp  # reused, not re-quantised
+
+
+def test_torch_bf16_autocast_is_close_to_fp32(tmp_path) -> None:
+    path = _checkpoint(tmp_path, "vgsg", seed=4)
+    fp32 = load_encoder(path, device="cpu", engine="torch", precision="fp32")
+    bf16 = load_encoder(path, device="cpu", engine="torch", precision="bf16")
+    images = _gallery(fp32, 4)
+    a, b = fp32.encode_image(images), bf16.encode_image(images)
+    assert not np.array_equal(a, b) and _per_row_cosine(a, b).min() > 0.99
+    assert _per_row_cosine(fp32.encode_text(QUERIES), bf16.encode_text(QUERIES)).min() > 0.99
+
+
+@pytest.mark.parametrize(("engine", "precision", "message"), [
+    ("onnx", "bf16", "torch engine option"), ("torch", "int8", "ONNX Runtime option"),
+    ("torch", "fp16", "needs a CUDA device"), ("onnx", "fp64", "not an ONNX Runtime")])
+def test_precisions_an_engine_does_not_have_are_refused(tmp_path, engine, precision,
+                                                          message) -> None:
+    path = _checkpoint(tmp_path, "vgsg")
+    with pytest.raises(ValueError, match=message):
+        load_encoder(path, device="cpu", engine=engine, precision=precision)
+
+
+def test_settings_pass_the_precision_and_refuse_unknown_ones(monkeypatch) -> None:
+    monkeypatch.setenv("TBPS_ENGINE_PRECISION", "int8")
+    assert Settings().encoder_options["precision"] == "int8"
+    monkeypatch.setenv("TBPS_ENGINE_PRECISION", "int4")
+    with pytest.raises(ValidationError, match="engine_precision"):
+        Settings()
