@@ -20,9 +20,10 @@ manifest, completeness and generation (bumped by every add and remove) live in t
 The manifest is what the build wrote (its ``count`` stays the build's, as in the FAISS
 backend); ``MilvusView.count`` is what is searchable now.
 
-Rows are written column-wise (one list per field, the vectors as one (N, D) array) through
-pymilvus's ``Collection.insert`` / ``upsert``: the row-dict form of ``MilvusClient.insert``
-builds a Python dict and a list per vector, which cost most of a build's time.
+Rows are written as row dicts through ``MilvusClient.insert`` / ``upsert`` in chunks of
+``INSERT_CHUNK``. The column-wise form (pymilvus ``Collection.insert`` with one list per field)
+was measured no faster with pymilvus 3.0.2 (``bench/milvus_insert_bench.py``: 0.58x and 1.0x),
+and is an ORM API that pymilvus 3.1 removes.
 """
 
 from __future__ import annotations
@@ -61,21 +62,16 @@ class MilvusBackend:
         if not uri:
             raise BackendUnavailable("the milvus backend needs a URI (TBPS_MILVUS_URI)")
         try:
-            from pymilvus import MilvusClient, connections  # the scale extra
+            from pymilvus import MilvusClient  # the scale extra
         except ModuleNotFoundError as exc:
             raise BackendUnavailable(f"pymilvus is not installed: {exc}") from exc
         self.work_dir = Path(root)
         self.builds_dir = self.work_dir / "builds"  # unused: a Milvus build is not resumed
         self.prefix = prefix
-        self.uri = uri
-        self.connection = f"tbps-{secrets.token_hex(6)}"  # this backend's ORM connection
         try:
             self.client = MilvusClient(uri=uri, token=token, timeout=timeout)
-            connections.connect(self.connection, uri=uri, token=token, timeout=timeout)
         except Exception as exc:  # pymilvus raises MilvusException subclasses, or grpc errors
-            raise BackendUnavailable(f"cannot reach Milvus at {uri} (TBPS_MILVUS_URI): "
-                                     f"{exc}") from exc
-        self._collections: dict[str, Any] = {}  # name -> pymilvus Collection
+            raise BackendUnavailable(f"cannot reach Milvus at {uri}: {exc}") from exc
         self._ensure_meta()
 
     # ---- pointers ----
@@ -151,8 +147,8 @@ class MilvusBackend:
         stage = self.manifest(base).first_stage
         for lo in range(0, len(rows), INSERT_CHUNK):
             chunk = rows.select(np.arange(len(rows))[lo:lo + INSERT_CHUNK])
-            for collection, columns in _collections_columns(base, stage, chunk):
-                self._orm(collection).upsert(columns)
+            for collection, data in _collections_rows(base, stage, chunk):
+                self.client.upsert(collection, data)
         return self._bump(base)
 
     def remove(self, ids: np.ndarray) -> str | None:
@@ -205,7 +201,6 @@ class MilvusBackend:
             for collection in (base, f"{base}_fs"):
                 if self.client.has_collection(collection):
                     self.client.drop_collection(collection)
-                self._collections.pop(collection, None)
             self.client.delete(self.meta_name, ids=[base])
         return removed
 
@@ -222,13 +217,9 @@ class MilvusBackend:
                 if self.client.has_collection(collection):
                     self.client.drop_collection(collection)
         self.client.drop_collection(self.meta_name)
-        self._collections.clear()
 
     def close(self) -> None:
-        """Close this backend's connections to the server."""
-        from pymilvus import connections
-
-        connections.disconnect(self.connection)
+        """Close this backend's connection to the server."""
         self.client.close()
 
     # ---- helpers ----
@@ -273,14 +264,6 @@ class MilvusBackend:
                          complete=True)
         return str(self.current_version())
 
-    def _orm(self, collection: str) -> Any:
-        """The pymilvus ``Collection`` of a name on this backend's connection (cached)."""
-        from pymilvus import Collection
-
-        if collection not in self._collections:
-            self._collections[collection] = Collection(collection, using=self.connection)
-        return self._collections[collection]
-
     def _create_version(self, name: str, dim: int, stage: FirstStage | None) -> None:
         """The version's collections, indexed and loaded before the first insert (inserted
         rows are searchable at once; Milvus indexes each segment as it seals)."""
@@ -307,8 +290,8 @@ class MilvusBackend:
             seen |= ids
             for lo in range(0, len(batch), INSERT_CHUNK):
                 chunk = batch.select(np.arange(len(batch))[lo:lo + INSERT_CHUNK])
-                for collection, columns in _collections_columns(name, stage, chunk):
-                    self._orm(collection).insert(columns)
+                for collection, data in _collections_rows(name, stage, chunk):
+                    self.client.insert(collection, data)
                 written += len(chunk)
         return written
 
@@ -366,19 +349,23 @@ def _collection_names(base: str, stage: FirstStage | None) -> list[str]:
     return [base] + ([f"{base}_fs"] if stage else [])
 
 
-def _collections_columns(base: str, stage: FirstStage | None,
-                         rows: Rows) -> list[tuple[str, list[Any]]]:
-    """The column-wise insert payloads (id, vector, camera_id, ts: the schema's order) for a
-    version's collections: full vectors, and the stage's slice."""
+def _collections_rows(base: str, stage: FirstStage | None,
+                      rows: Rows) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The insert payloads for a version's collections: full vectors, and the stage's slice."""
     vectors = np.ascontiguousarray(rows.vectors, dtype=np.float32)  # (N, D)
     cameras = (np.full(len(rows), -1, np.int64) if rows.camera_ids is None
                else np.asarray(rows.camera_ids, np.int64))
     times = (np.full(len(rows), np.nan) if rows.timestamps is None
              else np.asarray(rows.timestamps, np.float64))
     times = np.where(np.isnan(times), UNKNOWN_TIME, times)
-    ids = np.asarray(rows.ids, np.int64)
-    out = [(base, [ids, vectors, cameras, times])]
+    out = [(base, _payload(rows.ids, vectors, cameras, times))]
     if stage is not None:
         sliced = np.ascontiguousarray(vectors[:, stage.start:stage.stop])  # (N, G)
-        out.append((f"{base}_fs", [ids, sliced, cameras, times]))
+        out.append((f"{base}_fs", _payload(rows.ids, sliced, cameras, times)))
     return out
+
+
+def _payload(ids: np.ndarray, vectors: np.ndarray, cameras: np.ndarray,
+             times: np.ndarray) -> list[dict[str, Any]]:
+    return [{"id": int(i), "vector": v, "camera_id": int(c), "ts": float(t)}
+            for i, v, c, t in zip(ids, vectors, cameras, times, strict=True)]
