@@ -4,7 +4,8 @@ The crop list becomes a Dataset; ``map_batches`` runs ``EncodeCrops`` actors, ea
 the encoder from the checkpoint once, then decoding, resizing and encoding its batches with
 the local indexer's own stages (``indexer.reader.CropFiles``, ``indexer.encode.encode_batch``),
 so the vectors are the local indexer's. One actor per GPU when the cluster has GPUs, else a
-pool of CPU actors. The driver streams the encoded rows into ``IndexBackend.build``.
+pool of CPU actors. The driver gathers the encoded rows as they stream back (with progress),
+then writes them with ``IndexBackend.build``.
 """
 
 from __future__ import annotations
@@ -90,8 +91,9 @@ def encode_dataset(items: Sequence[CropItem], encoder_options: dict[str, Any], *
 
 
 def encoded_rows(dataset: Any, *, total: int, progress: Progress | None = None,
-                 batch_size: int = 1024) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
-    """Stream a materialised encoded Dataset as (Rows of good crops, failures) batches."""
+                 batch_size: int | None = None) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
+    """Stream an encoded Dataset as (Rows of good crops, failures) batches, as they come
+    (``batch_size`` None: the actors' batches)."""
     done = 0
     for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
         ok = batch["error"] == ""
@@ -111,25 +113,23 @@ def build_with_ray(backend: IndexBackend, items: Sequence[CropItem],
                    batch_size: int = 64, actors: int | None = None,
                    progress: Progress | None = None) -> RayReport:
     """Encode ``items`` on Ray (``address`` None: a local Ray), build a backend version from
-    the vectors and publish it. The encoded Dataset is materialised in Ray's object store
-    once, so the build knows how many crops decoded before it starts writing."""
+    the vectors and publish it. Encoded batches stream back to the driver as the actors finish
+    them (``progress`` per batch) and are kept there until all are in, so the build knows how
+    many crops decoded before it starts writing: (N, D) float32 in the driver's memory."""
     import ray
 
     started = time.perf_counter()
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
-    encoded = encode_dataset(items, encoder_options, batch_size=batch_size,
-                             actors=actors).materialize()
+    encoded = encode_dataset(items, encoder_options, batch_size=batch_size, actors=actors)
+    kept: list[Rows] = []
     failed: list[tuple[int, str]] = []
-    good = encoded.filter(expr="error == ''").count()
-
-    def batches() -> Iterator[Rows]:
-        for rows, bad in encoded_rows(encoded, total=len(items), progress=progress):
-            failed.extend(bad)
-            yield rows
-
+    for rows, bad in encoded_rows(encoded, total=len(items), progress=progress):
+        kept.append(rows)
+        failed.extend(bad)
+    good = sum(len(rows) for rows in kept)
     with backend.lock():
-        version = backend.build(batches(), total=good, encoder=encoder_spec, factory=factory)
+        version = backend.build(kept, total=good, encoder=encoder_spec, factory=factory)
         backend.publish(version)
     report = RayReport(version, good, failed, time.perf_counter() - started)
     log.info("Ray build %s: %d crops indexed, %d failed, %.1fs", version, good, len(failed),
