@@ -3,6 +3,8 @@ same synthetic gallery: build time, p50/p99 single-query search latency without 
 camera + time filter, recall@10 against exact full-vector search under the same filter.
 
     .venv/bin/python -m bench.scaling_bench --n 200000 --out bench/results/scaling_200k.json
+    .venv/bin/python -m bench.scaling_bench --n 1000000 --backends faiss --work bench/.work
+    .venv/bin/python -m bench.scaling_bench --n 1000000 --backends milvus --work bench/.work
 
 Vectors are shaped like the default model's (1280 = global 256 + four 256 stripes) and
 clustered (``bench.search_bench.synthetic``), so recall means something. Both backends use
@@ -19,6 +21,7 @@ import json
 import logging
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +100,13 @@ def run_faiss(folder: Path, vectors: Path, queries: np.ndarray, keep: np.ndarray
 
 
 def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndarray,
-               queries: np.ndarray, truths: dict[str, np.ndarray], factory: str) -> dict[str, Any]:
+               queries: np.ndarray, truths: dict[str, np.ndarray], factory: str,
+               uri: str | None = None) -> dict[str, Any]:
+    """On the Milvus at ``uri``, or an embedded standalone server started here."""
     from indexer.backends.milvus_backend import MilvusBackend
     from indexer.backends.milvus_local import local_milvus
 
-    with local_milvus(work / "milvus") as uri:
+    with (nullcontext(uri) if uri else local_milvus(work / "milvus")) as uri:
         backend = MilvusBackend(root=work / "mwork", uri=uri, prefix="bench")
         started = time.perf_counter()
         batches = (Rows(np.arange(lo, min(lo + 20_000, len(full)), dtype=np.int64),
@@ -117,28 +122,56 @@ def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndar
                                           queries)}
         result = summary(f"milvus {factory}", seconds, runs, truths)
         backend.drop_all()
+        backend.close()
     return result
+
+
+def gallery(work: Path, n: int, q: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(vectors (N, D) float16 memmap, queries (Q, D), exact truths) in ``work``, made once and
+    reused by later runs there (FAISS and Milvus can then run one after the other)."""
+    cached = work / f"gallery_{n}_{q}.npz"
+    if cached.exists():
+        data = np.load(cached)
+        truths = {"unfiltered": data["unfiltered"], "filtered": data["filtered"]}
+        return np.load(work / "vectors.npy", mmap_mode="r"), data["queries"], truths
+    queries = synthetic(n, q, model_spec(), work / "vectors.npy")
+    full = np.load(work / "vectors.npy", mmap_mode="r")
+    cameras, times = metadata(n)
+    truths = {"unfiltered": ground_truth(full, queries, 10),
+              "filtered": filtered_truth(full, queries, FILTER.mask(cameras, times))}
+    np.savez(cached, queries=queries, **truths)
+    return full, queries, truths
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--backends", default="faiss,milvus", help="comma-separated, run in turn")
+    ap.add_argument("--work", type=Path, default=None, help="folder for the vectors and the "
+                    "exact answers, kept for the next run (default: a temporary one)")
+    ap.add_argument("--milvus-uri", default=None, help="a running Milvus (default: start the "
+                    "embedded standalone server)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    with tempfile.TemporaryDirectory(prefix="scaling-bench-") as tmp:
-        work = Path(tmp)
-        queries = synthetic(args.n, args.queries, model_spec(), work / "vectors.npy")
-        full = np.load(work / "vectors.npy", mmap_mode="r")
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="scaling-bench-", dir=args.work) as tmp:
+        work = args.work or Path(tmp)
+        full, queries, truths = gallery(work, args.n, args.queries)
         cameras, times = metadata(args.n)
         keep = FILTER.mask(cameras, times)
-        truths = {"unfiltered": ground_truth(full, queries, 10),
-                  "filtered": filtered_truth(full, queries, keep)}
-        spec = choose_spec(args.n)
-        results = [run_faiss(work / "faiss", work / "vectors.npy", queries, keep, truths)]
-        results.append(run_milvus(work, full, cameras, times, queries, truths,
-                                  milvus_factory(spec.factory)))
+        results = []
+        for name in args.backends.split(","):
+            if name == "faiss":
+                results.append(run_faiss(Path(tmp) / "faiss", work / "vectors.npy", queries,
+                                         keep, truths))
+            else:
+                results.append(run_milvus(Path(tmp), full, cameras, times, queries, truths,
+                                          milvus_factory(choose_spec(args.n).factory),
+                                          args.milvus_uri))
+            log.info("%s", results[-1])
     report = {"n": args.n, "queries": args.queries, "filter_selectivity": float(keep.mean()),
               "results": results, "peak_rss_mib": peak_rss_mib(), "environment": environment()}
     print_table(report)

@@ -37,9 +37,10 @@ from models.encoder import Encoder
 log = logging.getLogger(__name__)
 
 __all__ = ["ADD_CHUNK", "COMPACT_GENERATIONS", "DEFAULT_FACTORY", "FIRST_CHUNK", "SHARD_SIZE",
-           "BuildBusy", "BuildReport", "ChunkDone", "StaleIndex", "add_in_chunks",
+           "Attributes", "BuildBusy", "BuildReport", "ChunkDone", "StaleIndex", "add_in_chunks",
            "build_from_shards", "chunk_bounds", "compact_live", "diff_ids", "encode_gallery",
-           "needs_full", "require_same_model", "resumable_writer", "resume_unfinished", "sha_tag"]
+           "needs_full", "require_same_model", "resumable_writer", "resume_unfinished", "sha_tag",
+           "with_attributes"]
 
 SHARD_SIZE = 4096
 FIRST_CHUNK = 32  # crops in the first published generation: searchable within seconds
@@ -50,6 +51,19 @@ Items = Sequence[tuple[int, Path]]
 # called after each published chunk: (crop ids now searchable, failures, the new base version
 # when the chunk created the index, else None)
 ChunkDone = Callable[[np.ndarray, list[tuple[int, str]], str | None], None]
+# crop ids (N,) -> (camera ids (N,) int64, -1 unknown; times (N,) float64 epoch seconds, NaN
+# unknown): what a backend that filters inside its engine stores with each row. The caller
+# (the service) reads them from its tables; None: rows carry vectors only.
+Attributes = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def with_attributes(rows: Rows, attributes: Attributes | None) -> Rows:
+    """``rows`` with each crop's camera and time from ``attributes`` (as given when None)."""
+    if attributes is None or not len(rows):
+        return rows
+    cameras, times = attributes(rows.ids)
+    return Rows(rows.ids, rows.vectors, np.asarray(cameras, np.int64),
+                np.asarray(times, np.float64))
 
 
 class StaleIndex(RuntimeError):
@@ -109,12 +123,13 @@ def _kept_rows(shards: list[Shard], keep: set[int]) -> tuple[list[np.ndarray], i
 
 
 def build_from_shards(backend: IndexBackend, shards: list[Shard], keep: set[int],
-                      encoder: Encoder, factory: str | None) -> tuple[str, np.ndarray]:
+                      encoder: Encoder, factory: str | None,
+                      attributes: Attributes | None = None) -> tuple[str, np.ndarray]:
     """A complete version of the shards' crops in ``keep`` (not yet live): (name, ids)."""
     picks, total = _kept_rows(shards, keep)
     ids = np.concatenate([s.ids[m] for s, m in zip(shards, picks, strict=True)] or
                          [np.zeros(0, np.int64)])
-    batches: Iterator[Rows] = (Rows(s.ids[m], s.vectors[m])
+    batches: Iterator[Rows] = (with_attributes(Rows(s.ids[m], s.vectors[m]), attributes)
                                for s, m in zip(shards, picks, strict=True))
     version = backend.build(batches, total=total, encoder=encoder.spec.to_dict(),
                             factory=factory)
@@ -156,7 +171,8 @@ def chunk_bounds(total: int, first: int = FIRST_CHUNK, largest: int = ADD_CHUNK)
 
 def add_in_chunks(backend: IndexBackend, encoder: Encoder, items: Items, *,
                   on_chunk: ChunkDone, progress: Progress | None = None,
-                  options: ReadOptions | None = None) -> BuildReport:
+                  options: ReadOptions | None = None,
+                  attributes: Attributes | None = None) -> BuildReport:
     """Encode ``items`` and publish them chunk by chunk (``chunk_bounds``); with no live
     index, the first chunk becomes an exact base version. ``on_chunk`` records each."""
     started, times = time.perf_counter(), StageTimes()
@@ -167,7 +183,8 @@ def add_in_chunks(backend: IndexBackend, encoder: Encoder, items: Items, *,
     for lo, hi in chunk_bounds(len(items)):
         ids, vectors, bad = encode_items(encoder, items[lo:hi], options, times,
                                          progress=progress, done=lo, total=len(items))
-        created = _publish_chunk(backend, encoder, Rows(ids, vectors)) if len(ids) else None
+        rows = with_attributes(Rows(ids, vectors), attributes)
+        created = _publish_chunk(backend, encoder, rows) if len(ids) else None
         on_chunk(ids, bad, created)
         indexed, failed = indexed + len(ids), failed + bad
     return BuildReport(backend.current_version(), indexed, failed, time.perf_counter() - started,
@@ -186,13 +203,14 @@ def _publish_chunk(backend: IndexBackend, encoder: Encoder, rows: Rows) -> str |
     return version
 
 
-def compact_live(backend: IndexBackend, factory: str | None = None) -> tuple[str, np.ndarray]:
+def compact_live(backend: IndexBackend, factory: str | None = None,
+                 attributes: Attributes | None = None) -> tuple[str, np.ndarray]:
     """Merge the live version's generations into a new base and publish it, keeping PREVIOUS
     (rollback still means 'the last build'); the spec is chosen again for the new size. The
     caller holds ``backend.lock()``. Returns (new version, its crop ids)."""
     live = backend.open()
     ids = live.live_ids()
-    rows = Rows(ids, live.vectors(ids))
+    rows = with_attributes(Rows(ids, live.vectors(ids)), attributes)
     version = backend.build([rows], total=len(rows), encoder=live.manifest.encoder,
                             factory=factory or None)
     backend.publish(version, keep_previous=True)

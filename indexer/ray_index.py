@@ -4,7 +4,8 @@ The crop list becomes a Dataset; ``map_batches`` runs ``EncodeCrops`` actors, ea
 the encoder from the checkpoint once, then decoding, resizing and encoding its batches with
 the local indexer's own stages (``indexer.reader.CropFiles``, ``indexer.encode.encode_batch``),
 so the vectors are the local indexer's. One actor per GPU when the cluster has GPUs, else a
-pool of CPU actors. The driver streams the encoded rows into ``IndexBackend.build``.
+pool of CPU actors. The driver gathers the encoded rows as they stream back (with progress),
+then writes them with ``IndexBackend.build``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 
 from indexer.backends.base import IndexBackend, Rows
 from indexer.encode import encode_batch
-from indexer.reader import MAX_BYTES, MAX_PIXELS, CropFiles, collate
+from indexer.limits import ImageLimits
+from indexer.reader import CropFiles, collate
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +50,16 @@ class RayReport:
 class EncodeCrops:
     """A Ray Data actor: the encoder loaded once; batches of crop rows -> vectors."""
 
-    def __init__(self, encoder_options: dict[str, Any], max_bytes: int = MAX_BYTES,
-                 max_pixels: int = MAX_PIXELS) -> None:
+    def __init__(self, encoder_options: dict[str, Any],
+                 limits: ImageLimits = ImageLimits()) -> None:
         from models.factory import load_encoder
 
         self.encoder = load_encoder(**encoder_options)
-        self.limits = {"max_bytes": max_bytes, "max_pixels": max_pixels}
+        self.limits = limits
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = list(zip(batch["id"].tolist(), map(Path, batch["path"].tolist()), strict=True))
-        files = CropFiles(items, tuple(self.encoder.spec.image_size), **self.limits)
+        files = CropFiles(items, self.encoder.preprocess, self.limits)
         decoded = collate([files[i] for i in range(len(files))])
         vectors = encode_batch(self.encoder, decoded.images)  # (B_ok, D)
         failed_ids = [cid for cid, _ in decoded.failed]
@@ -73,7 +75,8 @@ class EncodeCrops:
 
 
 def encode_dataset(items: Sequence[CropItem], encoder_options: dict[str, Any], *,
-                   batch_size: int = 64, actors: int | None = None) -> Any:
+                   batch_size: int = 64, actors: int | None = None,
+                   limits: ImageLimits = ImageLimits()) -> Any:
     """The lazy Ray Dataset of encoded crops (columns id, vector, error, camera_id, ts)."""
     import ray
 
@@ -84,14 +87,15 @@ def encode_dataset(items: Sequence[CropItem], encoder_options: dict[str, Any], *
     log.info("Ray Data: %d crops, %d %s actors, batches of %d", len(rows), size,
              "GPU" if gpus else "CPU", batch_size)
     return ray.data.from_items(rows).map_batches(
-        EncodeCrops, fn_constructor_kwargs={"encoder_options": encoder_options},
+        EncodeCrops, fn_constructor_kwargs={"encoder_options": encoder_options, "limits": limits},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
         num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
 
 
 def encoded_rows(dataset: Any, *, total: int, progress: Progress | None = None,
-                 batch_size: int = 1024) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
-    """Stream a materialised encoded Dataset as (Rows of good crops, failures) batches."""
+                 batch_size: int | None = None) -> Iterator[tuple[Rows, list[tuple[int, str]]]]:
+    """Stream an encoded Dataset as (Rows of good crops, failures) batches, as they come
+    (``batch_size`` None: the actors' batches)."""
     done = 0
     for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
         ok = batch["error"] == ""
@@ -109,27 +113,27 @@ def build_with_ray(backend: IndexBackend, items: Sequence[CropItem],
                    encoder_options: dict[str, Any], encoder_spec: dict[str, Any], *,
                    address: str | None = None, factory: str | None = None,
                    batch_size: int = 64, actors: int | None = None,
-                   progress: Progress | None = None) -> RayReport:
+                   progress: Progress | None = None,
+                   limits: ImageLimits = ImageLimits()) -> RayReport:
     """Encode ``items`` on Ray (``address`` None: a local Ray), build a backend version from
-    the vectors and publish it. The encoded Dataset is materialised in Ray's object store
-    once, so the build knows how many crops decoded before it starts writing."""
+    the vectors and publish it. Encoded batches stream back to the driver as the actors finish
+    them (``progress`` per batch) and are kept there until all are in, so the build knows how
+    many crops decoded before it starts writing: (N, D) float32 in the driver's memory."""
     import ray
 
     started = time.perf_counter()
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
-    encoded = encode_dataset(items, encoder_options, batch_size=batch_size,
-                             actors=actors).materialize()
+    encoded = encode_dataset(items, encoder_options, batch_size=batch_size, actors=actors,
+                             limits=limits)
+    kept: list[Rows] = []
     failed: list[tuple[int, str]] = []
-    good = encoded.filter(expr="error == ''").count()
-
-    def batches() -> Iterator[Rows]:
-        for rows, bad in encoded_rows(encoded, total=len(items), progress=progress):
-            failed.extend(bad)
-            yield rows
-
+    for rows, bad in encoded_rows(encoded, total=len(items), progress=progress):
+        kept.append(rows)
+        failed.extend(bad)
+    good = sum(len(rows) for rows in kept)
     with backend.lock():
-        version = backend.build(batches(), total=good, encoder=encoder_spec, factory=factory)
+        version = backend.build(kept, total=good, encoder=encoder_spec, factory=factory)
         backend.publish(version)
     report = RayReport(version, good, failed, time.perf_counter() - started)
     log.info("Ray build %s: %d crops indexed, %d failed, %.1fs", version, good, len(failed),

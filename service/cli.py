@@ -81,6 +81,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     from service.index_backend import backend_from_settings
     from service.index_check import check
 
+    if getattr(args, "address", None) and getattr(args, "engine", "local") != "ray":
+        print("error: --address needs --engine ray", file=sys.stderr)
+        return 2
     settings = _settings()
     migrate(settings.resolved_database_url)
     root, crops = backend_from_settings(settings), settings.resolved_crops_dir
@@ -100,6 +103,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             return _print_check(check(session, root, encoder=encoder, crops_dir=crops,
                                       repair=not getattr(args, "dry_run", False),
                                       options=options))
+        if getattr(args, "engine", "local") == "ray":
+            return _index_on_ray(args, session, encoder, settings, root)
         run = jobs.build_full if getattr(args, "full", False) else jobs.sync
         try:
             report = run(session, encoder, crops, root, factory=getattr(args, "factory", None),
@@ -107,6 +112,26 @@ def cmd_index(args: argparse.Namespace) -> int:
         except (jobs.BuildBusy, jobs.StaleIndex) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+    return _print_index_report(report)
+
+
+def _index_on_ray(args: argparse.Namespace, session, encoder, settings: Settings, backend) -> int:
+    """`tbps index --engine ray`: a full build on Ray Data (a local Ray without --address)."""
+    from service import index_jobs as jobs
+
+    try:
+        report = jobs.build_full_on_ray(
+            session, encoder, settings.encoder_options, settings.resolved_crops_dir, backend,
+            address=args.address, factory=args.factory, batch_size=args.batch_size or 64,
+            actors=args.workers, progress=_progress_printer("encoding crops on Ray"),
+            limits=settings.image_limits)
+    except (jobs.BuildBusy, ConnectionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return _print_index_report(report)
+
+
+def _print_index_report(report) -> int:
     for crop_id, reason in report.failed[:20]:
         print(f"crop {crop_id} failed: {reason}")
     if len(report.failed) > 20:
@@ -372,7 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "stage over the global part, e.g. 'IVF4096_HNSW32,SQ8' (default: chosen by "
                    "gallery size)")
     p.add_argument("--workers", type=int, default=None,
-                   help="image decoding processes (default: one per spare core)")
+                   help="image decoding processes (default: one per spare core); with "
+                   "--engine ray: encoder actors (default: one per GPU, else one per CPU)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: encode in this process (default); ray: a full build on Ray "
+                   "Data, decoding and encoding in actors (needs the scale extra)")
+    p.add_argument("--address", default=None, help="with --engine ray: the Ray cluster "
+                   "(e.g. ray://head:10001 or auto; default: start a local Ray)")
     p.add_argument("--batch-size", type=int, default=64, help="crops per encoder batch")
     p.set_defaults(func=cmd_index)
 

@@ -87,6 +87,15 @@ class Settings(BaseSettings):
     index_backend: Literal["faiss", "milvus"] = Field(
         "faiss", description="where index vectors live: faiss (files under index_dir, searched "
         "in process) or milvus (a Milvus server; its engine stores and filters the vectors)")
+    milvus_uri: str | None = Field(None, description="the Milvus server of "
+                                   "TBPS_INDEX_BACKEND=milvus, e.g. http://milvus:19530")
+    milvus_token: str = Field("", repr=False, description="Milvus credentials (user:password "
+                              "or an API key); empty when the server has no authentication")
+    milvus_prefix: str = Field("tbps", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                               description="name prefix of this deployment's Milvus "
+                               "collections and aliases (several deployments can share a server)")
+    milvus_timeout: float = Field(30.0, gt=0, le=600, description="seconds a Milvus call may "
+                                  "take, connecting included")
     max_upload_bytes: int = Field(ImageLimits().max_bytes, ge=1, description="largest crop "
                                   "file: bigger uploads are refused, bigger files are not "
                                   "indexed (reported failed)")
@@ -110,6 +119,17 @@ class Settings(BaseSettings):
         text = str(value).strip().lower()
         return {"true": "all", "1": "all", "yes": "all", "false": "off", "0": "off",
                 "no": "off"}.get(text, text)
+
+    @model_validator(mode="after")
+    def _milvus_needs_a_server(self) -> Settings:
+        if self.index_backend == "milvus" and not self.milvus_uri:
+            raise ValueError("TBPS_INDEX_BACKEND=milvus needs TBPS_MILVUS_URI (the Milvus "
+                             "server, e.g. http://milvus:19530)")
+        if self.milvus_uri and not self.milvus_uri.startswith(("http://", "https://",
+                                                               "tcp://")):
+            raise ValueError(f"TBPS_MILVUS_URI={self.milvus_uri!r} is not an http(s):// or "
+                             "tcp:// address")
+        return self
 
     @model_validator(mode="after")
     def _no_default_secrets_outside_development(self) -> Settings:

@@ -22,6 +22,7 @@ import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -31,6 +32,7 @@ from indexer.backends.base import BuildBusy
 from indexer.build import DEFAULT_FACTORY, choose_spec
 from indexer.jobs import (
     COMPACT_GENERATIONS,
+    Attributes,
     BuildReport,
     StaleIndex,
     add_in_chunks,
@@ -43,6 +45,7 @@ from indexer.jobs import (
     resumable_writer,
     resume_unfinished,
 )
+from indexer.limits import ImageLimits
 from indexer.pipeline import Progress, ReadOptions, StageTimes
 from indexer.store import split_pointer
 from models.encoder import Encoder
@@ -51,10 +54,16 @@ from service import index_records as records
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_FACTORY", "BuildBusy", "BuildReport", "NoIndex", "StaleIndex", "add_crops",
-           "as_backend", "build_full", "compact", "first_build", "gallery_diff", "remove_crops",
-           "rollback", "sync"]
+           "as_backend", "build_full", "build_full_on_ray", "compact", "first_build",
+           "gallery_diff", "remove_crops", "rollback", "sync"]
 
 Index = IndexBackend | Path | str
+
+
+def attributes_for(session: Session, backend: IndexBackend) -> Attributes | None:
+    """Each crop's camera and time from the crops table, for a backend that stores them to
+    filter inside its engine (Milvus); None for one that filters by the catalog's ids."""
+    return records.crop_attributes(session) if backend.filters_in_engine else None
 
 
 def as_backend(index: Index) -> IndexBackend:
@@ -83,7 +92,8 @@ def build_full(session: Session, encoder: Encoder, crops_dir: Path, index: Index
         keep = {cid for cid, _ in records.indexable_items(session, crops_dir)}  # drops deletes
         shards = writer.read_shards()
         mark = time.perf_counter()
-        version, ids = build_from_shards(backend, shards, keep, encoder, factory)
+        version, ids = build_from_shards(backend, shards, keep, encoder, factory,
+                                         attributes_for(session, backend))
         times.add("index", mark)
         failed = [f for shard in shards for f in shard.failed if f[0] in keep]
         _go_live(session, backend, version, ids, failed)
@@ -178,7 +188,7 @@ def _add_in_chunks(session: Session, encoder: Encoder, backend: IndexBackend,
         session.commit()
 
     report = add_in_chunks(backend, encoder, items, on_chunk=on_chunk, progress=progress,
-                           options=options)
+                           options=options, attributes=attributes_for(session, backend))
     _record_live(session, backend)
     session.commit()
     return report
@@ -231,12 +241,43 @@ def compact(session: Session, index: Index, *, factory: str | None = None) -> st
     with backend.lock():
         if backend.current_version() is None:
             return None
-        version, ids = compact_live(backend, factory)
+        version, ids = compact_live(backend, factory, attributes_for(session, backend))
         _record_created(session, backend, version, len(ids))
         records.mark_indexed(session, ids.tolist())
         session.commit()
         backend.prune()
     return version
+
+
+# ---- on Ray ----
+def build_full_on_ray(session: Session, encoder: Encoder, encoder_options: dict[str, Any],
+                      crops_dir: Path, index: Index, *, address: str | None = None,
+                      factory: str | None = None, progress: Progress | None = None,
+                      batch_size: int = 64, actors: int | None = None,
+                      limits: ImageLimits = ImageLimits()) -> BuildReport:
+    """``build_full`` on Ray Data (``indexer.ray_index``; ``address`` None: a local Ray): the
+    same crops, each with its camera and time, encoded by actors that load the encoder from
+    ``encoder_options``; published, then recorded as ``build_full`` records its build."""
+    from indexer.ray_index import CropItem, build_with_ray
+
+    backend = as_backend(index)
+    pairs = records.indexable_items(session, crops_dir)
+    ids = np.asarray([cid for cid, _ in pairs], np.int64)
+    cameras, times = records.crop_attributes(session)(ids)
+    items = [CropItem(int(i), path, int(c), float(t))
+             for (i, path), c, t in zip(pairs, cameras, times, strict=True)]
+    ray_report = build_with_ray(backend, items, encoder_options, encoder.spec.to_dict(),
+                                address=address, factory=factory, batch_size=batch_size,
+                                actors=actors, progress=progress, limits=limits)
+    bad = {cid for cid, _ in ray_report.failed}
+    _record_created(session, backend, ray_report.version, ray_report.indexed)
+    records.mark_indexed(session, [int(i) for i in ids if int(i) not in bad])
+    records.mark_failed(session, ray_report.failed)
+    session.commit()
+    with backend.lock():
+        backend.prune()
+    return BuildReport(backend.current_version(), ray_report.indexed, ray_report.failed,
+                       ray_report.seconds, full=True, stages={"ray": ray_report.seconds})
 
 
 # ---- rollback ----

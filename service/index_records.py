@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from indexer.manifest import Manifest
+from service.catalog import to_epoch
 from service.orm import Crop, CropStatus, IndexStatus, IndexVersion
 
 CHUNK = 5000  # ids per IN (...) clause, well under SQLite's variable limit
@@ -31,6 +32,24 @@ def indexable_items(session: Session, crops_dir: Path,
         rows = [r for chunk in _chunks(sorted(set(int(i) for i in ids)))
                 for r in session.execute(stmt.where(Crop.id.in_(chunk)).order_by(Crop.id))]
     return [(int(cid), Path(crops_dir) / path) for cid, path in rows]
+
+
+def crop_attributes(session: Session):
+    """An ``indexer.jobs.Attributes`` over the crops table: crop ids -> (camera ids, -1
+    unknown; capture times in epoch seconds, NaN unknown), for engines that filter inside."""
+
+    def read(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found: dict[int, tuple[int, float]] = {}
+        for chunk in _chunks([int(i) for i in ids]):
+            stmt = select(Crop.id, Crop.camera_id, Crop.captured_at).where(Crop.id.in_(chunk))
+            found |= {int(cid): (-1 if cam is None else int(cam),
+                                 np.nan if when is None else to_epoch(when))
+                      for cid, cam, when in session.execute(stmt)}
+        pairs = [found.get(int(i), (-1, np.nan)) for i in ids]
+        return (np.fromiter((c for c, _ in pairs), np.int64, len(pairs)),
+                np.fromiter((t for _, t in pairs), np.float64, len(pairs)))
+
+    return read
 
 
 def stored_paths(session: Session) -> set[str]:

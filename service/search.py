@@ -4,8 +4,9 @@ the hits. No FastAPI imports here.
 Filters are exact: the in-memory catalog (``service.catalog``) turns camera and time filters
 into the set of allowed crop ids. When few crops are excluded the search fetches ``k + excluded``
 and drops them (the top k of the rest are inside); otherwise it passes the allowed ids to the
-index's id selector. Either way a filtered search returns ``top_k`` hits whenever that many
-match.
+index's id selector; a backend that filters inside its engine (Milvus) gets the filters
+themselves (camera ids, time range: a Milvus expression) and the catalog checks its answer.
+Either way a filtered search returns ``top_k`` hits whenever that many match.
 
 Pagination is keyset-based on (score, id) within one index build: pages after the first leave
 out crops added since it, and deleted crops simply vanish, so no hit repeats or is skipped.
@@ -29,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
-from indexer.backends import IndexBackend, IndexView, create_backend
+from indexer.backends import IndexBackend, IndexView, SearchFilter, create_backend
 from models.encoder import Encoder, part_scores
 from service import crud
-from service.catalog import Catalog, extend_catalog, load_catalog, read_stamp
+from service.catalog import Catalog, extend_catalog, load_catalog, read_stamp, to_epoch
 from service.orm import as_utc
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,9 @@ class SearchEngine:
                                               version=version)
             mask = mask & (catalog.ids <= max_id)
         qvec = self.encoder.encode_text([query.description])  # (1, D)
-        ranker = _Ranker(live, catalog, mask, qvec)
+        pushed = (_engine_filter(catalog, query, live.count, in_index, fmask, mask)
+                  if fmask is not None and self.backend.filters_in_engine else None)
+        ranker = _Ranker(live, catalog, mask, qvec, pushed)
         result = SearchResult(live.version, 0.0, ranker.allowed)
         if query.group_by == "person":
             groups, more = _person_page(ranker, catalog, seen, key, query.top_k)
@@ -283,12 +286,31 @@ def _check_cameras(catalog: Catalog, cameras: tuple[str, ...] | None) -> None:
                             f"cameras are: {known} (GET /cameras)")
 
 
+def _engine_filter(catalog: Catalog, query: SearchQuery, count: int, in_index: np.ndarray,
+                   fmask: np.ndarray, mask: np.ndarray) -> tuple[SearchFilter, int]:
+    """The query's filters in the engine's terms (camera ids, epoch seconds), and how many
+    index rows that pass them may still fall outside ``mask`` (rows the catalog no longer
+    holds, rows after a cursor's snapshot): fetched beyond k, so the answer stays exact."""
+    cameras = None if query.cameras is None else frozenset(
+        catalog.cameras[name] for name in query.cameras if name in catalog.cameras)
+    flt = SearchFilter(camera_ids=cameras,
+                       time_from=to_epoch(query.time_from) if query.time_from else None,
+                       time_to=to_epoch(query.time_to) if query.time_to else None)
+    extra = (count - int(in_index.sum())) + int((in_index & fmask).sum()) - int(mask.sum())
+    return flt, extra
+
+
 class _Ranker:
-    """The index search for one request: top k among the allowed crops, exactly."""
+    """The index search for one request: top k among the allowed crops, exactly.
+
+    Three ways, cheapest first: no exclusions: a plain search; the filters pushed into an
+    engine that stores each row's camera and time (``pushed``: the filter and its overfetch);
+    few exclusions: fetch k + excluded and drop them; else the allowed ids as an id filter."""
 
     def __init__(self, live: IndexView, catalog: Catalog, mask: np.ndarray,
-                 qvec: np.ndarray) -> None:
+                 qvec: np.ndarray, pushed: tuple[SearchFilter, int] | None = None) -> None:
         self.live, self.catalog, self.mask, self.qvec = live, catalog, mask, qvec
+        self.pushed = pushed if pushed is not None and pushed[1] <= OVERFETCH_LIMIT else None
         self.allowed = int(mask.sum())
         self.excluded = live.count - self.allowed  # filtered out, deleted, or unknown
 
@@ -299,6 +321,9 @@ class _Ranker:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
         if self.excluded == 0:
             scores, ids = self.live.search(self.qvec, k)
+        elif self.pushed is not None:
+            flt, extra = self.pushed
+            scores, ids = self.live.search(self.qvec, k + extra, filter=flt)
         elif self.excluded <= OVERFETCH_LIMIT:
             scores, ids = self.live.search(self.qvec, k + self.excluded)
         else:

@@ -1,6 +1,10 @@
 """Shared fixtures: settings on a temporary data dir, a real SQLite or PostgreSQL database
 (a throwaway database on 127.0.0.1:5432, created and dropped by the suite), the tiny model,
 and small generated images. Nothing here touches ../shared/data.
+
+``TBPS_INDEX_BACKEND=milvus``: settings point at a real Milvus, the one ``TBPS_MILVUS_URI``
+names or else the embedded standalone server the session starts, with a collection prefix of
+each test's own (dropped after), so every search through the service runs against Milvus.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +93,46 @@ def database_url(request, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A running Milvus: TBPS_MILVUS_URI's, or the embedded standalone server (test extra)."""
+    if os.environ.get("TBPS_MILVUS_URI"):
+        yield os.environ["TBPS_MILVUS_URI"]
+        return
+    pytest.importorskip("milvus", reason="the embedded Milvus server (test extra)")
+    from indexer.backends.milvus_local import local_milvus
+
+    with local_milvus(tmp_path_factory.mktemp("milvus")) as uri:
+        yield uri
+
+
+def milvus_prefix(request: pytest.FixtureRequest) -> str:
+    """A collection prefix of this test's own (a valid Milvus name)."""
+    return "t" + request.node.name.encode().hex()[:24] + os.urandom(3).hex()
+
+
+@pytest.fixture(autouse=True)
+def _milvus_environment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With TBPS_INDEX_BACKEND=milvus, every Settings() a test makes names the session's
+    Milvus and a collection prefix of the test's own."""
+    if os.environ.get("TBPS_INDEX_BACKEND") == "milvus":
+        monkeypatch.setenv("TBPS_MILVUS_URI", request.getfixturevalue("milvus_uri"))
+        monkeypatch.setenv("TBPS_MILVUS_PREFIX", milvus_prefix(request))
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    backend = os.environ.get("TBPS_INDEX_BACKEND", "faiss")
     s = Settings(data_dir=tmp_path / "data", environment="test", device="cpu")
     s.ensure_dirs()
-    return s
+    yield s
+    if backend == "milvus":
+        from indexer.backends.milvus_backend import MilvusBackend
+
+        left = MilvusBackend(root=tmp_path / "drop", uri=s.milvus_uri,
+                             prefix=s.milvus_prefix)
+        left.drop_all()
+        left.close()
 
 
 @pytest.fixture

@@ -178,7 +178,9 @@ class IndexBackend(Protocol):
         """The pointer ``rollback`` would make live."""
 
     def manifest(self, version: str | None = None) -> Manifest:
-        """The manifest of a version (default: the live one); ``NoIndex`` when none."""
+        """The manifest of a version (default: the live one); ``NoIndex`` when none. It is
+        what the version's build wrote: ``add`` and ``remove`` leave it (and its ``count``,
+        the rows built) unchanged; ``open().count`` is the rows searchable now."""
 
     def build(self, batches: Iterable[Rows], *, total: int, encoder: dict[str, Any],
               factory: str | None = None) -> str:

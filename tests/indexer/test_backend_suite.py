@@ -136,6 +136,16 @@ def test_add_and_remove_change_the_pointer_and_the_answer(backend) -> None:
     assert backend.open().count == 100
 
 
+def test_the_manifest_count_is_the_builds_and_the_view_count_is_live(backend) -> None:
+    rows = make_rows(60)
+    version = built(backend, rows)
+    backend.remove(rows.ids[:7])
+    backend.add(make_rows(3, seed=8, first_id=900))
+    assert backend.manifest().count == backend.manifest(version).count == 60
+    assert backend.open().count == 56 and len(backend.open().live_ids()) == 56
+    assert backend.check() == []
+
+
 def test_add_replaces_a_row_with_the_same_id(backend) -> None:
     rows = make_rows(40)
     built(backend, rows)

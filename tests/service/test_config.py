@@ -1,5 +1,7 @@
 """Settings validated at start-up: no default secrets outside development."""
 
+import socket
+
 import pytest
 from pydantic import ValidationError
 
@@ -19,3 +21,29 @@ def test_production_needs_real_keys():
 
 def test_development_runs_without_keys():
     assert Settings(environment="development").admin_key_digests == frozenset()
+
+
+def test_milvus_needs_a_server_address(monkeypatch):
+    monkeypatch.delenv("TBPS_MILVUS_URI", raising=False)
+    with pytest.raises(ValidationError, match="TBPS_MILVUS_URI"):
+        Settings(index_backend="milvus")
+    with pytest.raises(ValidationError, match="not an http"):
+        Settings(index_backend="milvus", milvus_uri="milvus:19530")
+    with pytest.raises(ValidationError, match="milvus_prefix"):
+        Settings(index_backend="milvus", milvus_uri="http://m:19530", milvus_prefix="a-b")
+    ok = Settings(index_backend="milvus", milvus_uri="http://m:19530", milvus_token="u:p")
+    assert "u:p" not in repr(ok)
+
+
+def test_an_unreachable_milvus_is_a_clear_error_naming_the_setting(tmp_path):
+    pytest.importorskip("pymilvus", reason="the scale extra")
+    from indexer.backends import BackendUnavailable
+    from service.index_backend import backend_from_settings
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = Settings(data_dir=tmp_path, index_backend="milvus", milvus_timeout=1,
+                        milvus_uri=f"http://127.0.0.1:{port}")
+    with pytest.raises(BackendUnavailable, match=f"TBPS_MILVUS_URI=http://127.0.0.1:{port}"):
+        backend_from_settings(settings)

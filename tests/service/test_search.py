@@ -157,8 +157,11 @@ def test_one_encoding_one_index_search_one_query_per_request(api, gallery, monke
     from sqlalchemy import event
 
     from service.db import get_engine
+    from service.keys import KeyRing
 
-    search(api, **body)  # the catalog and the index are loaded once, not per request
+    # keys in the database are re-read every 10 s: not within this test, however slow
+    api.app.state.keys = KeyRing(gallery.admin_key_digests, ttl=3600)
+    search(api, **body)  # the catalog, the index and the keys are loaded once, not per request
     api.app.state.audit.close()  # its thread would write the audit entries at any moment
     engine = api.app.state.engine
     encoder = _Counting(engine.encoder, "encode_text")
@@ -211,3 +214,28 @@ def test_favicon_is_served(api):
     r = api.get("/favicon.ico")
     assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
     assert b"<svg" in r.content
+
+
+def test_an_engine_that_filters_holds_each_crops_camera_and_time(api, gallery):
+    """Milvus stores camera and time with each row (the service's filters become its
+    expressions): its own filter must select exactly the crops the database says."""
+    from indexer.backends import SearchFilter
+    from service.catalog import to_epoch
+    from service.db import session_scope
+    from service.index_backend import backend_from_settings
+    from service.orm import Crop
+
+    backend = backend_from_settings(gallery)
+    if not backend.filters_in_engine:
+        pytest.skip(f"the {backend.name} backend filters by the catalog's crop ids")
+    with session_scope(gallery.resolved_database_url) as session:
+        crops = [(c.id, c.camera_id, to_epoch(c.captured_at)) for c in session.query(Crop)]
+    camera = crops[1][1]
+    since = to_epoch(T0 + timedelta(hours=6))
+    live = backend.open()
+    query = live.vectors(live.live_ids()[:1])
+    for flt, want in [(SearchFilter(camera_ids=frozenset({camera})),
+                       {i for i, c, _ in crops if c == camera}),
+                      (SearchFilter(time_from=since), {i for i, _, t in crops if t >= since})]:
+        hits = live.search(query, 20, filter=flt)
+        assert set(hits.ids[0][hits.ids[0] >= 0].tolist()) == want
