@@ -63,13 +63,16 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
         worker = WorkerSupervisor().start() if settings.spawn_worker else None
         app.state.worker = worker
         enc = encoder or load_encoder(**settings.encoder_options)
-        app.state.engine = SearchEngine(enc, settings.resolved_index_dir, settings.data_dir)
+        app.state.engine = SearchEngine(enc, settings.resolved_index_dir, settings.data_dir,
+                                        batch_max=settings.search_batch_max,
+                                        batch_window_ms=settings.search_batch_window_ms)
         app.state.engine.live_index()
         app.state.audit = AuditBuffer(settings.resolved_database_url).start()
         try:
             yield
         finally:
             app.state.audit.close()
+            app.state.engine.close()
             if worker is not None:
                 worker.stop()
 
