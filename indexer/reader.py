@@ -52,6 +52,12 @@ def decode(path: Path, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXE
         raise BadImage("missing file") from None
     except OSError as exc:
         raise BadImage(f"unreadable file: {exc}") from None
+    return decode_bytes(data, max_bytes=max_bytes, max_pixels=max_pixels)
+
+
+def decode_bytes(data: bytes, *, max_bytes: int = MAX_BYTES,
+                 max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Fully decode one crop's file content as RGB, or raise ``BadImage`` saying why."""
     if not data:
         raise BadImage("empty file")
     if len(data) > max_bytes:
