@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2 as T
 
-from indexer.reader import MAX_BYTES, MAX_PIXELS, BadImage, decode_bytes
+from indexer.reader import MAX_BYTES, MAX_PIXELS, BadImage, Batch, decode_bytes, read_crop
 
 log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-@dataclass
-class Decoded:
-    ids: list[int]  # crops decoded, in input order
-    images: torch.Tensor  # (B, 3, H, W) uint8 on the device
-    failed: list[tuple[int, str]]  # (crop id, reason)
 
 
 def _resize(size: tuple[int, int]) -> T.Resize:
@@ -74,7 +68,7 @@ def _cpu_decode(data: bytes, device: torch.device) -> torch.Tensor:
 
 
 def decode_resize(items: Sequence[tuple[int, bytes]], size: tuple[int, int],
-                  device: torch.device | str) -> Decoded:
+                  device: torch.device | str) -> Batch:
     """(crop id, file bytes) pairs -> the resized batch on ``device``, failures with reasons."""
     device = torch.device(device)
     resize = _resize(size)
@@ -93,6 +87,41 @@ def decode_resize(items: Sequence[tuple[int, bytes]], size: tuple[int, int],
             failed.append((crop_id, str(exc)))
     order = sorted(images)
     if not order:
-        return Decoded([], torch.zeros((0, 3, *size), dtype=torch.uint8, device=device), failed)
+        return Batch([], torch.zeros((0, 3, *size), dtype=torch.uint8, device=device), failed)
     batch = torch.stack([resize(images[i]) for i in order])  # (B, 3, H, W) uint8
-    return Decoded([items[i][0] for i in order], batch, failed)
+    return Batch([items[i][0] for i in order], batch, failed)
+
+
+class CropBytes(Dataset):
+    """(crop id, path) pairs -> (crop id, file bytes or None, reason or None): workers only
+    read; decoding waits for the device."""
+
+    def __init__(self, items: Sequence[tuple[int, Path]]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, bytes | None, str | None]:
+        crop_id, path = self.items[i]
+        try:
+            return crop_id, read_crop(path), None
+        except BadImage as exc:
+            return crop_id, None, str(exc)
+
+
+def _keep(samples: list) -> list:
+    return samples
+
+
+def device_batches(items: Sequence[tuple[int, Path]], size: tuple[int, int],
+                   device: torch.device | str, *, batch_size: int = 256,
+                   workers: int = 4) -> Iterator[Batch]:
+    """Files read in ``workers`` processes (0: here), each batch decoded on ``device``."""
+    loader = DataLoader(CropBytes(items), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_keep, prefetch_factor=4 if workers else None)
+    for samples in loader:
+        unread = [(cid, reason) for cid, data, reason in samples if data is None]
+        batch = decode_resize([(cid, d) for cid, d, _ in samples if d is not None], size, device)
+        batch.failed = unread + batch.failed
+        yield batch

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.device_decode import device_batches
 from indexer.encode import encode_batch, encoder_device
-from indexer.reader import MAX_BYTES, MAX_PIXELS, Batch, read_batches
+from indexer.reader import MAX_BYTES, MAX_PIXELS, Batch, default_workers, read_batches
 from indexer.writer import ShardWriter
 from models.encoder import Encoder
 
@@ -29,6 +30,7 @@ class ReadOptions:
     workers: int | None = None
     max_bytes: int = MAX_BYTES
     max_pixels: int = MAX_PIXELS
+    decode_on_device: bool | None = None  # None: on a CUDA encoder (nvjpeg), else in workers
 
 
 @dataclass
@@ -46,10 +48,18 @@ class StageTimes:
 def encoded_batches(encoder: Encoder, items: Sequence[tuple[int, Path]], options: ReadOptions,
                     times: StageTimes) -> Iterator[tuple[Batch, np.ndarray]]:
     """Yield each reader batch with its (B, D) float32 vectors."""
-    pin = encoder_device(encoder).type == "cuda"
-    batches = read_batches(items, tuple(encoder.spec.image_size), batch_size=options.batch_size,
-                           workers=options.workers, pin_memory=pin, max_bytes=options.max_bytes,
-                           max_pixels=options.max_pixels)
+    device = encoder_device(encoder)
+    size = tuple(encoder.spec.image_size)
+    on_device = (device.type == "cuda" if options.decode_on_device is None
+                 else options.decode_on_device)
+    if on_device:  # workers only read files; decode and resize run on the device
+        batches = device_batches(items, size, device, batch_size=options.batch_size,
+                                 workers=default_workers() if options.workers is None
+                                 else options.workers)
+    else:
+        batches = read_batches(items, size, batch_size=options.batch_size,
+                               workers=options.workers, pin_memory=device.type == "cuda",
+                               max_bytes=options.max_bytes, max_pixels=options.max_pixels)
     mark = time.perf_counter()
     for batch in batches:
         mark = times.add("read", mark)

@@ -44,15 +44,19 @@ class Batch:
         return self
 
 
-def decode(path: Path, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Read and fully decode one crop as RGB, or raise ``BadImage`` saying why."""
+def read_crop(path: Path) -> bytes:
+    """One crop file's content, or ``BadImage`` saying why it cannot be read."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise BadImage("missing file") from None
     except OSError as exc:
         raise BadImage(f"unreadable file: {exc}") from None
-    return decode_bytes(data, max_bytes=max_bytes, max_pixels=max_pixels)
+
+
+def decode(path: Path, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Read and fully decode one crop as RGB, or raise ``BadImage`` saying why."""
+    return decode_bytes(read_crop(path), max_bytes=max_bytes, max_pixels=max_pixels)
 
 
 def decode_bytes(data: bytes, *, max_bytes: int = MAX_BYTES,

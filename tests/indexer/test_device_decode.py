@@ -36,3 +36,24 @@ def test_jpegs_and_other_formats_match_the_reader_and_bad_files_fail_with_reason
 def test_nothing_decodable_is_an_empty_batch_of_the_right_shape():
     out = decode_resize([(7, b"\xff\xd8\xff broken")], SIZE, "cpu")
     assert out.ids == [] and out.images.shape == (0, 3, *SIZE) and out.failed[0][0] == 7
+
+
+def test_the_pipeline_decoding_on_the_device_indexes_what_the_reader_does(tmp_path,
+                                                                          tiny_encoder):
+    from indexer.pipeline import ReadOptions, StageTimes, encode_items
+
+    items = []
+    for i, data in enumerate([make_image(1, fmt="JPEG"), make_image(2), b"",
+                              make_image(3, fmt="JPEG")[:150], make_image(4, fmt="JPEG")]):
+        path = tmp_path / f"{i}.img"
+        path.write_bytes(data)
+        items.append((i + 1, path))
+    items.append((9, tmp_path / "missing.jpg"))
+    runs = {}
+    for on_device in (False, True):
+        options = ReadOptions(batch_size=4, workers=0, decode_on_device=on_device)
+        runs[on_device] = encode_items(tiny_encoder, items, options, StageTimes())
+    (ids_r, vec_r, bad_r), (ids_d, vec_d, bad_d) = runs[False], runs[True]
+    assert ids_r.tolist() == ids_d.tolist() == [1, 2, 5]
+    assert dict(bad_r) == dict(bad_d) and dict(bad_d)[9] == "missing file"
+    assert float(abs(vec_r - vec_d).max()) < 0.05  # decoder rounding only
