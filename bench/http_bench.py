@@ -88,9 +88,9 @@ def publish_version(index_dir: Path, vectors: Path, spec_name: str, encoder_spec
     import faiss
 
     from indexer.build import (
-        IndexSpec,
         build_first_stage,
         build_manifest_spec,
+        choose_spec,
         nlist_of,
         normalise_factory,
     )
@@ -101,7 +101,7 @@ def publish_version(index_dir: Path, vectors: Path, spec_name: str, encoder_spec
     staging = store.staging_dir(version)
     full = np.load(vectors, mmap_mode="r")  # (N, D) float16
     write_arrays(staging, full, np.arange(1, len(full) + 1, dtype=np.int64))
-    spec = IndexSpec(normalise_factory(spec_name))
+    spec = choose_spec(len(full), None if spec_name == "auto" else normalise_factory(spec_name))
     first = build_manifest_spec(spec, encoder_spec["parts"], full.shape[1])
     if first is not None:
         index = build_first_stage(full, spec, first["start"], first["stop"])
