@@ -2,8 +2,9 @@
 
 The crop list becomes a Dataset; ``map_batches`` runs ``EncodeCrops`` actors, each loading
 the encoder from the checkpoint once, then decoding, resizing and encoding its batches with
-the local indexer's own stages (``indexer.reader.CropFiles``, ``indexer.encode.encode_batch``),
-so the vectors are the local indexer's. One actor per GPU when the cluster has GPUs, else a
+the local indexer's own stages (``indexer.reader.CropFiles`` with the encoder's ``Preprocess``
+and the ``ImageLimits`` given, ``indexer.encode.encode_batch``), so the vectors and the
+refused crops are the local indexer's. One actor per GPU when the cluster has GPUs, else a
 pool of CPU actors. The driver streams the encoded rows into ``IndexBackend.build``.
 """
 
@@ -20,7 +21,8 @@ import numpy as np
 
 from indexer.backends.base import IndexBackend, Rows
 from indexer.encode import encode_batch
-from indexer.reader import MAX_BYTES, MAX_PIXELS, CropFiles, collate
+from indexer.limits import ImageLimits
+from indexer.reader import CropFiles, collate
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +50,16 @@ class RayReport:
 class EncodeCrops:
     """A Ray Data actor: the encoder loaded once; batches of crop rows -> vectors."""
 
-    def __init__(self, encoder_options: dict[str, Any], max_bytes: int = MAX_BYTES,
-                 max_pixels: int = MAX_PIXELS) -> None:
+    def __init__(self, encoder_options: dict[str, Any],
+                 limits: ImageLimits = ImageLimits()) -> None:
         from models.factory import load_encoder
 
         self.encoder = load_encoder(**encoder_options)
-        self.limits = {"max_bytes": max_bytes, "max_pixels": max_pixels}
+        self.limits = limits
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = list(zip(batch["id"].tolist(), map(Path, batch["path"].tolist()), strict=True))
-        files = CropFiles(items, tuple(self.encoder.spec.image_size), **self.limits)
+        files = CropFiles(items, self.encoder.preprocess, self.limits)
         decoded = collate([files[i] for i in range(len(files))])
         vectors = encode_batch(self.encoder, decoded.images)  # (B_ok, D)
         failed_ids = [cid for cid, _ in decoded.failed]
@@ -73,8 +75,10 @@ class EncodeCrops:
 
 
 def encode_dataset(items: Sequence[CropItem], encoder_options: dict[str, Any], *,
-                   batch_size: int = 64, actors: int | None = None) -> Any:
-    """The lazy Ray Dataset of encoded crops (columns id, vector, error, camera_id, ts)."""
+                   batch_size: int = 64, actors: int | None = None,
+                   limits: ImageLimits = ImageLimits()) -> Any:
+    """The lazy Ray Dataset of encoded crops (columns id, vector, error, camera_id, ts);
+    ``limits``: the reader's (the service passes ``Settings.image_limits``)."""
     import ray
 
     rows = [{"id": c.id, "path": str(c.path), "camera_id": c.camera_id, "ts": c.timestamp}
@@ -84,7 +88,8 @@ def encode_dataset(items: Sequence[CropItem], encoder_options: dict[str, Any], *
     log.info("Ray Data: %d crops, %d %s actors, batches of %d", len(rows), size,
              "GPU" if gpus else "CPU", batch_size)
     return ray.data.from_items(rows).map_batches(
-        EncodeCrops, fn_constructor_kwargs={"encoder_options": encoder_options},
+        EncodeCrops, fn_constructor_kwargs={"encoder_options": encoder_options,
+                                            "limits": limits},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
         num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
 
@@ -109,6 +114,7 @@ def build_with_ray(backend: IndexBackend, items: Sequence[CropItem],
                    encoder_options: dict[str, Any], encoder_spec: dict[str, Any], *,
                    address: str | None = None, factory: str | None = None,
                    batch_size: int = 64, actors: int | None = None,
+                   limits: ImageLimits = ImageLimits(),
                    progress: Progress | None = None) -> RayReport:
     """Encode ``items`` on Ray (``address`` None: a local Ray), build a backend version from
     the vectors and publish it. The encoded Dataset is materialised in Ray's object store
@@ -118,8 +124,8 @@ def build_with_ray(backend: IndexBackend, items: Sequence[CropItem],
     started = time.perf_counter()
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
-    encoded = encode_dataset(items, encoder_options, batch_size=batch_size,
-                             actors=actors).materialize()
+    encoded = encode_dataset(items, encoder_options, batch_size=batch_size, actors=actors,
+                             limits=limits).materialize()
     failed: list[tuple[int, str]] = []
     good = encoded.filter(expr="error == ''").count()
 
