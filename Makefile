@@ -9,7 +9,7 @@ STAMP := $(VENV)/.tbps-installed
 LOCK := requirements.lock
 UV_VERSION := 0.13.9
 
-.PHONY: setup run test lint lock clean
+.PHONY: setup setup-gpu run test lint lock clean
 
 # Reinstalls when the lock or the project metadata changes. The lock is installed with pip in
 # hash-checking mode (so a changed file on the registry is refused), then tbps itself, editable,
@@ -21,6 +21,12 @@ $(STAMP): $(LOCK) pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+## make setup-gpu: make setup, then faiss-gpu (the gpu extra) in place of faiss-cpu, same faiss version
+setup-gpu: setup
+	$(BIN)/python -m pip uninstall -q -y faiss-cpu
+	$(BIN)/python -m pip install -q "faiss-gpu==1.15.1"
+	$(BIN)/python -c "import faiss; print('faiss', faiss.__version__, 'gpus', faiss.get_num_gpus())"
 
 ## make run: migrate the embedded SQLite database, ingest the demo gallery if empty, build the index, serve on 127.0.0.1:8000
 run: setup

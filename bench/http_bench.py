@@ -9,6 +9,9 @@ clients (threads with keep-alive connections) send a mix of requests and time ea
     python -m bench.http_bench --n 100000 --checkpoint runs/tiny/model.pt \
         --spec Flat --spec IVF1024_HNSW32,SQ8 --requests 300 --concurrency 1 --concurrency 4
 
+``--config NAME:TBPS_X=1,TBPS_Y=2`` (repeatable) serves each spec once per configuration, one
+server after the other in the same run (e.g. micro-batching off and on, see docs/results.md).
+
 Writes bench/results/http_<n>.json (machine, load average, per scenario p50/p90/p99, rps).
 """
 
@@ -83,7 +86,7 @@ def make_gallery(url: str, n: int) -> None:
 def publish_version(index_dir: Path, vectors: Path, spec_name: str, encoder_spec: dict) -> str:
     """A version over the synthetic vectors (ids 1..N), built with the indexer's functions."""
     from indexer.backends.faiss_backend import write_first_stage
-    from indexer.build import IndexSpec, normalise_factory
+    from indexer.build import choose_spec, normalise_factory
     from indexer.store import IndexStore, new_version_name
     from indexer.writer import write_arrays
 
@@ -91,7 +94,7 @@ def publish_version(index_dir: Path, vectors: Path, spec_name: str, encoder_spec
     staging = store.staging_dir(version)
     full = np.load(vectors, mmap_mode="r")  # (N, D) float16
     write_arrays(staging, full, np.arange(1, len(full) + 1, dtype=np.int64))
-    spec = IndexSpec(normalise_factory(spec_name))
+    spec = choose_spec(len(full), None if spec_name == "auto" else normalise_factory(spec_name))
     manifest = write_first_stage(staging, full, spec, encoder_spec)
     manifest = manifest.replace(factory=spec.factory, extra={"synthetic": True})
     store.commit_staging(staging, version, manifest)
@@ -172,15 +175,50 @@ def load(base: str, body: dict, requests: int, concurrency: int) -> dict[str, An
             "loadavg_1min_after": round(os.getloadavg()[0], 2)}
 
 
+def parse_config(text: str) -> tuple[str, dict[str, str]]:
+    """"name:TBPS_A=1,TBPS_B=x" -> (name, {"TBPS_A": "1", "TBPS_B": "x"})."""
+    name, _, pairs = text.partition(":")
+    env = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+    if not name or not all(k.startswith("TBPS_") for k in env):
+        raise argparse.ArgumentTypeError(f"--config {text!r}: NAME:TBPS_X=value,...")
+    return name, env
+
+
+def serve_and_load(env: dict[str, str], work: Path, version: str, args,
+                   labels: dict[str, Any]) -> list[dict[str, Any]]:
+    """One server with ``env``: every scenario at every concurrency."""
+    server, base = start_server(env, work / f"server-{labels['config']}.log")
+    rows = []
+    try:
+        wait_ready(base, version)
+        for name, body in scenarios(args.top_k).items():
+            if args.scenario and name not in args.scenario:
+                continue
+            load(base, body, args.warmup, 1)  # loads the catalog and the exact index
+            for c in args.concurrency or [1, 4]:
+                row = {**labels, "scenario": name, **load(base, body, args.requests, c)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="crops in the gallery")
     parser.add_argument("--checkpoint", default=None, help="model checkpoint (default bundled)")
-    parser.add_argument("--spec", action="append", help="index spec(s) (default: Flat)")
+    parser.add_argument("--spec", action="append", help="index spec(s), or auto: the one "
+                        "choose_spec picks for --n (default: Flat)")
     parser.add_argument("--requests", type=int, default=300, help="timed requests per run")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--concurrency", type=int, action="append", help="default: 1 and 4")
     parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--scenario", action="append", choices=list(scenarios(10)),
+                        help="only these request kinds (default: all)")
+    parser.add_argument("--config", type=parse_config, action="append",
+                        help="NAME:TBPS_X=v,... a server configuration (default: as is)")
     parser.add_argument("--database-url", help="default: SQLite in the work folder")
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, help="default bench/results/http_<n>.json")
@@ -206,26 +244,13 @@ def main() -> None:
         env["TBPS_CHECKPOINT"] = str(Path(args.checkpoint).resolve())
     before = environment()
     runs = []
-    server, base = None, None
-    try:
-        for spec in args.spec or ["Flat"]:
-            mark = time.perf_counter()
-            version = publish_version(data / "index", vectors, spec, encoder_spec)
-            build_s = time.perf_counter() - mark
-            if server is None:
-                server, base = start_server(env, work / "server.log")
-            wait_ready(base, version)
-            for name, body in scenarios(args.top_k).items():
-                load(base, body, args.warmup, 1)  # loads the catalog and the exact index
-                for c in args.concurrency or [1, 4]:
-                    row = {"spec": spec, "scenario": name, "build_s": round(build_s, 1),
-                           **load(base, body, args.requests, c)}
-                    print(json.dumps(row), flush=True)
-                    runs.append(row)
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+    for spec in args.spec or ["Flat"]:
+        mark = time.perf_counter()
+        version = publish_version(data / "index", vectors, spec, encoder_spec)
+        build_s = round(time.perf_counter() - mark, 1)
+        for name, extra in args.config or [("as-is", {})]:
+            labels = {"spec": spec, "config": name, "server_env": extra, "build_s": build_s}
+            runs += serve_and_load({**env, **extra}, work, version, args, labels)
     result = {"benchmark": "http_search", "n_crops": args.n, "machine": before,
               "loadavg_end": [round(x, 2) for x in os.getloadavg()],
               "model": {k: encoder_spec[k] for k in ("name", "dim", "checkpoint_sha256")},
@@ -239,7 +264,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(runs, [
-        ("spec", lambda r: r["spec"]), ("request", lambda r: r["scenario"]),
+        ("spec", lambda r: r["spec"]), ("config", lambda r: r["config"]),
+        ("request", lambda r: r["scenario"]),
         ("clients", lambda r: r["concurrency"]), ("p50 ms", lambda r: r["p50_ms"]),
         ("p90 ms", lambda r: r["p90_ms"]), ("p99 ms", lambda r: r["p99_ms"]),
         ("server p50 ms", lambda r: r["server_p50_ms"]), ("req/s", lambda r: r["rps"]),

@@ -3,6 +3,9 @@
     .venv/bin/python -m bench.index_bench --n 10000 --checkpoint runs/tiny/model.pt \
         --keep /tmp/bench-index --out bench/results/index_cpu_vgsg-effl0.json
 
+``--engine``, ``--batch-size`` and ``--workers`` may be repeated: every combination rebuilds the
+same ingested gallery in the same run (the first one is the baseline the others are set beside).
+
 Crops come from a folder of person images (CUHK-PEDES by default). When ``--n`` exceeds the
 files there, mirrored and cropped copies are added (real images, real model outputs; say so).
 Reports crops/s of the build (reader -> encoder -> writer -> index -> publish), seconds per
@@ -43,24 +46,23 @@ def make_gallery(source: Path, folder: Path, n: int) -> dict[str, int]:
     return counts
 
 
-def load_bench_encoder(args: argparse.Namespace):
+def load_bench_encoder(args: argparse.Namespace, engine: str, batch_size: int):
     from models.factory import create_model, load_encoder
     from models.torch_encoder import TorchEncoder
 
     if args.config:  # architecture only (random weights): throughput of e.g. vgsg-rn50-clip
         return TorchEncoder(create_model(args.config), f"random-{args.config}",
-                            device=args.device, batch_size=args.batch_size)
-    encoder = load_encoder(Path(args.checkpoint) if args.checkpoint else None, args.device)
-    encoder.batch_size = args.batch_size
+                            device=args.device, batch_size=batch_size)
+    encoder = load_encoder(Path(args.checkpoint) if args.checkpoint else None, args.device,
+                           engine=engine)
+    encoder.batch_size = batch_size
     return encoder
 
 
-def run(args: argparse.Namespace) -> dict:
-    from indexer.pipeline import ReadOptions
-    from indexer.reader import default_workers
+def run(args: argparse.Namespace) -> list[dict]:
+    """Ingest once, then one full build per (engine, batch size, workers)."""
     from service.config import Settings
     from service.db import migrate, session_scope
-    from service.index_jobs import build_full
     from service.ingest import ingest_folder
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="tbps-index-bench-"))
@@ -72,23 +74,36 @@ def run(args: argparse.Namespace) -> dict:
     with session_scope(settings.resolved_database_url) as session:
         ingest_folder(session, settings, work / "gallery", camera="bench")
     ingest_s = time.perf_counter() - started
-    encoder = load_bench_encoder(args)
-    options = ReadOptions(batch_size=args.batch_size, workers=args.workers)
+    return [{**one_build(args, settings, engine, batch, workers), "ingest_seconds":
+             round(ingest_s, 2), "images": {"source": str(args.images), **counts}}
+            for engine in args.engine or ["auto"] for batch in args.batch_size or [64]
+            for workers in args.workers or [None]]
+
+
+def one_build(args: argparse.Namespace, settings, engine: str, batch_size: int,
+              workers: int | None) -> dict:
+    from indexer.pipeline import ReadOptions
+    from indexer.reader import default_workers
+    from service.db import session_scope
+    from service.index_jobs import build_full
+
+    encoder = load_bench_encoder(args, engine, batch_size)
+    options = ReadOptions(batch_size=batch_size, workers=workers)
     with session_scope(settings.resolved_database_url) as session:
         report = build_full(session, encoder, settings.resolved_crops_dir,
                             settings.resolved_index_dir, options=options)
     return {
         "what": "end-to-end build_full from image files (decode, resize, encode, write shards, "
                 "build index, publish)",
-        "images": {"source": str(args.images), **counts},
         "encoder": {"name": encoder.spec.name, "dim": encoder.spec.dim,
                     "image_size": list(encoder.spec.image_size),
                     "checkpoint": args.checkpoint, "config": args.config,
-                    "device": str(encoder.device), "batch_size": args.batch_size},
+                    "engine": type(encoder).__name__, "device": str(encoder.device),
+                    "batch_size": batch_size},
         "reader_workers": options.workers if options.workers is not None else default_workers(),
         "crops": report.indexed + len(report.failed),
         "failed": len(report.failed), "build_seconds": round(report.seconds, 2),
-        "crops_per_second": round(report.rate, 1), "ingest_seconds": round(ingest_s, 2),
+        "crops_per_second": round(report.rate, 1),
         "stage_seconds": {k: round(v, 2) for k, v in report.stages.items()},
         "peak_rss_mib": peak_rss_mib(), "index_version": report.version,
         "index_dir": str(settings.resolved_index_dir) if args.keep else None,
@@ -103,21 +118,33 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="tbps checkpoint (default: the bundled model)")
     parser.add_argument("--config", help="model config with random weights instead")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--engine", action="append", choices=["auto", "torch", "onnx"],
+                        help="inference engine(s) (default: auto)")
+    parser.add_argument("--batch-size", type=int, action="append", help="default: 64")
+    parser.add_argument("--workers", type=int, action="append",
+                        help="reader processes (default: one per spare core)")
     parser.add_argument("--keep", help="work folder to keep (its index feeds search_bench)")
     parser.add_argument("--out", help="write the result JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result = run(args)
+    runs = run(args)
+    base = runs[0]["crops_per_second"]
+    for row in runs:
+        row["x_first"] = round(row["crops_per_second"] / base, 2) if base else None
+    result = runs[0] if len(runs) == 1 else {"runs": runs, "environment": environment()}
     text = json.dumps(result, indent=2)
-    print(format_table([result], [
-        ("encoder", lambda r: r["encoder"]["name"]), ("device", lambda r: r["encoder"]["device"]),
+    print(format_table(runs, [
+        ("encoder", lambda r: r["encoder"]["name"]), ("engine", lambda r: r["encoder"]["engine"]),
+        ("batch", lambda r: r["encoder"]["batch_size"]), ("workers", lambda r: r["reader_workers"]),
+        ("device", lambda r: r["encoder"]["device"]),
         ("crops", lambda r: r["crops"]), ("failed", lambda r: r["failed"]),
-        ("crops/s", lambda r: r["crops_per_second"]), ("build s", lambda r: r["build_seconds"]),
+        ("crops/s", lambda r: r["crops_per_second"]), ("x first", lambda r: r["x_first"]),
+        ("build s", lambda r: r["build_seconds"]),
+        ("read/encode s", lambda r: f"{r['stage_seconds'].get('read', 0)}/"
+                                    f"{r['stage_seconds'].get('encode', 0)}"),
         ("peak RSS MiB", lambda r: round(r["peak_rss_mib"]["self"]
                                          + r["peak_rss_mib"]["children"], 1))]))
-    print(machine_line(result["environment"]))
+    print(machine_line(runs[-1]["environment"]))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")

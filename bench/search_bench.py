@@ -9,6 +9,10 @@ full-vector search, per index spec, through the production path (``_finish_versi
 Data sets:
 - "real": the vectors of an index built by ``bench.index_bench`` (model outputs of real crops),
   queried with the model's encodings of real CUHK-PEDES captions.
+- "real-<n>" (``--real-sizes``): the real vectors topped up to n by ``augment``: each added row
+  moves a random real crop a random share (up to 30 %) of the way towards another real crop,
+  then rescales each part to the norm the model gives it. Added rows lie among real ones, as
+  more crops of similar people would; the real rows are kept. Queries are real captions.
 - "synthetic": vectors shaped like the model's (same dim and parts, each part unit-norm), drawn
   from a clustered latent: ~10 crops per identity; both parts are noisy projections of the
   crop's latent; queries are noisy projections of an identity. Their recall says how the
@@ -73,6 +77,28 @@ def synthetic(n: int, q: int, spec: dict, path: Path, seed: int = 0) -> np.ndarr
     latent = centres[rng.integers(0, len(centres), q)]
     latent += 0.7 * rng.standard_normal((q, LATENT), dtype=np.float32)  # text is vaguer
     return _project(latent, proj, blocks, rng, 0.4).astype(np.float32)
+
+
+def augment(real: np.ndarray, n: int, spec: dict, path: Path, seed: int = 0,
+            max_mix: float = 0.3) -> None:
+    """Write ``real`` (R, D) topped up to (n, D) float16 rows to ``path`` (see the docstring
+    at the top: chords between random pairs of real crops, each part rescaled)."""
+    rng = np.random.default_rng(seed)
+    real = np.asarray(real, np.float32)
+    blocks = _parts_of(spec)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, real.shape[1]))
+    out[: min(n, len(real))] = real[:n]
+    for lo in range(len(real), n, 50_000):
+        m = min(50_000, n - lo)
+        first = rng.integers(0, len(real), m)
+        other = (first + rng.integers(1, max(len(real), 2), m)) % len(real)  # another crop
+        a, b = real[first], real[other]
+        x = a + rng.uniform(0, max_mix, (m, 1)).astype(np.float32) * (b - a)  # (m, D)
+        for start, stop in blocks:  # each part keeps the norm of the real crop it came from
+            norm = np.linalg.norm(a[:, start:stop], axis=1, keepdims=True)
+            x[:, start:stop] *= norm / np.linalg.norm(x[:, start:stop], axis=1, keepdims=True)
+        out[lo : lo + m] = x
+    out.flush()
 
 
 def ground_truth(full: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -227,6 +253,10 @@ def main() -> None:
     parser.add_argument("--specs", nargs="*", default=["Flat", "IVF{nlist}_HNSW32,SQ8",
                                                        "IVF{nlist}_HNSW32,PQ32"])
     parser.add_argument("--real-specs", nargs="*", default=["Flat", "IVF128_HNSW32,SQ8"])
+    parser.add_argument("--real-sizes", type=int, nargs="*", default=[],
+                        help="the real vectors augmented to these sizes (see augment)")
+    parser.add_argument("--real-size-specs", nargs="*", default=["Flat", "IVF{nlist}_HNSW32,SQ8"],
+                        help="specs for --real-sizes")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--flat-queries", type=int, default=40, help="for Flat at >= 500k")
     parser.add_argument("--grid", default="32x256,64x512,64x1024,128x2048",
@@ -247,6 +277,13 @@ def main() -> None:
                                                        args.queries, work)
         rows += run_dataset("real", vectors, queries, rtexts, encoder, espec, args.real_specs,
                             work, grid, args.flat_queries)
+        for n in args.real_sizes:
+            grown = work / f"real-{n}.npy"
+            augment(np.load(vectors, mmap_mode="r"), n, espec, grown)
+            rows += run_dataset(f"real-{n}", grown, queries, rtexts, encoder, espec,
+                                specs_for(n, args.real_size_specs), work, grid,
+                                args.flat_queries)
+            grown.unlink()
     espec = encoder.spec.to_dict()
     for n in args.sizes:
         vectors = work / f"synthetic-{n}.npy"

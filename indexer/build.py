@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 __all__ = ["DEFAULT_FACTORY", "FACTORY_PATTERN", "IndexSpec", "auto_nlist", "build_first_stage",
            "choose_spec", "first_stage_of", "global_slice", "nlist_of", "normalise_factory"]
 
-FLAT_MAX = 100_000  # above this, exact search over full vectors misses 50 ms on a 2-core CPU
+# Measured on real model vectors topped up to gallery sizes (bench/results/
+# search_cpu_real_sizes.json, docs/results.md "Speed (issue 13)"): exact search took 1.3 ms
+# p50 at 4.5k crops but 55 ms at 30k, where IVF1024_HNSW32,SQ8 took 9 ms at recall@10 0.988
+FLAT_MAX = 20_000
+REAL_MEASURED_MAX = 100_000  # up to here nprobe 64 / 512 candidates: recall@10 0.988-0.997
 # what ``choose_spec`` takes: a factory string, optionally "full:"-prefixed (request schemas)
 FACTORY_PATTERN = r"^(full:)?[A-Za-z0-9_,.]+$"
 TRAIN_MAX = 131_072  # rows sampled to train a quantizer
@@ -69,6 +73,8 @@ def choose_spec(n: int, factory: str | None = None) -> IndexSpec:
     if n <= FLAT_MAX:
         return IndexSpec("Flat")
     nlist = auto_nlist(n)
+    if n <= REAL_MEASURED_MAX:  # 1,024 lists; 32 probes / 256 candidates gave 0.966-0.979
+        return IndexSpec(f"IVF{nlist}_HNSW32,SQ8", nprobe=64, candidates=512)
     codes = "SQ8" if n <= 20_000_000 else "PQ32"
     # text queries sit off the image manifold: probe a sixth of the lists (recall 0.95-0.97
     # at 1M in bench/results/search_cpu_synthetic*.json)

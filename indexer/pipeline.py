@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.device_decode import device_batches
 from indexer.encode import encode_batch, encoder_device
 from indexer.limits import ImageLimits
-from indexer.reader import Batch, read_batches
+from indexer.reader import Batch, default_workers, read_batches
 from indexer.writer import ShardWriter
 from models.encoder import Encoder
 
@@ -30,6 +31,7 @@ class ReadOptions:
     batch_size: int = 64
     workers: int | None = None
     limits: ImageLimits = field(default_factory=ImageLimits)
+    decode_on_device: bool | None = None  # None: on a CUDA encoder (nvjpeg), else in workers
 
 
 @dataclass
@@ -47,9 +49,18 @@ class StageTimes:
 def encoded_batches(encoder: Encoder, items: Sequence[tuple[int, Path]], options: ReadOptions,
                     times: StageTimes) -> Iterator[tuple[Batch, np.ndarray]]:
     """Yield each reader batch with its (B, D) float32 vectors."""
-    pin = encoder_device(encoder).type == "cuda"
-    batches = read_batches(items, encoder.preprocess, batch_size=options.batch_size,
-                           workers=options.workers, pin_memory=pin, limits=options.limits)
+    device = encoder_device(encoder)
+    on_device = (device.type == "cuda" if options.decode_on_device is None
+                 else options.decode_on_device)
+    if on_device:  # workers only read files; decode and resize run on the device
+        batches = device_batches(items, encoder.preprocess, device,
+                                 batch_size=options.batch_size,
+                                 workers=default_workers() if options.workers is None
+                                 else options.workers, limits=options.limits)
+    else:
+        batches = read_batches(items, encoder.preprocess, batch_size=options.batch_size,
+                               workers=options.workers, pin_memory=device.type == "cuda",
+                               limits=options.limits)
     mark = time.perf_counter()
     for batch in batches:
         mark = times.add("read", mark)

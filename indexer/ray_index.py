@@ -2,10 +2,11 @@
 
 The crop list becomes a Dataset; ``map_batches`` runs ``EncodeCrops`` actors, each loading
 the encoder from the checkpoint once, then decoding, resizing and encoding its batches with
-the local indexer's own stages (``indexer.reader.CropFiles``, ``indexer.encode.encode_batch``),
-so the vectors are the local indexer's. One actor per GPU when the cluster has GPUs, else a
-pool of CPU actors. The driver gathers the encoded rows as they stream back (with progress),
-then writes them with ``IndexBackend.build``.
+the local indexer's own stages (``indexer.reader.CropFiles`` with the encoder's ``Preprocess``
+and the ``ImageLimits`` given, ``indexer.encode.encode_batch``), so the vectors and the
+refused crops are the local indexer's. One actor per GPU when the cluster has GPUs, else a
+pool of CPU actors. The driver gathers the encoded rows as they stream back (with
+progress), then writes them with ``IndexBackend.build``.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class EncodeCrops:
 def encode_dataset(items: Sequence[CropItem], encoder_options: dict[str, Any], *,
                    batch_size: int = 64, actors: int | None = None,
                    limits: ImageLimits = ImageLimits()) -> Any:
-    """The lazy Ray Dataset of encoded crops (columns id, vector, error, camera_id, ts)."""
+    """The lazy Ray Dataset of encoded crops (columns id, vector, error, camera_id, ts);
+    ``limits``: the reader's (the service passes ``Settings.image_limits``)."""
     import ray
 
     rows = [{"id": c.id, "path": str(c.path), "camera_id": c.camera_id, "ts": c.timestamp}
@@ -87,7 +89,8 @@ def encode_dataset(items: Sequence[CropItem], encoder_options: dict[str, Any], *
     log.info("Ray Data: %d crops, %d %s actors, batches of %d", len(rows), size,
              "GPU" if gpus else "CPU", batch_size)
     return ray.data.from_items(rows).map_batches(
-        EncodeCrops, fn_constructor_kwargs={"encoder_options": encoder_options, "limits": limits},
+        EncodeCrops, fn_constructor_kwargs={"encoder_options": encoder_options,
+                                            "limits": limits},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
         num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
 

@@ -43,15 +43,24 @@ class Batch:
         return self
 
 
-def decode(path: Path, limits: ImageLimits = ImageLimits()) -> Image.Image:
-    """Read and fully decode one crop as RGB, or raise ``BadImage`` saying why."""
-    max_bytes, max_pixels = limits.max_bytes, limits.max_pixels
+def read_crop(path: Path) -> bytes:
+    """One crop file's content, or ``BadImage`` saying why it cannot be read."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise BadImage("missing file") from None
     except OSError as exc:
         raise BadImage(f"unreadable file: {exc}") from None
+
+
+def decode(path: Path, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Read and fully decode one crop as RGB, or raise ``BadImage`` saying why."""
+    return decode_bytes(read_crop(path), limits)
+
+
+def decode_bytes(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Fully decode one crop's file content as RGB, or raise ``BadImage`` saying why."""
+    max_bytes, max_pixels = limits.max_bytes, limits.max_pixels
     if not data:
         raise BadImage("empty file")
     if len(data) > max_bytes:

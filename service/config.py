@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     api_threads: int = Field(1, ge=1, le=256, description="torch and FAISS threads in the API "
                              "process: one query gains little from more, and on shared cores "
                              "more threads make latency spike")
+    search_batch_max: int = Field(32, ge=1, le=1024, description="concurrent /search "
+                                  "requests encoded in one text-tower call and searched in one "
+                                  "index call, at most this many (1: each on its own)")
+    search_batch_window_ms: float = Field(3.0, ge=0, le=100, description="how long a batch "
+                                          "waits for requests already on their way (a lone "
+                                          "request never waits)")
     thumbnail_size: int = Field(160, ge=32, le=1024, description="longest side of a thumbnail")
     max_files_per_upload: int = Field(100, ge=1, le=10000)
     max_request_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest request "

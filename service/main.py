@@ -58,13 +58,15 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
         app.state.worker = worker
         enc = encoder or load_encoder(**settings.encoder_options)
         app.state.engine = SearchEngine(enc, backend_from_settings(settings, for_search=True),
-                                        settings.data_dir)
+                                        settings.data_dir, batch_max=settings.search_batch_max,
+                                        batch_window_ms=settings.search_batch_window_ms)
         app.state.engine.live_index()
         app.state.audit = AuditBuffer(settings.resolved_database_url).start()
         try:
             yield
         finally:
             app.state.audit.close()
+            app.state.engine.close()
             if worker is not None:
                 worker.stop()
 

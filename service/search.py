@@ -23,9 +23,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -33,8 +35,10 @@ from sqlalchemy.orm import Session
 from indexer.backends import IndexBackend, IndexView, SearchFilter, create_backend
 from models.encoder import Encoder, part_scores
 from service import crud
+from service.batching import MicroBatcher
 from service.catalog import Catalog, extend_catalog, load_catalog, read_stamp, to_epoch
 from service.orm import as_utc
+from service.query_batch import Probe, Probed, run_probes
 
 log = logging.getLogger(__name__)
 
@@ -156,13 +160,34 @@ def _after(score: float, key, cursor_key: list | None) -> bool:
     return score < s0 or (score == s0 and type(key) is type(k0) and key > k0)
 
 
+def _rebased(cursor_key: list | None, ranked: list[tuple[float, Any]]) -> list | None:
+    """The cursor's key with its entry's score in this ranking, when the entry is in it.
+
+    A query's vector can differ in the last bits between pages (encoded alone or in a batch
+    of another size), and so can the scores; compared with the score it has now, the last
+    entry shown and entries tied with it keep their place."""
+    if cursor_key is None:
+        return None
+    for score, key in ranked:
+        if key == cursor_key[1] and type(key) is type(cursor_key[1]):
+            return [score, key]
+    return cursor_key
+
+
 class SearchEngine:
     """Holds the encoder, the live index and the catalog; reloads each when it changes."""
 
     def __init__(self, encoder: Encoder, index: IndexBackend | Path,
-                 data_dir: Path | None = None) -> None:
-        """``index``: a backend, or a folder holding a FAISS index."""
+                 data_dir: Path | None = None, *, batch_max: int = 1,
+                 batch_window_ms: float = 3.0) -> None:
+        """``index``: a backend, or a folder holding a FAISS index. ``batch_max`` > 1:
+        concurrent searches share one text-tower call and one index search
+        (``service.batching``), waiting at most ``batch_window_ms`` for each other."""
         self.encoder = encoder
+        self.batcher: MicroBatcher[Probe, Probed] | None = None  # None: each on its own
+        if batch_max > 1:
+            self.batcher = MicroBatcher(self._probe, max_batch=batch_max,
+                                        window_s=batch_window_ms / 1000, name="search-batcher")
         self.backend = (create_backend("faiss", root=Path(index)) if isinstance(index, (str, Path))
                         else index)
         self.data_dir = Path(data_dir) if data_dir is not None else self.backend.work_dir
@@ -216,7 +241,21 @@ class SearchEngine:
             self._membership = (key, np.isin(catalog.ids, live.live_ids()))
         return self._membership[1]
 
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+    def _probe(self, probes: list[Probe]) -> list[Probed]:
+        return run_probes(self.encoder, probes)
+
     def search(self, session: Session, query: SearchQuery) -> SearchResult:
+        if self.batcher is None:
+            return self._search(session, query, lambda probe: self._probe([probe])[0])
+        with self.batcher.coming() as slot:  # the batch waits for this query's probe
+            return self._search(session, query, slot.submit)
+
+    def _search(self, session: Session, query: SearchQuery,
+                probe: Callable[[Probe], Probed]) -> SearchResult:
         started = time.perf_counter()
         live = self.check_ready()
         catalog = self.catalog(session)
@@ -232,10 +271,12 @@ class SearchEngine:
             seen, key, max_id = decode_cursor(query.cursor, fingerprint=fingerprint,
                                               version=version)
             mask = mask & (catalog.ids <= max_id)
-        qvec = self.encoder.encode_text([query.description])  # (1, D)
         pushed = (_engine_filter(catalog, query, live.count, in_index, fmask, mask)
                   if fmask is not None and self.backend.filters_in_engine else None)
-        ranker = _Ranker(live, catalog, mask, qvec, pushed)
+        ranker = _Ranker(live, catalog, mask, pushed)
+        first_k = (_person_pool(seen, query.top_k) if query.group_by == "person"
+                   else seen + query.top_k)
+        qvec = ranker.attach(probe(ranker.probe(query.description, first_k)))  # (1, D)
         result = SearchResult(live.version, 0.0, ranker.allowed)
         if query.group_by == "person":
             groups, more = _person_page(ranker, catalog, seen, key, query.top_k)
@@ -303,32 +344,53 @@ def _engine_filter(catalog: Catalog, query: SearchQuery, count: int, in_index: n
 class _Ranker:
     """The index search for one request: top k among the allowed crops, exactly.
 
-    Three ways, cheapest first: no exclusions: a plain search; the filters pushed into an
-    engine that stores each row's camera and time (``pushed``: the filter and its overfetch);
-    few exclusions: fetch k + excluded and drop them; else the allowed ids as an id filter."""
+    Cheapest first: no exclusions: a plain search; the filters pushed into an engine that
+    stores each row's camera and time (``pushed``: the filter and its overfetch); few
+    exclusions: fetch k + excluded and drop them; else the allowed ids as an id filter. The
+    first search comes with the query's encoding (``probe``/``attach``: batched with other
+    requests); a later one with another k (persons: every match) is made here."""
 
     def __init__(self, live: IndexView, catalog: Catalog, mask: np.ndarray,
-                 qvec: np.ndarray, pushed: tuple[SearchFilter, int] | None = None) -> None:
-        self.live, self.catalog, self.mask, self.qvec = live, catalog, mask, qvec
+                 pushed: tuple[SearchFilter, int] | None = None) -> None:
+        self.live, self.catalog, self.mask = live, catalog, mask
         self.pushed = pushed if pushed is not None and pushed[1] <= OVERFETCH_LIMIT else None
         self.allowed = int(mask.sum())
         self.excluded = live.count - self.allowed  # filtered out, deleted, or unknown
+        self.qvec: np.ndarray | None = None  # (1, D)
+        self._fetched: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # fetch k -> (1, k) each
+
+    def _plan(self, k: int) -> tuple[int, np.ndarray | None, SearchFilter | None]:
+        """-> how many hits to ask the index for, the allowed ids to pass (or None) and the
+        filter to push into the engine (or None)."""
+        if self.excluded == 0:
+            return k, None, None
+        if self.pushed is not None:
+            flt, extra = self.pushed
+            return k + extra, None, flt
+        if self.excluded <= OVERFETCH_LIMIT:
+            return k + self.excluded, None, None
+        return k, self.catalog.ids[self.mask], None
+
+    def probe(self, text: str, k: int) -> Probe:
+        fetch, allowed_ids, flt = self._plan(max(1, min(k, self.allowed)))
+        return Probe(self.live, text, fetch, allowed_ids, flt)
+
+    def attach(self, probed: Probed) -> np.ndarray:
+        """Keep the probe's search for ``top``; -> the encoded query (1, D)."""
+        self.qvec = probed.qvec
+        self._fetched[probed.scores.shape[1]] = (probed.scores, probed.ids)
+        return probed.qvec
 
     def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """-> scores (n,), crop ids (n,), n = min(k, allowed), by score then id."""
         k = min(k, self.allowed)
         if k <= 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        if self.excluded == 0:
-            scores, ids = self.live.search(self.qvec, k)
-        elif self.pushed is not None:
-            flt, extra = self.pushed
-            scores, ids = self.live.search(self.qvec, k + extra, filter=flt)
-        elif self.excluded <= OVERFETCH_LIMIT:
-            scores, ids = self.live.search(self.qvec, k + self.excluded)
-        else:
-            scores, ids = self.live.search(self.qvec, k,
-                                           allowed_ids=self.catalog.ids[self.mask])
+        fetch, allowed_ids, flt = self._plan(k)
+        if fetch not in self._fetched:
+            self._fetched[fetch] = tuple(self.live.search(self.qvec, fetch, filter=flt,
+                                                          allowed_ids=allowed_ids))
+        scores, ids = self._fetched[fetch]
         # (filters stay in the catalog: exact for every backend, and the catalog also answers
         # how many crops match and groups crops by person)
         scores, ids = scores[0], ids[0]
@@ -343,7 +405,8 @@ class _Ranker:
 def _crop_page(ranker: _Ranker, seen: int, key: list | None,
                top_k: int) -> tuple[list[tuple[float, int]], bool]:
     scores, ids = ranker.top(seen + top_k)  # at most `seen` hits precede the cursor
-    ranked = zip(scores.tolist(), ids.tolist(), strict=True)
+    ranked = list(zip(scores.tolist(), ids.tolist(), strict=True))
+    key = _rebased(key, ranked)
     after = [(s, i) for s, i in ranked if _after(s, i, key)]
     page = after[:top_k]
     more = len(page) == top_k and (len(after) > top_k or len(ids) < ranker.allowed)
@@ -366,15 +429,21 @@ def _group(catalog: Catalog, scores: np.ndarray, ids: np.ndarray) -> list[Group]
     return sorted(groups.values(), key=lambda g: (-g[1], g[0]))
 
 
+def _person_pool(seen: int, top_k: int) -> int:
+    """Crops ranked to find a page of persons (more only if they hold too few people)."""
+    return max((seen + top_k) * PERSON_FANOUT, PERSON_MIN_CANDIDATES)
+
+
 def _person_page(ranker: _Ranker, catalog: Catalog, seen: int, key: list | None,
                  top_k: int) -> tuple[list[Group], bool]:
     """One search usually; a second over every match only when the first found too few people."""
-    scores, ids = ranker.top(max((seen + top_k) * PERSON_FANOUT, PERSON_MIN_CANDIDATES))
+    scores, ids = ranker.top(_person_pool(seen, top_k))
     groups = _group(catalog, scores, ids)
     complete = len(ids) >= ranker.allowed
     if len(groups) < seen + top_k and not complete:
         scores, ids = ranker.top(ranker.allowed)
         groups, complete = _group(catalog, scores, ids), True
+    key = _rebased(key, [(g[1], g[0]) for g in groups])
     after = [g for g in groups if _after(g[1], g[0], key)]
     page = after[:top_k]
     return page, len(page) == top_k and (len(after) > top_k or not complete)

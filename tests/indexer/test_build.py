@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from indexer.backends.faiss_backend import write_first_stage
-from indexer.build import IndexSpec, choose_spec, global_slice, normalise_factory
+from indexer.build import FLAT_MAX, IndexSpec, choose_spec, global_slice, normalise_factory
 from indexer.store import IndexStore
 from indexer.writer import write_arrays
 from models.encoder import EncoderSpec, Part
@@ -105,7 +105,10 @@ def test_two_stage_honours_deletes_and_adds(tmp_path):
 
 
 def test_spec_is_chosen_by_gallery_size_and_overridable():
-    assert choose_spec(10_000).factory == "Flat"
+    assert choose_spec(10_000).factory == "Flat" and choose_spec(FLAT_MAX).exact
+    mid = choose_spec(100_000)  # measured on real vectors: 64 probes, 512 candidates
+    assert (mid.factory, mid.nprobe, mid.candidates) == ("IVF1024_HNSW32,SQ8", 64, 512)
+    assert not choose_spec(FLAT_MAX + 1).exact
     big = choose_spec(5_000_000)
     assert big.factory.startswith("IVF") and "HNSW" in big.factory and not big.exact
     assert big.nprobe == int(big.factory[3:].split("_")[0]) // 6

@@ -89,3 +89,19 @@ def test_build_with_ray_publishes_a_searchable_version(local_ray, tiny_checkpoin
     view = index_backend.open()
     probe = view.vectors(np.array([104]))
     assert index_backend.search(probe, 1).ids[0, 0] == 104
+
+
+def test_the_actor_applies_the_image_limits_it_is_given(tiny_checkpoint, crops) -> None:
+    """The actor's reader is the local one: the same ``ImageLimits`` refuse the same crops."""
+    from indexer.limits import ImageLimits
+    from indexer.ray_index import EncodeCrops
+
+    good = crops[:3]
+    batch = {"id": np.array([c.id for c in good]), "path": np.array([str(c.path) for c in good]),
+             "camera_id": np.array([c.camera_id for c in good]),
+             "ts": np.array([c.timestamp for c in good])}
+    out = EncodeCrops(options(tiny_checkpoint), ImageLimits(max_pixels=48 * 96 - 1))(batch)
+    assert sorted(out["id"].tolist()) == [100, 101, 102]
+    assert all(str(e).startswith("oversized: 48x96 pixels") for e in out["error"])
+    out = EncodeCrops(options(tiny_checkpoint))(batch)
+    assert list(out["error"]) == ["", "", ""] and out["vector"].shape[0] == 3

@@ -1,0 +1,58 @@
+"""Many queries' first step at once: one text-tower call, one index search per (index, k).
+
+A ``Probe`` is what a search needs before it can rank: its description encoded and its first
+index search (``k`` hits, over the allowed ids when a narrow filter passes them, or with the filter
+pushed into an engine that stores camera and time). Queries
+without an id list that share a live version (``IndexView.version``) and ``k`` are searched in one
+``IndexView.search`` call of many query rows; each filtered one is searched alone (its own
+allowed ids or engine filter). Results equal one-at-a-time searches: every backend answers
+each query row independently.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from indexer.backends import IndexView, SearchFilter
+from models.encoder import Encoder
+
+
+@dataclass(frozen=True, eq=False)
+class Probe:
+    live: IndexView
+    text: str
+    k: int
+    allowed_ids: np.ndarray | None = None  # None: search every live vector
+    filter: SearchFilter | None = None  # pushed into an engine that filters (Milvus)
+
+
+@dataclass(frozen=True)
+class Probed:
+    qvec: np.ndarray  # (1, D) the encoded description
+    scores: np.ndarray  # (1, k)
+    ids: np.ndarray  # (1, k) crop ids, -1 padded
+
+
+def run_probes(encoder: Encoder, probes: list[Probe]) -> list[Probed]:
+    """Encode every distinct description once, then search by (index, k) group."""
+    texts = list(dict.fromkeys(p.text for p in probes))
+    row = {text: i for i, text in enumerate(texts)}
+    qvecs = encoder.encode_text(texts)[[row[p.text] for p in probes]]  # (B, D)
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for j, probe in enumerate(probes):
+        # one pointer, one content (a backend's pointer changes on every publish, add and
+        # remove), whichever view object of it a request holds (Milvus opens a new one each time)
+        alone = probe.allowed_ids is not None or probe.filter is not None
+        key = ("alone", j) if alone else (probe.live.version, probe.k)
+        groups[key].append(j)
+    out: list[Probed | None] = [None] * len(probes)
+    for members in groups.values():
+        first = probes[members[0]]
+        scores, ids = first.live.search(qvecs[members], first.k, filter=first.filter,
+                                        allowed_ids=first.allowed_ids)  # (G, k) each
+        for r, j in enumerate(members):
+            out[j] = Probed(qvecs[j : j + 1], scores[r : r + 1], ids[r : r + 1])
+    return out  # type: ignore[return-value]
