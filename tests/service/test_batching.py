@@ -16,8 +16,14 @@ import pytest
 from service import search as search_module
 from service.batching import MicroBatcher
 from service.db import session_scope
+from service.index_backend import backend_from_settings
 from service.search import SearchEngine, SearchQuery
 from tests.service.conftest import T0
+
+
+def _backend(settings):
+    """The gallery's backend (FAISS files, or Milvus with TBPS_INDEX_BACKEND=milvus)."""
+    return backend_from_settings(settings, for_search=True)
 
 
 def _gathered(batcher: MicroBatcher, items: list, timeout: float = 30) -> list:
@@ -133,8 +139,8 @@ def test_batched_searches_equal_one_at_a_time(api, gallery, tiny_encoder, monkey
     """Overfetch 0 sends every filtered query down the allowed-ids path (searched alone)."""
     monkeypatch.setattr(search_module, "OVERFETCH_LIMIT", overfetch)
     url = gallery.resolved_database_url
-    alone = SearchEngine(tiny_encoder, gallery.resolved_index_dir, gallery.data_dir)
-    batched = SearchEngine(tiny_encoder, gallery.resolved_index_dir, gallery.data_dir,
+    alone = SearchEngine(tiny_encoder, _backend(gallery), gallery.data_dir)
+    batched = SearchEngine(tiny_encoder, _backend(gallery), gallery.data_dir,
                            batch_max=32, batch_window_ms=30_000)
     with session_scope(url) as session:
         first = alone.search(session, SearchQuery("a person in a red shirt", top_k=4))
@@ -175,7 +181,7 @@ def test_a_search_that_fails_before_its_probe_leaves_no_one_waiting(api, gallery
                                                                     tiny_encoder):
     """A bad cursor is refused inside the announced slot; the slot is given back, so the
     next lone search does not wait out the (here 5 s) window for it."""
-    engine = SearchEngine(tiny_encoder, gallery.resolved_index_dir, gallery.data_dir,
+    engine = SearchEngine(tiny_encoder, _backend(gallery), gallery.data_dir,
                           batch_max=8, batch_window_ms=5000)
     query = SearchQuery("a person in a red shirt", top_k=3)
     with session_scope(gallery.resolved_database_url) as session:
@@ -213,7 +219,7 @@ def test_the_api_batches_concurrent_requests(api):
 def test_a_cursor_whose_score_moved_in_the_last_bits_neither_repeats_nor_skips(
         api, gallery, tiny_encoder, nudge, group_by):
     """Page 2's encoding may score the last crop shown a hair apart from page 1's."""
-    engine = SearchEngine(tiny_encoder, gallery.resolved_index_dir, gallery.data_dir)
+    engine = SearchEngine(tiny_encoder, _backend(gallery), gallery.data_dir)
     query = SearchQuery("a person in a red shirt", top_k=2, group_by=group_by)
     with session_scope(gallery.resolved_database_url) as session:
         first = engine.search(session, query)
