@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.envinfo import environment, format_table, machine_line  # noqa: E402
 from models.factory import DEFAULT_CHECKPOINT, file_sha256, load_model  # noqa: E402
-from models.onnx_encoder import OnnxEncoder, open_session, token_feed  # noqa: E402
+from models.onnx_encoder import OnnxEncoder, int8_text_graph, open_session, token_feed  # noqa: E402
 from models.torch_encoder import TorchEncoder  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -51,13 +51,10 @@ def bf16_towers(model) -> tuple[ImageFn, TextFn]:
             lambda texts: run(model.text_features, model.tokenize(texts)))
 
 
-def int8_text(model, text_graph: Path, folder: Path, threads: int) -> TextFn:
-    """The exported text graph with its weights dynamically quantised to int8."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out = folder / "text.int8.onnx"
-    quantize_dynamic(str(text_graph), str(out), weight_type=QuantType.QInt8)
-    session = open_session(out, threads)
+def int8_text(model, text_graph: Path, threads: int) -> TextFn:
+    """The exported text graph with its weights dynamically quantised to int8 (the engine's
+    ``TBPS_ENGINE_PRECISION=int8`` graph, cached beside the float32 one)."""
+    session = open_session(int8_text_graph(text_graph), threads)
     return lambda texts: session.run(None, token_feed(model.tokenize(texts)))[0]
 
 
@@ -95,7 +92,7 @@ def engines(path: Path, threads: int, folder: Path) -> tuple[dict, float]:
              "torch bf16 autocast": bf16_towers(model),
              "onnxruntime fp32": (onnx.encode_image, onnx.encode_text)}
     if "text" in onnx.paths:
-        found["onnxruntime int8 text"] = (None, int8_text(model, onnx.paths["text"], folder,
+        found["onnxruntime int8 text"] = (None, int8_text(model, onnx.paths["text"],
                                                            threads))
     return found, export_s
 
