@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -62,9 +63,16 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
                                         batch_window_ms=settings.search_batch_window_ms)
         app.state.engine.live_index()
         app.state.audit = AuditBuffer(settings.resolved_database_url).start()
+        # Everything start-up loaded (torch, the towers, the index, the ORM: ~580k objects)
+        # lives as long as the process; freezing it keeps the periodic full collection from
+        # re-scanning it. Unfrozen, each such collection stopped the process for ~300 ms (twice
+        # in 1,000 requests from 16 clients): p99 391 ms against 102 ms frozen (docs/results.md).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()  # what dies now is collected (several apps in one process: tests)
             app.state.audit.close()
             app.state.engine.close()
             if worker is not None:

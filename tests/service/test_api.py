@@ -1,5 +1,7 @@
 """The HTTP API through FastAPI's test client, on a real database, index and model."""
 
+import gc
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -27,6 +29,15 @@ def indexed(migrated_settings, image_folder, tiny_encoder):
 
 def test_healthz(client):
     assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_startup_heap_is_frozen_while_serving_and_released_at_shutdown(migrated_settings,
+                                                                       tiny_encoder):
+    gc.collect()
+    with TestClient(create_app(migrated_settings, encoder=tiny_encoder)) as c:
+        assert c.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() > 1000  # the loaded app is out of the full collections
+    assert gc.get_freeze_count() == 0
 
 
 def test_search_before_any_index_says_what_to_do(client):
