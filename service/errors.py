@@ -1,4 +1,5 @@
-"""Errors as JSON: storage and database trouble as 507/503 with a message, anything unhandled
+"""Errors as JSON: storage and database trouble as 507/503 with a message, an index backend
+lost after start-up (``BackendUnavailable``: Milvus down) as 503, anything unhandled
 as a 500 with an error id that the log names too. Unhandled errors are answered here, not
 re-raised to the server, so that the client's keep-alive connection stays usable."""
 
@@ -13,15 +14,26 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from indexer.backends import BackendUnavailable
 from service.storage import StorageError
 
 log = logging.getLogger(__name__)
+
+BACKEND_RETRY_AFTER_S = 10  # a restarted Milvus answers within seconds of coming up
 
 
 async def on_storage_error(_request: Request, exc: StorageError) -> JSONResponse:
     log.error("storage error: %s", exc)
     return JSONResponse(status_code=507 if exc.full else 503, content={"detail": str(exc)},
                         headers={} if exc.full else {"Retry-After": "30"})
+
+
+async def on_backend_unavailable(_request: Request, exc: BackendUnavailable) -> JSONResponse:
+    """Nothing was lost: the tables are as they were, and the next call after the server is
+    back reconnects (no restart)."""
+    log.error("index backend unavailable: %s", exc)
+    return JSONResponse(status_code=503, content={"detail": str(exc)},
+                        headers={"Retry-After": str(BACKEND_RETRY_AFTER_S)})
 
 
 def database_problem(exc: OperationalError) -> tuple[int, str]:

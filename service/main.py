@@ -13,11 +13,12 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 
+from indexer.backends import BackendUnavailable
 from indexer.gpu import limit_threads
 from models.factory import load_encoder
 from service.audit import AuditBuffer
 from service.config import Settings, get_settings
-from service.errors import CatchAll, on_database_error, on_storage_error
+from service.errors import CatchAll, on_backend_unavailable, on_database_error, on_storage_error
 from service.gate import AdminGate
 from service.index_backend import backend_from_settings
 from service.keys import KeyRing
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StorageError, on_storage_error)
     app.add_exception_handler(OperationalError, on_database_error)
+    app.add_exception_handler(BackendUnavailable, on_backend_unavailable)
     for module in (health, search, crops, admin):
         app.include_router(module.router)
     describe(app)

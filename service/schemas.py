@@ -245,6 +245,8 @@ class ServerError(BaseModel):
 
 
 BAD_BODY = {400: {"model": ErrorResponse, "description": "The body could not be parsed"}}
+BACKEND_DOWN = {503: {"model": ErrorResponse, "description": "The index backend (Milvus) is "
+                      "unreachable; try again (Retry-After)"}}
 STORAGE_ERRORS = {
     503: {"model": ErrorResponse, "description": "Storage not writable; try again later"},
     507: {"model": ErrorResponse, "description": "The disk is full"}}

@@ -21,6 +21,7 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 
 from service.config import Settings
+from tests.tcp_proxy import TcpProxy
 
 PG_ADMIN_URL = os.environ.get("TBPS_TEST_PG_ADMIN_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -104,6 +105,15 @@ def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with local_milvus(tmp_path_factory.mktemp("milvus")) as uri:
         yield uri
+
+
+@pytest.fixture
+def milvus_proxy(milvus_uri: str) -> Iterator[TcpProxy]:
+    """The session's Milvus behind a TCP proxy that a test closes (the server is lost) and
+    opens again on the same port (it is back); point a backend at ``milvus_proxy.uri``."""
+    proxy = TcpProxy(milvus_uri).open()
+    yield proxy
+    proxy.close()
 
 
 def milvus_prefix(request: pytest.FixtureRequest) -> str:

@@ -49,7 +49,8 @@ class BuildBusy(RuntimeError):
 
 
 class BackendUnavailable(RuntimeError):
-    """The configured backend cannot be created (not installed, not reachable)."""
+    """The configured backend cannot be created (not installed, not reachable), or its server
+    was lost after start-up (a call could not reach it; the service answers 503)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,6 +20,10 @@ manifest, completeness and generation (bumped by every add and remove) live in t
 The manifest is what the build wrote (its ``count`` stays the build's, as in the FAISS
 backend); ``MilvusView.count`` is what is searchable now.
 
+Every call goes through ``milvus_calls.GuardedClient``: under TBPS_MILVUS_TIMEOUT, and a server
+that cannot be reached (down, network gone) raises ``BackendUnavailable``; nothing here
+remembers that it was down, so the next call after it is back succeeds.
+
 Rows are written as row dicts through ``MilvusClient.insert`` / ``upsert`` in chunks of
 ``INSERT_CHUNK``. The column-wise form (pymilvus ``Collection.insert`` with one list per field)
 was measured no faster with pymilvus 3.0.2 (``bench/milvus_insert_bench.py``: 0.58x and 1.0x),
@@ -63,15 +67,19 @@ class MilvusBackend:
             raise BackendUnavailable("the milvus backend needs a URI (TBPS_MILVUS_URI)")
         try:
             from pymilvus import MilvusClient  # the scale extra
+
+            from indexer.backends.milvus_calls import GuardedClient, unreachable_message
         except ModuleNotFoundError as exc:
             raise BackendUnavailable(f"pymilvus is not installed: {exc}") from exc
         self.work_dir = Path(root)
         self.builds_dir = self.work_dir / "builds"  # unused: a Milvus build is not resumed
         self.prefix = prefix
-        try:
-            self.client = MilvusClient(uri=uri, token=token, timeout=timeout)
+        try:  # every call: under `timeout`, a lost server as BackendUnavailable (milvus_calls)
+            self.client = GuardedClient(
+                lambda: MilvusClient(uri=uri, token=token, timeout=timeout),
+                uri=uri, timeout=timeout)
         except Exception as exc:  # pymilvus raises MilvusException subclasses, or grpc errors
-            raise BackendUnavailable(f"cannot reach Milvus at {uri}: {exc}") from exc
+            raise BackendUnavailable(unreachable_message(uri, exc)) from exc
         self._ensure_meta()
 
     # ---- pointers ----
@@ -304,9 +312,11 @@ class MilvusBackend:
             self.client.flush(collection)
 
     def _aliased(self, alias: str) -> str | None:
+        from pymilvus import MilvusException
+
         try:
             return str(self.client.describe_alias(alias)["collection_name"])
-        except Exception:  # MilvusException: alias not found
+        except MilvusException:  # alias not found (a lost server is BackendUnavailable)
             return None
 
     def _point(self, alias: str, collection: str) -> None:
@@ -332,8 +342,8 @@ class MilvusBackend:
 
     def _version_collections(self) -> list[str]:
         head = f"{self.prefix}_v"
-        return sorted(c for c in self.client.list_collections()
-                      if c.startswith(head) and not c.endswith("_fs"))
+        names = self.client.list_collections(timeout=self.client.timeout)  # not in its signature
+        return sorted(c for c in names if c.startswith(head) and not c.endswith("_fs"))
 
 
 def _collection_shapes(base: str, dim: int,

@@ -32,7 +32,8 @@ def count_rows(client: Any, collection: str) -> int:
 
 
 class MilvusView:
-    """A version of a Milvus index, searched by collection name."""
+    """A version of a Milvus index, searched by collection name, through the backend's
+    ``milvus_calls.GuardedClient`` (a lost server raises ``BackendUnavailable``)."""
 
     def __init__(self, client: Any, base: str, manifest: Manifest, *, generation: int) -> None:
         self.client = client
@@ -53,8 +54,9 @@ class MilvusView:
         iterator = self.client.query_iterator(self.base, batch_size=QUERY_CHUNK, filter="",
                                               output_fields=["id"])
         ids: list[int] = []
-        while batch := iterator.next():
-            ids.extend(int(r["id"]) for r in batch)
+        with self.client.reachable():  # the iterator calls the server itself
+            while batch := iterator.next():
+                ids.extend(int(r["id"]) for r in batch)
         iterator.close()
         return np.sort(np.asarray(ids, np.int64))
 

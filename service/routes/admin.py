@@ -13,6 +13,7 @@ from indexer.build import FACTORY_PATTERN
 from service import admin, crud
 from service.deps import AdminDep, EngineDep, SessionDep, SettingsDep
 from service.schemas import (
+    BACKEND_DOWN,
     BAD_BODY,
     STORAGE_ERRORS,
     AuditOut,
@@ -248,7 +249,7 @@ def rename_camera(body: CameraRename, session: SessionDep, settings: SettingsDep
     return _camera_out(cam, count)
 
 
-@router.get("/stats", response_model=Stats)
+@router.get("/stats", response_model=Stats, responses=BACKEND_DOWN)
 def stats(request: Request, session: SessionDep, engine: EngineDep, _actor: AdminDep) -> Stats:
     """Gallery, index, job and search counts."""
     request.app.state.audit.flush()

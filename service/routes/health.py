@@ -4,6 +4,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from indexer.backends import BackendUnavailable
 from service.deps import (
     EngineDep,
     OptionalKey,
@@ -14,7 +15,14 @@ from service.deps import (
 )
 from service.health import ready_problem
 from service.indexing import IndexingState, describe, gallery_state
-from service.schemas import ErrorResponse, GalleryStatus, Health, IndexingOut, Readiness
+from service.schemas import (
+    BACKEND_DOWN,
+    ErrorResponse,
+    GalleryStatus,
+    Health,
+    IndexingOut,
+    Readiness,
+)
 from service.search import IndexNotReady
 
 router = APIRouter(tags=["health"])
@@ -42,7 +50,8 @@ def _not_ready(model: str, reason: str, indexing: IndexingOut | None = None) -> 
 
 @router.get("/readyz", response_model=Readiness,
             responses={503: {"model": Readiness, "description": "Database not migrated, model "
-                             "or index not loaded, or the job queue stuck"}})
+                             "or index not loaded, the index backend unreachable, or the job "
+                             "queue stuck"}})
 def readyz(engine: EngineDep, session: SessionDep,
            settings: SettingsDep) -> Readiness | JSONResponse:
     """Ready to search: the database is migrated, the model is loaded, an index built with it
@@ -56,7 +65,7 @@ def readyz(engine: EngineDep, session: SessionDep,
     indexing = gallery_state(session).indexing
     try:
         live = engine.check_ready()
-    except IndexNotReady as exc:
+    except (IndexNotReady, BackendUnavailable) as exc:  # no index yet; Milvus lost
         reason = f"{describe(indexing)}; {exc}" if indexing else str(exc)
         return _not_ready(model, reason, indexing_out(indexing))
     return Readiness(status="ready", model=model, index_version=live.version,
@@ -64,7 +73,8 @@ def readyz(engine: EngineDep, session: SessionDep,
 
 
 @router.get("/status", response_model=GalleryStatus,
-            responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+            responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+                       **BACKEND_DOWN})
 def status(engine: EngineDep, session: SessionDep, _actor: SearcherDep) -> GalleryStatus:
     """The gallery's crops by status, what the live index holds, and the index job in
     progress (n of N crops, ETA): what the search page shows while the first index builds."""
@@ -92,7 +102,8 @@ def metrics_access(request: Request, settings: SettingsDep, session: SessionDep,
                        401: {"model": ErrorResponse, "description": "Key needed "
                              "(TBPS_METRICS_ACCESS=key)"},
                        403: {"model": ErrorResponse, "description": "Key not valid"},
-                       404: {"model": ErrorResponse, "description": "Metrics are off"}})
+                       404: {"model": ErrorResponse, "description": "Metrics are off"},
+                       **BACKEND_DOWN})
 def metrics(request: Request, engine: EngineDep) -> Response:
     """Request counts and latencies, search latency, index size (Prometheus text format)."""
     m = request.app.state.metrics

@@ -44,7 +44,8 @@ def audited(settings: Settings, actor: Actor) -> bool:
                         401: {"model": ErrorResponse, "description": "Key required"},
                         403: {"model": ErrorResponse, "description": "Key not valid"},
                         409: {"model": ErrorResponse, "description": "Cursor from an older index"},
-                        503: {"model": ErrorResponse, "description": "No usable index yet"}})
+                        503: {"model": ErrorResponse, "description": "No usable index yet, or "
+                              "the index backend (Milvus) is unreachable"}})
 def search(body: SearchRequest, request: Request, session: SessionDep, engine: EngineDep,
            settings: SettingsDep, actor: SearcherDep) -> SearchResponse:
     """Rank the gallery's crops (or persons) by how well they match the description.
