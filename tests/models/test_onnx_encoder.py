@@ -83,7 +83,12 @@ def test_same_top10_ranking(engines) -> None:
         enc.batch_size = 16
     scores = [enc.encode_text(QUERIES) @ enc.encode_image(gallery).T for enc in engines[:2]]
     top = [np.argsort(-s, axis=1, kind="stable")[:, :10] for s in scores]  # (Q, 10)
-    np.testing.assert_array_equal(top[0], top[1])
+    # the same ranking up to ties: ONNX's top 10, scored by torch, are torch's 10 best scores in
+    # order (the random tiny model has near-equal pairs that swap within the 1e-6 vector diff)
+    reference = scores[1]
+    np.testing.assert_allclose(np.take_along_axis(reference, top[0], axis=1),
+                               np.take_along_axis(reference, top[1], axis=1), atol=1e-5)
+    assert (top[0] == top[1]).mean() > 0.9  # and nearly all ranks identical outright
 
 
 def test_export_is_cached_per_checkpoint(engines) -> None:
