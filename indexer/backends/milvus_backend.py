@@ -74,12 +74,12 @@ class MilvusBackend:
         self.work_dir = Path(root)
         self.builds_dir = self.work_dir / "builds"  # unused: a Milvus build is not resumed
         self.prefix = prefix
-        try:  # every call: under `timeout`, a lost server as BackendUnavailable (milvus_calls)
-            self.client = GuardedClient(
-                lambda: MilvusClient(uri=uri, token=token, timeout=timeout),
-                uri=uri, timeout=timeout)
+        try:
+            client = MilvusClient(uri=uri, token=token, timeout=timeout)
         except Exception as exc:  # pymilvus raises MilvusException subclasses, or grpc errors
             raise BackendUnavailable(unreachable_message(uri, exc)) from exc
+        # every call: under `timeout`, a lost server as BackendUnavailable (milvus_calls)
+        self.client = GuardedClient(client, uri=uri, timeout=timeout)
         self._ensure_meta()
 
     # ---- pointers ----

@@ -6,9 +6,8 @@ within it instead of hanging (the ``timeout`` given to ``MilvusClient`` bounds o
 connect), and it turns a failure to reach the server into ``BackendUnavailable``. Genuine
 errors (a bad filter expression, a missing collection) stay the ``MilvusException`` they are.
 
-After a loss the next call connects afresh (a new ``MilvusClient`` from the backend's factory):
-the old channel's gRPC reconnect backoff grows to minutes, so without it a server that is back
-stayed unreachable for this process (seen in tests/indexer/test_milvus_unavailable.py).
+Nothing about the server's state is kept here: pymilvus's connection manager re-creates the
+channel on the next call once the server answers again.
 """
 
 from __future__ import annotations
@@ -68,20 +67,18 @@ class GuardedClient:
     """A ``MilvusClient`` whose calls run under ``timeout`` seconds and raise
     ``BackendUnavailable`` when the server cannot be reached; anything else is its own."""
 
-    def __init__(self, connect: Callable[[], Any], *, uri: str, timeout: float) -> None:
-        self.connect = connect
-        self.client = connect()
+    def __init__(self, client: Any, *, uri: str, timeout: float) -> None:
+        self.client = client
         self.uri = uri
         self.timeout = timeout
-        self.lost = False  # the last call could not reach the server: reconnect first
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.client, name)
         if not callable(attr):
             return attr
-        return self._guarded(name, attr)
+        return self._guarded(attr)
 
-    def _guarded(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    def _guarded(self, method: Callable[..., Any]) -> Callable[..., Any]:
         takes_timeout = "timeout" in inspect.signature(method).parameters
 
         @functools.wraps(method)
@@ -89,21 +86,9 @@ class GuardedClient:
             if takes_timeout:
                 kwargs.setdefault("timeout", self.timeout)
             with self.reachable():
-                if self.lost and name != "close":
-                    self.reconnect()
-                    return getattr(self.client, name)(*args, **kwargs)
                 return method(*args, **kwargs)
 
         return call
-
-    def reconnect(self) -> None:
-        """A new client in place of the one whose channel saw the server lost."""
-        old, self.client = self.client, self.connect()
-        self.lost = False
-        try:
-            old.close()
-        except Exception:  # a channel to a lost server may fail to close; it is dropped
-            pass
 
     @contextmanager
     def reachable(self) -> Iterator[None]:
@@ -116,6 +101,5 @@ class GuardedClient:
         except Exception as exc:
             if not unreachable(exc):
                 raise
-            self.lost = True
             raise BackendUnavailable(f"{unreachable_message(self.uri, exc)}; check the server "
                                      "or TBPS_MILVUS_URI") from exc
