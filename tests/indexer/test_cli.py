@@ -7,6 +7,7 @@ import pytest
 from service.cli import main
 from service.config import get_settings
 from tests.conftest import make_image
+from tests.local_ray import local_ray
 
 
 @pytest.fixture
@@ -54,19 +55,15 @@ def test_index_on_ray_records_the_build_and_its_vectors_equal_the_local_indexers
         tbps, image_folder):
     """`tbps index --engine ray` on a local Ray started here (2 CPUs), then a local full build
     of the same gallery: the two versions hold the same vectors (both stored the same way)."""
-    ray = pytest.importorskip("ray", reason="the scale extra")
+    pytest.importorskip("ray", reason="the scale extra")
     from service.db import session_scope
     from service.index_backend import backend_from_settings
     from service.orm import Crop, CropStatus, IndexStatus, IndexVersion
 
     assert tbps("ingest", str(image_folder))[0] == 0
     assert tbps("index", "--address", "x")[0] == 2  # --address without --engine ray
-    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False,
-             log_to_driver=False)
-    try:
+    with local_ray():
         code, out = tbps("index", "--engine", "ray", "--workers", "1", "--batch-size", "4")
-    finally:
-        ray.shutdown()
     assert code == 0 and "encoding crops on Ray: 6/6 (" in out, out
     assert "(full build): 6 crops indexed, 0 failed" in out
     settings = get_settings()

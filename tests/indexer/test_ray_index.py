@@ -11,16 +11,15 @@ import pytest
 from indexer.pipeline import ReadOptions, StageTimes, encoded_batches
 from indexer.ray_index import CropItem, build_with_ray, encode_dataset, encoded_rows
 from tests.conftest import make_image
+from tests.local_ray import local_ray as start_local_ray
 
 ray = pytest.importorskip("ray", reason="the scale extra")
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
+    with start_local_ray():
+        yield
 
 
 @pytest.fixture(scope="module")
