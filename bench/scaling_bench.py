@@ -121,9 +121,43 @@ def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndar
                 "filtered": timed_queries(lambda q: view.search(q, 10, filter=FILTER).ids[0],
                                           queries)}
         result = summary(f"milvus {factory}", seconds, runs, truths)
+        result["stages_ms"] = milvus_stages(backend.client, version, view.manifest, queries[:40])
         backend.drop_all()
         backend.close()
     return result
+
+
+def milvus_stages(client: Any, version: str, manifest: Any,
+                  queries: np.ndarray) -> dict[str, dict[str, float]]:
+    """Where one search's time goes: the first-stage search alone and the full-vector fetch
+    of its candidates alone (p50 / p99 ms over ``queries``), each at the backend's Strong
+    consistency and at Bounded (no wait for the newest time tick)."""
+    from indexer.backends.milvus_spec import search_params
+    from indexer.backends.milvus_view import split_version
+
+    stage = manifest.first_stage
+    base = split_version(version)[0]
+    if stage is None:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for level in ("Strong", "Bounded"):
+        first, fetch = [], []
+        for q in queries:
+            t0 = time.perf_counter()
+            hits = client.search(f"{base}_fs", data=[q[stage.start:stage.stop]],
+                                 limit=stage.candidates, anns_field="vector",
+                                 search_params=search_params(stage, stage.candidates),
+                                 consistency_level=level)
+            t1 = time.perf_counter()
+            client.query(base, ids=[int(h["id"]) for h in hits[0]], output_fields=["vector"],
+                         consistency_level=level)
+            t2 = time.perf_counter()
+            first.append((t1 - t0) * 1000)
+            fetch.append((t2 - t1) * 1000)
+        for name, ms in ((f"first_stage_{level}", first), (f"fetch_{level}", fetch)):
+            out[name] = {"p50": round(float(np.percentile(ms, 50)), 2),
+                         "p99": round(float(np.percentile(ms, 99)), 2)}
+    return out
 
 
 def gallery(work: Path, n: int, q: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:

@@ -16,7 +16,8 @@ def backend_from_settings(settings: Settings, *, for_search: bool = False) -> In
     try:
         return create_backend("milvus", root=root, uri=settings.milvus_uri,
                               token=settings.milvus_token, prefix=settings.milvus_prefix,
-                              timeout=settings.milvus_timeout)
+                              timeout=settings.milvus_timeout,
+                              read_consistency=settings.milvus_consistency)
     except BackendUnavailable as exc:
         raise BackendUnavailable(f"TBPS_INDEX_BACKEND=milvus: {exc}; check TBPS_MILVUS_URI="
                                  f"{settings.milvus_uri}") from exc

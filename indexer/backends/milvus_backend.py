@@ -52,6 +52,13 @@ log = logging.getLogger(__name__)
 
 INSERT_CHUNK = 2_000  # rows per insert call: 2000 x 1280 float32 = 10 MB, under gRPC's 64 MB
 MANIFEST_MAX = 65_535  # VARCHAR limit of the meta collection
+# What a search waits for. Strong makes every request wait until the query node has caught up
+# with the newest timestamp, one or two time ticks: 200-400 ms a request on this machine
+# against 3 ms for the others (docs/scaling.md). Session sees every write made by this process
+# (pymilvus keeps each collection's last write timestamp) and another process's writes once
+# they reach the query node, about a time tick after they return; Bounded and Eventually as
+# Milvus defines them.
+READ_CONSISTENCY = ("Session", "Strong", "Bounded", "Eventually")
 FLUSH_MIN = 10_000  # builds from this size are flushed (sealed, indexed) before publish
 
 
@@ -62,7 +69,15 @@ class MilvusBackend:
     filters_in_engine = True
 
     def __init__(self, *, root: Path, uri: str | None = None, token: str = "",
-                 prefix: str = "tbps", timeout: float = 30.0) -> None:
+                 prefix: str = "tbps", timeout: float = 30.0,
+                 read_consistency: str = "Session") -> None:
+        """``read_consistency``: the Milvus consistency level of the search path (``open``
+        and a view's searches and vector fetches); everything else reads Strong. See
+        ``READ_CONSISTENCY``."""
+        if read_consistency not in READ_CONSISTENCY:
+            raise ValueError(f"read_consistency {read_consistency!r} is not one of "
+                             f"{', '.join(READ_CONSISTENCY)}")
+        self.read_consistency = read_consistency
         if not uri:
             raise BackendUnavailable("the milvus backend needs a URI (TBPS_MILVUS_URI)")
         try:
@@ -174,11 +189,14 @@ class MilvusBackend:
     def open(self, version: str | None = None) -> MilvusView | None:
         try:
             base = self._resolve(version)
-            manifest = self.manifest(base)
         except NoIndex:
             return None
-        row = self._meta_row(base)
-        return MilvusView(self.client, base, manifest, generation=int(row["generation"]))
+        row = self._meta_row(base, consistency=self.read_consistency)
+        if row is None or not row["complete"]:
+            return None
+        manifest = Manifest.from_json(row["manifest"]).replace(version=base)
+        return MilvusView(self.client, base, manifest, generation=int(row["generation"]),
+                          consistency=self.read_consistency)
 
     def search(self, queries: np.ndarray, k: int, *, filter: SearchFilter | None = None,
                allowed_ids: np.ndarray | None = None):
@@ -257,9 +275,10 @@ class MilvusBackend:
                                              "generation": generation, "complete": complete,
                                              "unused": [0.0, 0.0]}])
 
-    def _meta_row(self, key: str) -> dict[str, Any] | None:
+    def _meta_row(self, key: str, *, consistency: str = "Strong") -> dict[str, Any] | None:
         rows = self.client.query(self.meta_name, ids=[key],
-                                 output_fields=["manifest", "generation", "complete"])
+                                 output_fields=["manifest", "generation", "complete"],
+                                 consistency_level=consistency)
         return rows[0] if rows else None
 
     def _bump(self, base: str) -> str:

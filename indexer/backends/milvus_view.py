@@ -1,8 +1,10 @@
 """One Milvus index version opened for reading: exact or two-stage search, vectors by id, check.
 
 The view holds the version's collection name, not an alias, so a publish does not change what
-it searches. Adds and removes to that version are visible at once (Strong consistency): Milvus
-has no snapshot reads in 2.3, and the pointer's generation tells a searcher they happened.
+it searches. Its searches and vector fetches read at the backend's ``read_consistency``
+(Session by default: this process's adds and removes at once, another process's about a time
+tick after they return); Milvus has no snapshot reads in 2.3, and the pointer's generation
+tells a searcher they happened. ``check``, ``count`` and ``live_ids`` read Strong.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ class MilvusView:
     """A version of a Milvus index, searched by collection name, through the backend's
     ``milvus_calls.GuardedClient`` (a lost server raises ``BackendUnavailable``)."""
 
-    def __init__(self, client: Any, base: str, manifest: Manifest, *, generation: int) -> None:
+    def __init__(self, client: Any, base: str, manifest: Manifest, *, generation: int,
+                 consistency: str = "Strong") -> None:
         self.client = client
+        self.consistency = consistency  # of search() and vectors()
         self.base = base
         self._manifest = manifest
         self.generation = generation
@@ -100,7 +104,7 @@ class MilvusView:
             problems.append(f"corrupt: {self.base} has duplicate crop ids")
         rng = np.random.default_rng(0)
         sample = rng.choice(ids, min(CHECK_SAMPLE, len(ids)), replace=False) if len(ids) else ids
-        full = self._fetch(self.base, sample)
+        full = self._fetch(self.base, sample, consistency="Strong")
         problems += self._check_norms(full)
         stage = self._manifest.first_stage
         if stage is not None:
@@ -112,7 +116,7 @@ class MilvusView:
                        stage: Any) -> list[list[tuple[int, float]]]:
         results = self.client.search(collection, data=list(queries), filter=expr, limit=limit,
                                      search_params=search_params(stage, limit),
-                                     anns_field="vector")
+                                     anns_field="vector", consistency_level=self.consistency)
         return [[(int(hit["id"]), float(hit["distance"])) for hit in row] for row in results]
 
     def _rerank(self, queries: np.ndarray, candidates: list[list[tuple[int, float]]],
@@ -131,12 +135,14 @@ class MilvusView:
             out.append([(int(cand[j]), float(scores[j])) for j in order])
         return out
 
-    def _fetch(self, collection: str, ids: np.ndarray) -> dict[int, np.ndarray]:
+    def _fetch(self, collection: str, ids: np.ndarray, *,
+               consistency: str | None = None) -> dict[int, np.ndarray]:
         found: dict[int, np.ndarray] = {}
         keys = np.asarray(ids, np.int64).tolist()
         for lo in range(0, len(keys), QUERY_CHUNK):
             rows = self.client.query(collection, ids=keys[lo:lo + QUERY_CHUNK],
-                                     output_fields=["vector"])
+                                     output_fields=["vector"],
+                                     consistency_level=consistency or self.consistency)
             found |= {int(r["id"]): np.asarray(r["vector"], np.float32) for r in rows}
         return found
 
@@ -154,7 +160,7 @@ class MilvusView:
 
     def _check_stage(self, full: dict[int, np.ndarray], sample: np.ndarray, start: int,
                      stop: int) -> list[str]:
-        first = self._fetch(f"{self.base}_fs", sample)
+        first = self._fetch(f"{self.base}_fs", sample, consistency="Strong")
         problems = []
         if len(first) != len(full):
             problems.append(f"corrupt: {self.base}_fs lacks {len(full) - len(first)} of "
