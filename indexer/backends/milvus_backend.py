@@ -333,9 +333,13 @@ class MilvusBackend:
     def _aliased(self, alias: str) -> str | None:
         from pymilvus import MilvusException
 
+        # asked first: pymilvus logs an ERROR with a traceback for every describe_alias of
+        # an alias that does not exist (no live version yet, no previous one)
+        if alias not in self.client.list_aliases()["aliases"]:
+            return None
         try:
             return str(self.client.describe_alias(alias)["collection_name"])
-        except MilvusException:  # alias not found (a lost server is BackendUnavailable)
+        except MilvusException:  # dropped since (a lost server is BackendUnavailable)
             return None
 
     def _point(self, alias: str, collection: str) -> None:
