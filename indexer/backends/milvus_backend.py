@@ -60,6 +60,7 @@ MANIFEST_MAX = 65_535  # VARCHAR limit of the meta collection
 # Milvus defines them.
 READ_CONSISTENCY = ("Session", "Strong", "Bounded", "Eventually")
 FLUSH_MIN = 10_000  # builds from this size are flushed (sealed, indexed) before publish
+INDEX_WAIT_S = 3_600.0  # longest wait for Milvus to index a flushed build before publishing
 
 
 class MilvusBackend:
@@ -323,12 +324,30 @@ class MilvusBackend:
         return written
 
     def _seal(self, name: str, stage: FirstStage | None, written: int) -> None:
-        """Flush a large build so every segment is sealed and indexed before it goes live;
-        a small one stays in growing segments, which Milvus searches exactly."""
+        """Flush a large build so every segment is sealed, then wait until Milvus has built
+        the index of every sealed segment (it does so in the background after the flush: a
+        version published before that searches its unindexed segments by brute force, at 1M
+        rows 0.5 s a query and more). A small build stays in growing segments, which Milvus
+        searches exactly."""
         if written < FLUSH_MIN:
             return
-        for collection in _collection_names(name, stage):
+        names = _collection_names(name, stage)
+        for collection in names:
             self.client.flush(collection)
+        started = time.monotonic()
+        for collection in names:
+            while (pending := self._pending_index_rows(collection)) > 0:
+                if time.monotonic() - started > INDEX_WAIT_S:
+                    log.warning("publishing %s with %d rows not indexed yet after %.0f s "
+                                "(searched by brute force until Milvus indexes them)",
+                                collection, pending, INDEX_WAIT_S)
+                    break
+                time.sleep(1.0)
+        log.info("Milvus indexed %s in %.1f s after the flush", name, time.monotonic() - started)
+
+    def _pending_index_rows(self, collection: str) -> int:
+        return sum(int(self.client.describe_index(collection, index)["pending_index_rows"])
+                   for index in self.client.list_indexes(collection))
 
     def _aliased(self, alias: str) -> str | None:
         from pymilvus import MilvusException
