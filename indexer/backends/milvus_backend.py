@@ -336,18 +336,25 @@ class MilvusBackend:
             self.client.flush(collection)
         started = time.monotonic()
         for collection in names:
-            while (pending := self._pending_index_rows(collection)) > 0:
+            while (unindexed := self._unindexed_rows(collection)) > 0:
                 if time.monotonic() - started > INDEX_WAIT_S:
                     log.warning("publishing %s with %d rows not indexed yet after %.0f s "
                                 "(searched by brute force until Milvus indexes them)",
-                                collection, pending, INDEX_WAIT_S)
+                                collection, unindexed, INDEX_WAIT_S)
                     break
                 time.sleep(1.0)
         log.info("Milvus indexed %s in %.1f s after the flush", name, time.monotonic() - started)
 
-    def _pending_index_rows(self, collection: str) -> int:
-        return sum(int(self.client.describe_index(collection, index)["pending_index_rows"])
-                   for index in self.client.list_indexes(collection))
+    def _unindexed_rows(self, collection: str) -> int:
+        """Rows of the collection's segments that have no index yet. Not Milvus's
+        ``pending_index_rows``: that also counts the segments compaction is writing (which
+        replace indexed ones only once indexed themselves) and at 1M rows kept growing for
+        minutes after every served row was indexed."""
+        out = 0
+        for index in self.client.list_indexes(collection):
+            state = self.client.describe_index(collection, index)
+            out = max(out, int(state["total_rows"]) - int(state["indexed_rows"]))
+        return out
 
     def _aliased(self, alias: str) -> str | None:
         from pymilvus import MilvusException
