@@ -12,6 +12,9 @@ the spec the indexer picks for N: a first stage over the global part (FAISS
 ``IVF<nlist>_HNSW32,SQ8``; Milvus ``IVF_SQ8`` with the same nlist and nprobe), its 256
 candidates re-ranked on full vectors. FAISS filters by the crop ids the service's catalog
 would pass (``allowed_ids``); Milvus evaluates the filter expression inside the engine.
+``--milvus-read Strong,Session`` runs Milvus once per consistency level of its searches (the
+service's ``TBPS_MILVUS_CONSISTENCY``); each Milvus result with a first stage also times its
+two stages alone (``stages_ms``).
 """
 
 from __future__ import annotations
@@ -101,13 +104,15 @@ def run_faiss(folder: Path, vectors: Path, queries: np.ndarray, keep: np.ndarray
 
 def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndarray,
                queries: np.ndarray, truths: dict[str, np.ndarray], factory: str,
-               uri: str | None = None) -> dict[str, Any]:
-    """On the Milvus at ``uri``, or an embedded standalone server started here."""
+               uri: str | None = None, read_consistency: str = "Session") -> dict[str, Any]:
+    """On the Milvus at ``uri``, or an embedded standalone server started here, searching at
+    ``read_consistency`` (the backend's ``read_consistency``)."""
     from indexer.backends.milvus_backend import MilvusBackend
     from indexer.backends.milvus_local import local_milvus
 
     with (nullcontext(uri) if uri else local_milvus(work / "milvus")) as uri:
-        backend = MilvusBackend(root=work / "mwork", uri=uri, prefix="bench")
+        backend = MilvusBackend(root=work / "mwork", uri=uri, prefix="bench",
+                                read_consistency=read_consistency)
         started = time.perf_counter()
         batches = (Rows(np.arange(lo, min(lo + 20_000, len(full)), dtype=np.int64),
                         np.asarray(full[lo:lo + 20_000], np.float32), cameras[lo:lo + 20_000],
@@ -120,7 +125,7 @@ def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndar
         runs = {"unfiltered": timed_queries(lambda q: view.search(q, 10).ids[0], queries),
                 "filtered": timed_queries(lambda q: view.search(q, 10, filter=FILTER).ids[0],
                                           queries)}
-        result = summary(f"milvus {factory}", seconds, runs, truths)
+        result = summary(f"milvus {factory} {read_consistency}", seconds, runs, truths)
         result["stages_ms"] = milvus_stages(backend.client, version, view.manifest, queries[:40])
         backend.drop_all()
         backend.close()
@@ -186,6 +191,8 @@ def main() -> None:
                     "exact answers, kept for the next run (default: a temporary one)")
     ap.add_argument("--milvus-uri", default=None, help="a running Milvus (default: start the "
                     "embedded standalone server)")
+    ap.add_argument("--milvus-read", default="Session", help="comma-separated consistency "
+                    "levels of the Milvus searches, one Milvus run each (Strong,Session: both)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -201,11 +208,13 @@ def main() -> None:
             if name == "faiss":
                 results.append(run_faiss(Path(tmp) / "faiss", work / "vectors.npy", queries,
                                          keep, truths))
-            else:
+                log.info("%s", results[-1])
+                continue
+            for level in args.milvus_read.split(","):
                 results.append(run_milvus(Path(tmp), full, cameras, times, queries, truths,
                                           milvus_factory(choose_spec(args.n).factory),
-                                          args.milvus_uri))
-            log.info("%s", results[-1])
+                                          args.milvus_uri, level))
+                log.info("%s", results[-1])
     report = {"n": args.n, "queries": args.queries, "filter_selectivity": float(keep.mean()),
               "results": results, "peak_rss_mib": peak_rss_mib(), "environment": environment()}
     print_table(report)
