@@ -102,10 +102,11 @@ class Settings(BaseSettings):
                                "collections and aliases (several deployments can share a server)")
     milvus_timeout: float = Field(30.0, gt=0, le=600, description="seconds a Milvus call may "
                                   "take, connecting included")
-    milvus_consistency: Literal["Session", "Strong", "Bounded", "Eventually"] = Field(
-        "Session", description="Milvus consistency level of searches: Session (default) sees "
-        "this process's writes at once and the worker's about a time tick after they return; "
-        "Strong sees every write at once but waits 200-400 ms a request for the query node")
+    milvus_consistency: Literal["Strong", "Session", "Bounded", "Eventually"] = Field(
+        "Strong", description="Milvus consistency level of searches: Strong (default) sees "
+        "every add and publish at once but waits 200-400 ms a request for the query node; "
+        "Session / Bounded answer in milliseconds and see a new add or version about a time "
+        "tick (Bounded: a few seconds) after it is written")
     max_upload_bytes: int = Field(ImageLimits().max_bytes, ge=1, description="largest crop "
                                   "file: bigger uploads are refused, bigger files are not "
                                   "indexed (reported failed)")

@@ -52,13 +52,14 @@ log = logging.getLogger(__name__)
 
 INSERT_CHUNK = 2_000  # rows per insert call: 2000 x 1280 float32 = 10 MB, under gRPC's 64 MB
 MANIFEST_MAX = 65_535  # VARCHAR limit of the meta collection
-# What a search waits for. Strong makes every request wait until the query node has caught up
-# with the newest timestamp, one or two time ticks: 200-400 ms a request on this machine
-# against 3 ms for the others (docs/scaling.md). Session sees every write made by this process
-# (pymilvus keeps each collection's last write timestamp) and another process's writes once
-# they reach the query node, about a time tick after they return; Bounded and Eventually as
-# Milvus defines them.
-READ_CONSISTENCY = ("Session", "Strong", "Bounded", "Eventually")
+# What a search waits for. Strong (the default) sees every write at once but makes every
+# request wait until the query node has caught up with the newest timestamp, one or two time
+# ticks: 200-400 ms a request on this machine against 3 ms for the others (docs/scaling.md).
+# Session sees this process's inserts and deletes at once (pymilvus keeps their timestamps;
+# not upserts, which is how adds and the version pointer are written) and everything else
+# about a time tick after it returns, so a search may briefly miss a new version or add;
+# Bounded and Eventually as Milvus defines them.
+READ_CONSISTENCY = ("Strong", "Session", "Bounded", "Eventually")
 FLUSH_MIN = 10_000  # builds from this size are flushed (sealed, indexed) before publish
 INDEX_WAIT_S = 3_600.0  # longest wait for Milvus to index a flushed build before publishing
 
@@ -71,7 +72,7 @@ class MilvusBackend:
 
     def __init__(self, *, root: Path, uri: str | None = None, token: str = "",
                  prefix: str = "tbps", timeout: float = 30.0,
-                 read_consistency: str = "Session") -> None:
+                 read_consistency: str = "Strong") -> None:
         """``read_consistency``: the Milvus consistency level of the search path (``open``
         and a view's searches and vector fetches); everything else reads Strong. See
         ``READ_CONSISTENCY``."""
@@ -193,6 +194,8 @@ class MilvusBackend:
         except NoIndex:
             return None
         row = self._meta_row(base, consistency=self.read_consistency)
+        if (row is None or not row["complete"]) and self.read_consistency != "Strong":
+            row = self._meta_row(base)  # published a moment ago: not visible at this level yet
         if row is None or not row["complete"]:
             return None
         manifest = Manifest.from_json(row["manifest"]).replace(version=base)

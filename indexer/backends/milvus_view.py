@@ -2,9 +2,9 @@
 
 The view holds the version's collection name, not an alias, so a publish does not change what
 it searches. Its searches and vector fetches read at the backend's ``read_consistency``
-(Session by default: this process's adds and removes at once, another process's about a time
-tick after they return); Milvus has no snapshot reads in 2.3, and the pointer's generation
-tells a searcher they happened. ``check``, ``count`` and ``live_ids`` read Strong.
+(Strong by default: adds and removes visible at once; the faster levels see them about a time
+tick later); Milvus has no snapshot reads in 2.3, and the pointer's generation tells a
+searcher they happened. ``check``, ``count`` and ``live_ids`` always read Strong.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.db import session_scope
+from service.index_backend import backend_from_settings
 from service.index_jobs import build_full
 from service.ingest import ingest_folder
 from service.main import create_app
@@ -23,7 +24,7 @@ def indexed(migrated_settings, image_folder, tiny_encoder):
     with session_scope(s.resolved_database_url) as session:
         ingest_folder(session, s, image_folder)
     with session_scope(s.resolved_database_url) as session:
-        build_full(session, tiny_encoder, s.resolved_crops_dir, s.resolved_index_dir)
+        build_full(session, tiny_encoder, s.resolved_crops_dir, backend_from_settings(s))
     return s
 
 
