@@ -120,10 +120,10 @@ class MilvusBackend:
 
     def manifest(self, version: str | None = None) -> Manifest:
         base = self._resolve(version)
-        row = self._meta_row(base)
-        if row is None or not row["complete"]:
+        manifest = _complete_manifest(base, self._meta_row(base))
+        if manifest is None:
             raise NoIndex(f"no complete Milvus index version {base!r}")
-        return Manifest.from_json(row["manifest"]).replace(version=base)
+        return manifest
 
     # ---- build, publish, rollback ----
     def build(self, batches: Iterable[Rows], *, total: int, encoder: dict[str, Any],
@@ -194,11 +194,12 @@ class MilvusBackend:
         except NoIndex:
             return None
         row = self._meta_row(base, consistency=self.read_consistency)
-        if (row is None or not row["complete"]) and self.read_consistency != "Strong":
+        manifest = _complete_manifest(base, row)
+        if manifest is None and self.read_consistency != "Strong":
             row = self._meta_row(base)  # published a moment ago: not visible at this level yet
-        if row is None or not row["complete"]:
+            manifest = _complete_manifest(base, row)
+        if manifest is None:
             return None
-        manifest = Manifest.from_json(row["manifest"]).replace(version=base)
         return MilvusView(self.client, base, manifest, generation=int(row["generation"]),
                           consistency=self.read_consistency)
 
@@ -396,6 +397,13 @@ class MilvusBackend:
         head = f"{self.prefix}_v"
         names = self.client.list_collections(timeout=self.client.timeout)  # not in its signature
         return sorted(c for c in names if c.startswith(head) and not c.endswith("_fs"))
+
+
+def _complete_manifest(base: str, row: dict[str, Any] | None) -> Manifest | None:
+    """The manifest of a version's meta row, or None while the row is missing or incomplete."""
+    if row is None or not row["complete"]:
+        return None
+    return Manifest.from_json(row["manifest"]).replace(version=base)
 
 
 def _collection_shapes(base: str, dim: int,
