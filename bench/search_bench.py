@@ -1,6 +1,7 @@
 """Search latency (p50/p99, search alone and with text encoding) and recall@10 against exact
-full-vector search, per index spec, through the production path (``_finish_version`` builds,
-``IndexStore.load`` loads, ``LoadedIndex.search`` searches, one query at a time).
+full-vector search, per index spec, through the production path (the FAISS backend's
+``write_first_stage`` builds, ``IndexStore.load`` loads, ``LoadedIndex.search`` searches, one
+query at a time).
 
     .venv/bin/python -m bench.search_bench --checkpoint /tmp/vgsg-effl0-minilm.pt \
         --real-index /tmp/bench-index-10k/data/index --sizes 100000 1000000 \

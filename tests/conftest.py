@@ -121,6 +121,16 @@ def milvus_prefix(request: pytest.FixtureRequest) -> str:
     return "t" + request.node.name.encode().hex()[:24] + os.urandom(3).hex()
 
 
+def backend_settings(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings fields for a fixture wider than one test (module or session scope), which the
+    autouse environment below does not reach: with TBPS_INDEX_BACKEND=milvus, the session's
+    Milvus and a prefix of the fixture's own; else none."""
+    if os.environ.get("TBPS_INDEX_BACKEND") != "milvus":
+        return {}
+    return {"index_backend": "milvus", "milvus_uri": request.getfixturevalue("milvus_uri"),
+            "milvus_prefix": milvus_prefix(request)}
+
+
 @pytest.fixture(autouse=True)
 def _milvus_environment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """With TBPS_INDEX_BACKEND=milvus, every Settings() a test makes names the session's

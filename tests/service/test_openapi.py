@@ -17,10 +17,11 @@ from schemathesis.specs.openapi import checks as openapi_checks
 
 from service.config import Settings
 from service.db import migrate, session_scope
+from service.index_backend import backend_from_settings
 from service.index_jobs import build_full
 from service.ingest import ingest_folder
 from service.main import create_app
-from tests.conftest import make_image
+from tests.conftest import backend_settings, make_image
 
 KEY = "schemathesis-key-0123456789"
 MAX_EXAMPLES = 6  # per operation and mode: keeps the run to seconds
@@ -30,22 +31,27 @@ POSITIVE_CHECKS = [c for c in CHECKS if c is not openapi_checks.negative_data_re
 
 
 @pytest.fixture(scope="module")
-def served_app(tmp_path_factory, tiny_encoder):
+def served_app(request, tmp_path_factory, tiny_encoder):
     root = tmp_path_factory.mktemp("openapi")
     gallery = root / "gallery" / "cam-a"
     gallery.mkdir(parents=True)
     for i in range(8):
         (gallery / f"p{i}.png").write_bytes(make_image(i))
-    s = Settings(data_dir=root / "data", environment="test", device="cpu", admin_keys=KEY)
+    s = Settings(data_dir=root / "data", environment="test", device="cpu", admin_keys=KEY,
+                 **backend_settings(request))
     s.ensure_dirs()
     migrate(s.resolved_database_url)
+    backend = backend_from_settings(s)  # FAISS files, or Milvus under TBPS_INDEX_BACKEND=milvus
     with session_scope(s.resolved_database_url) as session:
         ingest_folder(session, s, root / "gallery")
     with session_scope(s.resolved_database_url) as session:
-        build_full(session, tiny_encoder, s.resolved_crops_dir, s.resolved_index_dir)
+        build_full(session, tiny_encoder, s.resolved_crops_dir, backend)
     app = create_app(s, encoder=tiny_encoder)
     with TestClient(app):  # runs the lifespan: model and index loaded into app.state
         yield app
+    if s.index_backend == "milvus":
+        backend.drop_all()
+        backend.close()
 
 
 @pytest.fixture(scope="module")
