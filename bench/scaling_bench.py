@@ -104,15 +104,16 @@ def run_faiss(folder: Path, vectors: Path, queries: np.ndarray, keep: np.ndarray
 
 def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndarray,
                queries: np.ndarray, truths: dict[str, np.ndarray], factory: str,
-               uri: str | None = None, read_consistency: str = "Session") -> dict[str, Any]:
-    """On the Milvus at ``uri``, or an embedded standalone server started here, searching at
-    ``read_consistency`` (the backend's ``read_consistency``)."""
+               uri: str | None = None,
+               read_levels: tuple[str, ...] = ("Session",)) -> list[dict[str, Any]]:
+    """One build on the Milvus at ``uri`` (or an embedded standalone server started here),
+    then the same queries through a backend searching at each of ``read_levels`` (the
+    backend's ``read_consistency``): a row per level, each with the one build's time."""
     from indexer.backends.milvus_backend import MilvusBackend
     from indexer.backends.milvus_local import local_milvus
 
     with (nullcontext(uri) if uri else local_milvus(work / "milvus")) as uri:
-        backend = MilvusBackend(root=work / "mwork", uri=uri, prefix="bench",
-                                read_consistency=read_consistency)
+        backend = MilvusBackend(root=work / "mwork", uri=uri, prefix="bench")
         started = time.perf_counter()
         batches = (Rows(np.arange(lo, min(lo + 20_000, len(full)), dtype=np.int64),
                         np.asarray(full[lo:lo + 20_000], np.float32), cameras[lo:lo + 20_000],
@@ -121,15 +122,26 @@ def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndar
                                 factory=factory)
         backend.publish(version)
         seconds = time.perf_counter() - started
-        view = backend.open()
-        runs = {"unfiltered": timed_queries(lambda q: view.search(q, 10).ids[0], queries),
-                "filtered": timed_queries(lambda q: view.search(q, 10, filter=FILTER).ids[0],
-                                          queries)}
-        result = summary(f"milvus {factory} {read_consistency}", seconds, runs, truths)
-        result["stages_ms"] = milvus_stages(backend.client, version, view.manifest, queries[:40])
-        backend.drop_all()
-        backend.close()
-    return result
+        log.info("milvus build and publish: %.1f s", seconds)
+        results = []
+        try:
+            for level in read_levels:
+                reader = MilvusBackend(root=work / "mwork", uri=uri, prefix="bench",
+                                       read_consistency=level)
+                view = reader.open()
+                runs = {"unfiltered": timed_queries(lambda q, v=view: v.search(q, 10).ids[0],
+                                                    queries),
+                        "filtered": timed_queries(
+                            lambda q, v=view: v.search(q, 10, filter=FILTER).ids[0], queries)}
+                results.append(summary(f"milvus {factory} {level}", seconds, runs, truths))
+                reader.close()
+                log.info("%s", results[-1])
+            results[-1]["stages_ms"] = milvus_stages(backend.client, version, view.manifest,
+                                                     queries[:40])
+        finally:
+            backend.drop_all()
+            backend.close()
+    return results
 
 
 def milvus_stages(client: Any, version: str, manifest: Any,
@@ -210,11 +222,9 @@ def main() -> None:
                                          keep, truths))
                 log.info("%s", results[-1])
                 continue
-            for level in args.milvus_read.split(","):
-                results.append(run_milvus(Path(tmp), full, cameras, times, queries, truths,
-                                          milvus_factory(choose_spec(args.n).factory),
-                                          args.milvus_uri, level))
-                log.info("%s", results[-1])
+            results += run_milvus(Path(tmp), full, cameras, times, queries, truths,
+                                  milvus_factory(choose_spec(args.n).factory), args.milvus_uri,
+                                  tuple(args.milvus_read.split(",")))
     report = {"n": args.n, "queries": args.queries, "filter_selectivity": float(keep.mean()),
               "results": results, "peak_rss_mib": peak_rss_mib(), "environment": environment()}
     print_table(report)
