@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import tempfile
 import time
 from contextlib import nullcontext
@@ -105,10 +106,12 @@ def run_faiss(folder: Path, vectors: Path, queries: np.ndarray, keep: np.ndarray
 def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndarray,
                queries: np.ndarray, truths: dict[str, np.ndarray], factory: str,
                uri: str | None = None,
-               read_levels: tuple[str, ...] = ("Session",)) -> list[dict[str, Any]]:
+               read_levels: tuple[str, ...] = ("Session",),
+               settle_s: float = 0.0) -> list[dict[str, Any]]:
     """One build on the Milvus at ``uri`` (or an embedded standalone server started here),
-    then the same queries through a backend searching at each of ``read_levels`` (the
-    backend's ``read_consistency``): a row per level, each with the one build's time."""
+    then, ``settle_s`` seconds later (the server compacts the new segments meanwhile), the
+    same queries through a backend searching at each of ``read_levels`` (the backend's
+    ``read_consistency``): a row per level, each with the one build's time."""
     from indexer.backends.milvus_backend import MilvusBackend
     from indexer.backends.milvus_local import local_milvus
 
@@ -122,7 +125,8 @@ def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndar
                                 factory=factory)
         backend.publish(version)
         seconds = time.perf_counter() - started
-        log.info("milvus build and publish: %.1f s", seconds)
+        log.info("milvus build and publish: %.1f s; settling %.0f s", seconds, settle_s)
+        time.sleep(settle_s)
         results = []
         try:
             for level in read_levels:
@@ -134,6 +138,8 @@ def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndar
                         "filtered": timed_queries(
                             lambda q, v=view: v.search(q, 10, filter=FILTER).ids[0], queries)}
                 results.append(summary(f"milvus {factory} {level}", seconds, runs, truths))
+                results[-1]["settle_s"] = settle_s
+                results[-1]["loadavg_1min_after"] = os.getloadavg()[0]
                 reader.close()
                 log.info("%s", results[-1])
             results[-1]["stages_ms"] = milvus_stages(backend.client, version, view.manifest,
@@ -205,6 +211,8 @@ def main() -> None:
                     "embedded standalone server)")
     ap.add_argument("--milvus-read", default="Session", help="comma-separated consistency "
                     "levels of the Milvus searches, one Milvus run each (Strong,Session: both)")
+    ap.add_argument("--milvus-settle", type=float, default=0.0, help="seconds to wait after "
+                    "Milvus's build before timing (its compactions share the machine)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -224,7 +232,7 @@ def main() -> None:
                 continue
             results += run_milvus(Path(tmp), full, cameras, times, queries, truths,
                                   milvus_factory(choose_spec(args.n).factory), args.milvus_uri,
-                                  tuple(args.milvus_read.split(",")))
+                                  tuple(args.milvus_read.split(",")), args.milvus_settle)
     report = {"n": args.n, "queries": args.queries, "filter_selectivity": float(keep.mean()),
               "results": results, "peak_rss_mib": peak_rss_mib(), "environment": environment()}
     print_table(report)
