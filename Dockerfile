@@ -21,8 +21,8 @@ RUN if ! command -v python3 >/dev/null; then \
  && python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
-COPY requirements.lock ./
-RUN pip install --require-hashes -r requirements.lock
+COPY requirements.lock build-constraints.txt ./
+RUN PIP_CONSTRAINT=build-constraints.txt pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY models ./models

@@ -7,16 +7,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tbps-installed
 LOCK := requirements.lock
+# pins of the build backends that the lock's source distributions build with
+BUILD_CONSTRAINTS := build-constraints.txt
 UV_VERSION := 0.13.9
 
 .PHONY: setup setup-gpu run test lint lock clean
 
 # Reinstalls when the lock or the project metadata changes. The lock is installed with pip in
 # hash-checking mode (so a changed file on the registry is refused), then tbps itself, editable,
-# without letting pip resolve anything again.
-$(STAMP): $(LOCK) pyproject.toml
+# without letting pip resolve anything again. A locked sdist builds with the backend pinned in
+# build-constraints.txt (PIP_CONSTRAINT reaches pip's isolated build environment).
+$(STAMP): $(LOCK) pyproject.toml $(BUILD_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	PIP_CONSTRAINT=$(BUILD_CONSTRAINTS) $(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -42,7 +45,8 @@ lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv==$(UV_VERSION)
 	$(BIN)/uv pip compile pyproject.toml --extra test --extra scale --universal --python-version 3.11 \
-	  --generate-hashes --no-header --quiet -o $(LOCK) --custom-compile-command "make lock"
+	  --generate-hashes --no-header --quiet -o $(LOCK) --custom-compile-command "make lock" \
+	  --build-constraints $(BUILD_CONSTRAINTS)
 
 lint: setup
 	$(BIN)/ruff check service models indexer tests bench

