@@ -107,9 +107,9 @@ def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndar
                queries: np.ndarray, truths: dict[str, np.ndarray], factory: str,
                uri: str | None = None,
                read_levels: tuple[str, ...] = ("Session",),
-               settle_s: float = 0.0) -> list[dict[str, Any]]:
+               settle_s: float = 0.0, quiet_load: float = 0.5) -> list[dict[str, Any]]:
     """One build on the Milvus at ``uri`` (or an embedded standalone server started here),
-    then, ``settle_s`` seconds later (the server compacts the new segments meanwhile), the
+    then, once the server is quiet (``settle``: it compacts the new segments meanwhile), the
     same queries through a backend searching at each of ``read_levels`` (the backend's
     ``read_consistency``): a row per level, each with the one build's time."""
     from indexer.backends.milvus_backend import MilvusBackend
@@ -125,8 +125,11 @@ def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndar
                                 factory=factory)
         backend.publish(version)
         seconds = time.perf_counter() - started
-        log.info("milvus build and publish: %.1f s; settling %.0f s", seconds, settle_s)
-        time.sleep(settle_s)
+        log.info("milvus build and publish: %.1f s; settling (at most %.0f s, until the 1-min "
+                 "load average is below %.2f)", seconds, settle_s, quiet_load)
+        waited = settle(settle_s, quiet_load)
+        load_before = os.getloadavg()[0]
+        log.info("settled after %.0f s, load %.2f", waited, load_before)
         results = []
         try:
             for level in read_levels:
@@ -138,7 +141,8 @@ def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndar
                         "filtered": timed_queries(
                             lambda q, v=view: v.search(q, 10, filter=FILTER).ids[0], queries)}
                 results.append(summary(f"milvus {factory} {level}", seconds, runs, truths))
-                results[-1]["settle_s"] = settle_s
+                results[-1]["settle_s"] = round(waited, 1)
+                results[-1]["loadavg_1min_before"] = load_before
                 results[-1]["loadavg_1min_after"] = os.getloadavg()[0]
                 reader.close()
                 log.info("%s", results[-1])
@@ -148,6 +152,16 @@ def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndar
             backend.drop_all()
             backend.close()
     return results
+
+
+def settle(max_s: float, quiet_load: float, poll_s: float = 5.0) -> float:
+    """Wait until the machine is quiet, the 1-minute load average below ``quiet_load`` (this
+    process sleeps meanwhile, so the load is the server's own background work), for at most
+    ``max_s`` seconds; returns the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < max_s and os.getloadavg()[0] >= quiet_load:
+        time.sleep(min(poll_s, max(0.0, max_s - (time.perf_counter() - started))))
+    return time.perf_counter() - started
 
 
 def milvus_stages(client: Any, version: str, manifest: Any,
@@ -211,8 +225,11 @@ def main() -> None:
                     "embedded standalone server)")
     ap.add_argument("--milvus-read", default="Session", help="comma-separated consistency "
                     "levels of the Milvus searches, one Milvus run each (Strong,Session: both)")
-    ap.add_argument("--milvus-settle", type=float, default=0.0, help="seconds to wait after "
-                    "Milvus's build before timing (its compactions share the machine)")
+    ap.add_argument("--milvus-settle", type=float, default=0.0, help="at most this many "
+                    "seconds to wait after Milvus's build before timing (its compactions share "
+                    "the machine), until the 1-min load average is below --quiet-load")
+    ap.add_argument("--quiet-load", type=float, default=0.5, help="the load average that "
+                    "ends --milvus-settle's wait")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -232,7 +249,8 @@ def main() -> None:
                 continue
             results += run_milvus(Path(tmp), full, cameras, times, queries, truths,
                                   milvus_factory(choose_spec(args.n).factory), args.milvus_uri,
-                                  tuple(args.milvus_read.split(",")), args.milvus_settle)
+                                  tuple(args.milvus_read.split(",")), args.milvus_settle,
+                                  args.quiet_load)
     report = {"n": args.n, "queries": args.queries, "filter_selectivity": float(keep.mean()),
               "results": results, "peak_rss_mib": peak_rss_mib(), "environment": environment()}
     print_table(report)
