@@ -249,14 +249,18 @@ function showCrop(crop, hit) {
   }
 }
 
+let sightingsTicket = 0;  // the latest loadSightings: an older answer arriving late is dropped
+
 async function loadSightings(personId, cropId) {
+  const ticket = ++sightingsTicket;
   const box = $("detail-sightings");
   box.hidden = true;
   if (!personId) return;
   const resp = await fetch(`/persons/${encodeURIComponent(personId)}/sightings`,
                            {headers: apiHeaders()});
-  if (!resp.ok) return;
+  if (!resp.ok || ticket !== sightingsTicket) return;
   const data = await resp.json();
+  if (ticket !== sightingsTicket) return;  // the operator moved on to another result meanwhile
   const timed = data.sightings.some((s) => s.captured_at);
   $("sightings-title").textContent = `Person ${personId}: ${plural(data.sightings.length, "sighting")}` +
     `${data.truncated ? " (the first 500)" : ""}, ` +
