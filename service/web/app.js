@@ -258,7 +258,7 @@ async function loadSightings(personId, cropId) {
   if (!personId) return;
   const resp = await fetch(`/persons/${encodeURIComponent(personId)}/sightings`,
                            {headers: apiHeaders()});
-  if (!resp.ok || ticket !== sightingsTicket) return;
+  if (!resp.ok) return;
   const data = await resp.json();
   if (ticket !== sightingsTicket) return;  // the operator moved on to another result meanwhile
   const timed = data.sightings.some((s) => s.captured_at);
