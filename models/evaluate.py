@@ -1,7 +1,11 @@
-"""Text-to-image retrieval evaluation: every caption of a split is a query, every image of the
-split is in the gallery, a match is the same person id.
+"""Retrieval evaluation on a dataset split, a match being the same person id.
 
-``tbps eval --checkpoint PATH --dataset cuhk-pedes --root DIR --split SPLIT --json``
+- ``text`` mode: every caption of the split is a query, every image of the split is in the
+  gallery (text-based person search).
+- ``image`` mode: every image of the split queries all the other images of the split (search by
+  example, person re-identification); a query's own image is never in its gallery.
+
+``tbps eval --checkpoint PATH --dataset cuhk-pedes --root DIR --split SPLIT [--mode image] --json``
 """
 
 from __future__ import annotations
@@ -23,15 +27,24 @@ from models.data.datasets import READERS, Record, read_dataset, select_split
 log = logging.getLogger(__name__)
 
 
+MODES = ("text", "image")
+
+
 def rank_metrics(similarity: np.ndarray, query_pids: np.ndarray, gallery_pids: np.ndarray,
-                 ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+                 ks: Sequence[int] = (1, 5, 10), exclude: np.ndarray | None = None
+                 ) -> dict[str, float]:
     """similarity (Q, G) -> Rank-k (CMC), mAP and mINP, in percent.
 
     AP averages precision at each positive's rank; INP = (number of positives) / (rank of the
     last positive) (Ye et al., 2021). Queries with no positive in the gallery are skipped.
+    ``exclude`` (Q, G) bool: gallery items left out of that query's gallery (its own image).
     """
+    if exclude is not None:  # ranked after every real item and never a match
+        similarity = np.where(exclude, -np.inf, similarity)
     order = np.argsort(-similarity, axis=1, kind="stable")  # (Q, G)
     matches = gallery_pids[order] == query_pids[:, None]  # (Q, G) bool
+    if exclude is not None:
+        matches &= ~np.take_along_axis(exclude, order, axis=1)
     valid = matches.any(axis=1)
     matches = matches[valid]
     if not len(matches):
@@ -48,24 +61,44 @@ def rank_metrics(similarity: np.ndarray, query_pids: np.ndarray, gallery_pids: n
     return out
 
 
-def evaluate_encoder(encoder: Any, records: Sequence[Record], batch_size: int = 64
-                     ) -> dict[str, float | int]:
-    """Encode the split's images (gallery) and captions (queries) and score them."""
+def encode_images(encoder: Any, records: Sequence[Record], batch_size: int = 64) -> np.ndarray:
+    """The split's images -> (N, D) exported image vectors, in record order."""
     from PIL import Image
 
-    images, texts, query_pids = [], [], []
-    for r in records:
-        texts.extend(r.captions)
-        query_pids.extend([r.pid] * len(r.captions))
     gallery = []
     for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
         batch = []
-        for r in chunk:
+        for r in records[start : start + batch_size]:
             with Image.open(r.image_path) as im:
                 batch.append(encoder.preprocess(im.convert("RGB")))
         gallery.append(encoder.encode_image(torch.stack(batch)))
-    images = np.concatenate(gallery)  # (G, D)
+    return np.concatenate(gallery)  # (N, D)
+
+
+def image_to_image_metrics(features: np.ndarray, pids: np.ndarray) -> dict[str, float | int]:
+    """Every image queries all the others (its own image left out of its gallery)."""
+    features, pids = np.asarray(features, dtype=np.float32), np.asarray(pids)
+    metrics: dict[str, float | int] = dict(rank_metrics(
+        features @ features.T, pids, pids, exclude=np.eye(len(pids), dtype=bool)))
+    metrics.update(queries=int(sum((pids == p).sum() > 1 for p in pids)), gallery=len(pids) - 1)
+    return metrics
+
+
+def evaluate_encoder_images(encoder: Any, records: Sequence[Record], batch_size: int = 64
+                            ) -> dict[str, float | int]:
+    """Image-to-image retrieval on the split (``image`` mode)."""
+    features = encode_images(encoder, records, batch_size)
+    return image_to_image_metrics(features, np.asarray([r.pid for r in records]))
+
+
+def evaluate_encoder(encoder: Any, records: Sequence[Record], batch_size: int = 64
+                     ) -> dict[str, float | int]:
+    """Encode the split's images (gallery) and captions (queries) and score them."""
+    texts, query_pids = [], []
+    for r in records:
+        texts.extend(r.captions)
+        query_pids.extend([r.pid] * len(r.captions))
+    images = encode_images(encoder, records, batch_size)  # (G, D)
     queries = encoder.encode_text(texts)  # (Q, D)
     metrics: dict[str, float | int] = dict(rank_metrics(
         queries @ images.T, np.asarray(query_pids), np.asarray([r.pid for r in records])))
@@ -74,24 +107,29 @@ def evaluate_encoder(encoder: Any, records: Sequence[Record], batch_size: int = 
 
 
 def evaluate_model(model: Any, records: Sequence[Record], batch_size: int = 64,
-                   device: str = "cpu") -> dict[str, float | int]:
+                   device: str = "cpu", mode: str = "text") -> dict[str, float | int]:
     """Evaluate an in-memory model (used by the trainer for dev metrics) on its device."""
     from models.torch_encoder import TorchEncoder
 
     was_training = model.training
     encoder = TorchEncoder(model, "in-training", device=device, batch_size=batch_size)
+    evaluate = evaluate_encoder_images if mode == "image" else evaluate_encoder
     try:
-        return evaluate_encoder(encoder, records, batch_size)
+        return evaluate(encoder, records, batch_size)
     finally:
         model.train(was_training)
 
 
 def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "eval", help="text-to-image retrieval metrics of a checkpoint on a dataset split",
-        description="Every caption of the split is a query, every image of the split is in "
-                    "the gallery, a match is the same person id. Prints Rank-1/5/10, mAP and "
-                    "mINP in percent.")
+        "eval", help="retrieval metrics of a checkpoint on a dataset split",
+        description="--mode text (the default): every caption of the split is a query, every "
+                    "image of the split is in the gallery. --mode image: every image queries "
+                    "all the other images of the split. A match is the same person id. Prints "
+                    "Rank-1/5/10, mAP and mINP in percent.")
+    parser.add_argument("--mode", choices=MODES, default="text",
+                        help="text: caption queries (text-to-image); image: image queries "
+                             "(image-to-image, each image's own copy left out)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="tbps checkpoint (default: models/checkpoints/default.pt)")
     parser.add_argument("--dataset", choices=sorted(READERS), default="cuhk-pedes")
@@ -120,7 +158,8 @@ def run_eval(args: argparse.Namespace) -> int:
     started = time.time()
     encoder = load_encoder(args.checkpoint, device=args.device, engine=args.engine,
                            precision=args.precision)
-    metrics = evaluate_encoder(encoder, records, args.batch_size)
+    evaluate = evaluate_encoder_images if args.mode == "image" else evaluate_encoder
+    metrics = evaluate(encoder, records, args.batch_size)
     log.info("evaluated %d queries in %.1fs", metrics["queries"], time.time() - started)
     if args.json:
         print(json.dumps(metrics))

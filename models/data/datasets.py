@@ -6,6 +6,9 @@ so that training and evaluation do not care which benchmark they read:
 - CUHK-PEDES: ``reid_raw.json`` (list of {"id", "split", "file_path", "captions"}) + ``imgs/``.
 - ICFG-PEDES: ``ICFG-PEDES.json`` (list of {"id", "split", "file_path", "captions"}) + ``imgs/``.
 - RSTPReid: ``data_captions.json`` (list of {"id", "split", "img_path", "captions"}) + ``imgs/``.
+- CUHK-PEDES re-ID images: ``persons.json`` (list of {"file_path", "person"}) + ``imgs/``: the
+  official train split with person labels and no captions (every record's split is "train";
+  person names become ids 0..N-1 in sorted order), for training the image tower on identity.
 """
 
 from __future__ import annotations
@@ -58,8 +61,18 @@ def read_rstpreid(root: Path) -> list[Record]:
     return _records(root, _read_json_list(root / "data_captions.json"), "img_path")
 
 
+def read_cuhk_pedes_reid(root: Path) -> list[Record]:
+    """Person-labelled images without captions (``persons.json``); ids in sorted-name order."""
+    root = Path(root)
+    rows = _read_json_list(root / "persons.json")
+    ids = {name: i for i, name in enumerate(sorted({str(row["person"]) for row in rows}))}
+    return [Record(image_path=root / "imgs" / row["file_path"], pid=ids[str(row["person"])],
+                   captions=(), split="train") for row in rows]
+
+
 READERS: dict[str, Callable[[Path], list[Record]]] = {
     "cuhk-pedes": read_cuhk_pedes,
+    "cuhk-pedes-reid": read_cuhk_pedes_reid,
     "icfg-pedes": read_icfg_pedes,
     "rstpreid": read_rstpreid,
 }
