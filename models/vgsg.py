@@ -27,6 +27,7 @@ from models.base import DualEncoderModel, seeded_init
 from models.config import VGSGConfig
 from models.encoder import Part
 from models.factory import register_family
+from models.losses.alignment import alignment_loss
 from models.losses.contrastive import contrastive_loss, infonce_loss
 from models.losses.identity import IdentityClassifier
 from models.losses.knowledge_transfer import class_probability_transfer, similarity_transfer
@@ -34,7 +35,7 @@ from models.losses.sdm import sdm_loss
 from models.sgtl import SGTL, ConvLocal, masked_softmax_attention
 
 TRAINING_ONLY_PREFIXES = ("id_global.", "id_local.", "vgkt.", "logit_scale")
-ITC_FORMS = ("infonce", "mp-margin", "sdm")
+ITC_FORMS = ("vitaa-align", "infonce", "mp-margin", "sdm")
 
 
 class VisionGuidedText(nn.Module):
@@ -163,8 +164,12 @@ class VGSG(DualEncoderModel):
         return terms
 
     def itc(self, image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
-        """The contrastive term of Eq. 2 in the configured form (``loss.itc_form``)."""
+        """The cross-modal term in Eq. 2's place, in the configured form (``loss.itc_form``;
+        "vitaa-align" is Eq. 2 as the paper gives it)."""
         cfg = self.config.loss
+        if cfg.itc_form == "vitaa-align":
+            return alignment_loss(image, text, pids, cfg.align_tau_pos, cfg.align_tau_neg,
+                                  cfg.align_alpha, cfg.align_beta)
         if cfg.itc_form == "infonce":
             return infonce_loss(image, text, cfg.tau)
         if cfg.itc_form == "sdm":
