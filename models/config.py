@@ -114,9 +114,9 @@ class VGSGLossConfig:
     tau: float = 0.02  # infonce, mp-margin
     margin: float = 0.1  # mp-margin
     similarity_transfer: float = 1.0  # Eq. 10-11
-    st_tau: float = 0.1
+    st_tau: float = 4.0  # Eq. 10's relation temperature (Sec. IV-B: 4)
     class_transfer: float = 1.0  # Eq. 12
-    ct_tau: float = 1.0
+    ct_tau: float = 1.0  # Eq. 12 has no temperature: 1
 
 
 @dataclass
