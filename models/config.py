@@ -82,6 +82,11 @@ class TextBackboneConfig:
     arch: dict[str, Any] = field(default_factory=dict)
     weights: str = ""
     frozen_stages: int = 0  # embeddings count as one stage, then one per layer
+    # Stochastic depth ("drop path", VGSG Sec. IV-C, Table II column D; Huang et al. [60]) on
+    # every residual branch of the transformer layers, in training only: the rate grows
+    # linearly with depth up to this value at the last layer; 0 = off. Frozen layers stay in
+    # eval mode: never dropped.
+    drop_path: float = 0.0
 
 
 @dataclass
@@ -122,13 +127,20 @@ class VGSGLossConfig:
 @dataclass
 class VGSGConfig(BaseModelConfig):
     """VGSG. ``text_local``: "sgtl" (the paper), "conv" (the "Local" ablation) or "none"
-    (global-only baseline); ``vgkt`` switches the training-only knowledge transfer."""
+    (global-only baseline); ``vgkt`` switches the training-only knowledge transfer.
+
+    ``shared_layer``: Sec. IV-C's "shared layer with visual and textual embedding" (Table II,
+    column S): one linear map D -> D, shared by the two modalities, after each tower's own
+    projection, on the global, stripe / group and vision-guided features alike (a layer
+    shared across modalities, as SSAN's shared 1x1 conv [5]); identity at initialisation, so a
+    warm start begins where it was. Off by default: checkpoints without it load unchanged."""
 
     image_backbone: ImageBackboneConfig = field(default_factory=ImageBackboneConfig)
     text_backbone: TextBackboneConfig = field(default_factory=TextBackboneConfig)
     stripes: int = 4  # K
     text_local: str = "sgtl"
     vgkt: bool = True
+    shared_layer: bool = False
     sgtl_layers: int = 2
     sgtl_heads: int = 8
     num_classes: int = 0  # person ids of the training set (ID-loss classifiers)
