@@ -68,7 +68,7 @@ class VFETPSLossConfig:
 
 @dataclass
 class VFETPSConfig(NestedConfigMixin, BaseModelConfig):
-    """VFE-TPS. ``tgmim``: build the TG-MIM decoder (dim, heads, layers as in Sec. 3.2);
+    """VFE-TPS. ``tgmim``: build the TG-MIM decoder (dim, heads, layers as in Sec. 3.2.1);
     ``mca_queries``: "global+patches" (the paper: f^v and the patch tokens) or "patches";
     ``masked_pass_bn``: "frozen" (TG-MIM's masked pass leaves BatchNorm running statistics
     alone) or "update" (the earlier behaviour: masked images enter them)."""
