@@ -169,3 +169,15 @@ def test_bundled_checkpoint_loads_with_both_options_off():
     model, _ = load_model(path)
     assert model.config.shared_layer is False and model.config.text_backbone.drop_path == 0.0
     assert not hasattr(model, "shared")
+
+
+def test_a_training_step_with_eq2_shared_layer_and_text_drop_path():
+    text = {**tiny_vgsg()["text_backbone"], "drop_path": 0.2}
+    model = create_model(tiny_vgsg(shared_layer=True, text_backbone=text,
+                                   loss={"itc_form": "vitaa-align"})).train()
+    terms = model.training_losses(_batch(model))
+    assert {"itc_global", "itc_local", "itc_vg", "similarity_transfer"} <= set(terms)
+    loss = sum(terms.values())
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.shared.weight.grad is not None and model.shared.weight.grad.abs().sum() > 0
