@@ -82,43 +82,65 @@ class TextBackboneConfig:
     arch: dict[str, Any] = field(default_factory=dict)
     weights: str = ""
     frozen_stages: int = 0  # embeddings count as one stage, then one per layer
+    # Stochastic depth ("drop path", VGSG Sec. IV-C, Table II column D; Huang et al. [60]) on
+    # every residual branch of the transformer layers, in training only: the rate grows
+    # linearly with depth up to this value at the last layer; 0 = off. Frozen layers stay in
+    # eval mode: never dropped.
+    drop_path: float = 0.0
 
 
 @dataclass
 class VGSGLossConfig:
-    """Weights and temperatures of Eq. 13's terms; a weight of 0 switches a term off.
+    """Weights and temperatures of VGSG Eq. 13's terms; a weight of 0 switches a term off.
 
-    ``itc_form`` picks the contrastive loss behind the ``itc_*`` terms: "infonce" (Eq. 2 as the
-    paper writes it, temperature ``tau``), "mp-margin" (identity-aware multi-positive InfoNCE
-    with ``margin``, this project's first form) or "sdm" (similarity-distribution matching with
-    one learnable logit scale, init ``sdm_scale`` and clamped at ``sdm_scale_max``)."""
+    ``itc_form`` picks the cross-modal loss behind the ``itc_*`` terms:
+    - "vitaa-align": Eq. 2 as the paper gives it, the alignment loss of its reference [18]
+      (ViTAA), temperatures ``align_tau_pos`` / ``align_tau_neg`` and absolute cosine bounds
+      ``align_alpha`` / ``align_beta`` at the paper's 10 / 40 and 0.6 / 0.4;
+    - "infonce": CLIP's symmetric InfoNCE (the paired caption the one positive), temperature
+      ``tau``; not the paper's Eq. 2;
+    - "mp-margin": identity-aware multi-positive InfoNCE with an additive ``margin``, this
+      project's first form;
+    - "sdm": similarity-distribution matching (IRRA) with one learnable logit scale, init
+      ``sdm_scale`` and clamped at ``sdm_scale_max``."""
 
     itc_form: str = "infonce"
+    align_tau_pos: float = 10.0  # Eq. 2: temperature of the positive pairs (tau_p)
+    align_tau_neg: float = 40.0  # Eq. 2: temperature of the negative pairs (tau_n)
+    align_alpha: float = 0.6  # Eq. 2: a positive cosine is pushed above alpha
+    align_beta: float = 0.4  # Eq. 2: a negative cosine is pushed below beta
     sdm_scale: float = 50.0
     sdm_scale_max: float = 100.0
     id: float = 1.0  # ID loss on global and local features of both modalities
     label_smoothing: float = 0.1
-    itc_global: float = 1.0  # Eq. 2 on global pairs
-    itc_local: float = 1.0  # Eq. 2 on (image stripes, semantic-group text) pairs
-    itc_vg: float = 1.0  # Eq. 2 on (image stripes, vision-guided text) pairs
-    tau: float = 0.02
-    margin: float = 0.1
+    itc_global: float = 1.0  # the itc_form loss on global pairs (Eq. 2's place in Eq. 13)
+    itc_local: float = 1.0  # ... on (image stripes, semantic-group text) pairs
+    itc_vg: float = 1.0  # ... on (image stripes, vision-guided text) pairs
+    tau: float = 0.02  # infonce, mp-margin
+    margin: float = 0.1  # mp-margin
     similarity_transfer: float = 1.0  # Eq. 10-11
-    st_tau: float = 0.1
+    st_tau: float = 4.0  # Eq. 10's relation temperature (Sec. IV-B: 4)
     class_transfer: float = 1.0  # Eq. 12
-    ct_tau: float = 1.0
+    ct_tau: float = 1.0  # Eq. 12 has no temperature: 1
 
 
 @dataclass
 class VGSGConfig(BaseModelConfig):
     """VGSG. ``text_local``: "sgtl" (the paper), "conv" (the "Local" ablation) or "none"
-    (global-only baseline); ``vgkt`` switches the training-only knowledge transfer."""
+    (global-only baseline); ``vgkt`` switches the training-only knowledge transfer.
+
+    ``shared_layer``: Sec. IV-C's "shared layer with visual and textual embedding" (Table II,
+    column S): one linear map D -> D, shared by the two modalities, after each tower's own
+    projection, on the global, stripe / group and vision-guided features alike (a layer
+    shared across modalities, as SSAN's shared 1x1 conv [5]); identity at initialisation, so a
+    warm start begins where it was. Off by default: checkpoints without it load unchanged."""
 
     image_backbone: ImageBackboneConfig = field(default_factory=ImageBackboneConfig)
     text_backbone: TextBackboneConfig = field(default_factory=TextBackboneConfig)
     stripes: int = 4  # K
     text_local: str = "sgtl"
     vgkt: bool = True
+    shared_layer: bool = False
     sgtl_layers: int = 2
     sgtl_heads: int = 8
     num_classes: int = 0  # person ids of the training set (ID-loss classifiers)

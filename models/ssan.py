@@ -10,14 +10,16 @@ modalities:
   shared 1x1 conv (on a pooled vector: a linear layer);
 - local: K horizontal stripes max-pooled (image) and, for text, the Word Attention Module's
   sigmoid word-part weights followed by max pooling; then one 1x1 conv per part, shared;
-- relation: MV-NLN (Eq. 13-16) over the K local features: part-specific projections, cosine
-  affinities to the *other* parts, a residual and a part-specific output projection W_n^k to
-  N dimensions (``mvnln: paper``; ``shared-mha``: the earlier shared multi-head attention).
+- relation: MV-NLN (Sec. III-C.2, Eq. 13-16) over the K local features: part-specific
+  projections, cosine affinities to the *other* parts, a residual and a part-specific output
+  projection W_n^k to N dimensions (``mvnln: paper``; ``shared-mha``: the earlier shared
+  multi-head attention).
 
 Similarity at inference ``S_g + S_l + S_n``: both sides export
 ``[l2n(global), l2n(concat local), l2n(concat relation)]``; the text side never sees an image.
 Training: ``L = sum_b w_b (L_cr^b + L_id^b)`` over the branches b = global, local, relation
-with ``w = 1, 0.5, 0.5``; Compound Ranking (beta 0.1, adaptive margin Eq. 20-21) and ID loss
+with ``w = 1, 0.5, 0.5``; the Compound Ranking loss (Sec. IV, Eq. 19: beta 0.1, adaptive
+margin Eq. 20-21; Eq. 18 is the plain ranking loss it extends) and ID loss
 with one classifier per part (global, each local part, each relation part). The ID
 classifiers are training-only and not exported. Configs stored before issue 16 (their loss
 has ``adaptive_margin``) are read in the form they were trained in (``upgrade_pre16``).

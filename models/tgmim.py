@@ -1,8 +1,9 @@
-"""TG-MIM: Text-Guided Masked Image Modelling (VFE-TPS Sec. 3.2, Eq. 1-3). Training only.
+"""TG-MIM: Text-Guided Masked Image Modelling (VFE-TPS Sec. 3.2.1, Eq. 1-3). Training only.
 
-Patches of the image are masked at random (Eq. 1); the image encoder's tokens of the masked
-image, its global feature f^v first and then the patch tokens, attend to the caption's word
-tokens through one multi-head cross-attention layer (MCA, Eq. 2), four transformer encoder
+Patches of the image are masked at random (Algorithm 1, steps 2-3; the ratio is in no
+equation); the image encoder's tokens of the masked image, its global feature f^v first and
+then the patch tokens, attend to the caption's word tokens through one multi-head
+cross-attention layer (MCA, Eq. 1-2), four transformer encoder
 layers mix them, and a Conv2d + PixelShuffle head predicts the raw (normalised) pixels from the
 patch tokens; the L1 loss on the masked patches (Eq. 3) is in ``models.losses.tgmim``.
 
@@ -40,7 +41,8 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
 
 def random_patch_mask(batch: int, grid: tuple[int, int], ratio: float,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """Eq. 1: (B, h, w) bool, True on ``round(ratio * h * w)`` patches chosen per image."""
+    """Algorithm 1, step 3 (random masking): (B, h, w) bool, True on ``round(ratio * h * w)``
+    patches chosen per image."""
     h, w = grid
     count = int(round(ratio * h * w))
     order = torch.rand(batch, h * w, generator=generator).argsort(dim=1)  # (B, h*w)
@@ -58,7 +60,7 @@ def apply_patch_mask(images: torch.Tensor, mask: torch.Tensor, patch: int) -> to
 
 
 class TextGuidedDecoder(nn.Module):
-    """Eq. 2 and the pixel head: [f^v;] image tokens (B, N, C) + word tokens (B, L, D) ->
+    """MCA (Eq. 1-2) and the pixel head: [f^v;] image tokens (B, N, C) + word tokens (B, L, D) ->
     pixels. ``queries``: "global+patches" (the paper: f^v, width D, is a query too) or
     "patches" (the earlier variant here)."""
 

@@ -3,11 +3,12 @@
 Inference (Sec. 3.1): a CLIP-style image encoder whose global feature is the class token (for
 a CNN stand-in: its attention-pooled token) and a text encoder whose global feature is the
 [EOS] token (MiniLM stand-in: its mean-pooled token); similarity = cosine of the two.
-Training adds CMPM (Eq. 4-5, cosine / tau logits) and two training-only visual enhancements:
-TG-MIM (Eq. 1-3, a decoder that reconstructs masked patches from f^v and the image tokens
-guided by the caption) and IS-GVFC (Eq. 6-7, identity-supervised calibration of global image
-features over C = 20 sampled pairs). Neither is in the exported encoder: the checkpoint drops
-``tgmim.*``. Checkpoint configs stored before issue 16 are read in the form they were
+Training adds CMPM (Sec. 3.3, Eq. 6-9, cosine / tau logits) and two training-only visual
+enhancements: TG-MIM (Sec. 3.2.1, Eq. 1-3, a decoder that reconstructs masked patches from
+f^v and the image tokens guided by the caption) and IS-GVFC (Sec. 3.2.2, Eq. 4-5,
+identity-supervised calibration of global image features over C = 20 sampled pairs). Neither
+is in the exported encoder: the checkpoint drops ``tgmim.*``. Checkpoint configs stored
+before issue 16 are read in the form they were
 trained in (``upgrade_pre16``).
 """
 
@@ -53,21 +54,21 @@ class VFETPSLossConfig:
     defaults are the paper's. ``*_logits``: "cosine" (cos / tau, the paper) or "projection"
     (CMPM's original x^T zbar, the earlier default here)."""
 
-    cmpm: float = 1.0  # Eq. 4-5
+    cmpm: float = 1.0  # Eq. 6-9
     cmpm_logits: str = "cosine"
     cmpm_tau: float = 0.02
     tgmim: float = 1.0  # Eq. 3
-    mask_ratio: float = 0.5  # Eq. 1: fraction of patches masked
-    gvfc: float = 1.0  # Eq. 7
+    mask_ratio: float = 0.5  # fraction of patches masked (Algorithm 1; in no equation)
+    gvfc: float = 1.0  # Eq. 4-5
     gvfc_pairs: int = 20  # C: images sampled per anchor (0: every other image of the batch)
     gvfc_logits: str = "cosine"
     gvfc_tau: float = 0.02
-    gvfc_average: str = "batch"  # batch: Eq. 7's 1/B | anchors: over anchors with a positive
+    gvfc_average: str = "batch"  # batch: 1/B over anchors (Eq. 4) | anchors: those with a positive
 
 
 @dataclass
 class VFETPSConfig(NestedConfigMixin, BaseModelConfig):
-    """VFE-TPS. ``tgmim``: build the TG-MIM decoder (dim, heads, layers as in Sec. 3.2);
+    """VFE-TPS. ``tgmim``: build the TG-MIM decoder (dim, heads, layers as in Sec. 3.2.1);
     ``mca_queries``: "global+patches" (the paper: f^v and the patch tokens) or "patches";
     ``masked_pass_bn``: "frozen" (TG-MIM's masked pass leaves BatchNorm running statistics
     alone) or "update" (the earlier behaviour: masked images enter them)."""
@@ -183,9 +184,10 @@ class VFETPS(OptionalWeightsMixin, DualEncoderModel):
 
     def tgmim_loss(self, images: torch.Tensor, words: torch.Tensor, mask: torch.Tensor,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """Eq. 1-3: mask patches, encode the masked image (BatchNorm statistics untouched with
-        ``masked_pass_bn: frozen``), decode pixels from f^v and the patch tokens guided by the
-        words, L1 on the masked patches against the unmasked (augmented, normalised) input."""
+        """Eq. 1-3 (Algorithm 1): mask patches, encode the masked image (BatchNorm statistics
+        untouched with ``masked_pass_bn: frozen``), decode pixels from f^v and the patch
+        tokens guided by the words, L1 on the masked patches against the unmasked (augmented,
+        normalised) input."""
         patches = random_patch_mask(images.shape[0], self.visual.grid,
                                     self.config.loss.mask_ratio, generator)  # (B, h, w)
         masked = apply_patch_mask(images, patches, self.patch)  # (B, 3, H, W)

@@ -27,6 +27,7 @@ from models.base import DualEncoderModel, seeded_init
 from models.config import VGSGConfig
 from models.encoder import Part
 from models.factory import register_family
+from models.losses.alignment import alignment_loss
 from models.losses.contrastive import contrastive_loss, infonce_loss
 from models.losses.identity import IdentityClassifier
 from models.losses.knowledge_transfer import class_probability_transfer, similarity_transfer
@@ -34,7 +35,7 @@ from models.losses.sdm import sdm_loss
 from models.sgtl import SGTL, ConvLocal, masked_softmax_attention
 
 TRAINING_ONLY_PREFIXES = ("id_global.", "id_local.", "vgkt.", "logit_scale")
-ITC_FORMS = ("infonce", "mp-margin", "sdm")
+ITC_FORMS = ("vitaa-align", "infonce", "mp-margin", "sdm")
 
 
 class VisionGuidedText(nn.Module):
@@ -57,6 +58,14 @@ class VisionGuidedText(nn.Module):
         return guided.mean(dim=2)  # (B, K, D)
 
 
+def _identity_linear(dim: int) -> nn.Linear:
+    layer = nn.Linear(dim, dim)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(dim))
+        layer.bias.zero_()
+    return layer
+
+
 @register_family("vgsg", VGSGConfig)
 class VGSG(DualEncoderModel):
     @seeded_init
@@ -77,6 +86,8 @@ class VGSG(DualEncoderModel):
                                               for i in range(k))
             self.text_local = (SGTL(dim, k, config.sgtl_layers, config.sgtl_heads)
                                if config.text_local == "sgtl" else ConvLocal(dim, k))
+        if config.shared_layer:
+            self.shared = _identity_linear(dim)
         if config.num_classes:
             smoothing = config.loss.label_smoothing
             self.id_global = IdentityClassifier(dim, config.num_classes, smoothing)
@@ -103,11 +114,11 @@ class VGSG(DualEncoderModel):
         ``from_trunk``: ``images`` are ``visual.trunk`` outputs (cached-trunk training)."""
         fmap, pooled = self.visual.head(images) if from_trunk else self.visual(images)
         if not self.has_local:
-            return pooled, None, fmap
+            return self._shared(pooled), None, fmap
         stripes = fmap.chunk(self.config.stripes, dim=2)  # K x (B, C, h/K, w)
         pools = zip(self.stripe_pools, stripes, strict=True)
         local = torch.stack([pool(s) for pool, s in pools], dim=1)  # (B, K, D)
-        return pooled, local, fmap
+        return self._shared(pooled), self._shared(local), fmap
 
     def encode_text_parts(self, tokens: dict[str, torch.Tensor], from_trunk: bool = False
                           ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
@@ -117,7 +128,13 @@ class VGSG(DualEncoderModel):
         ``from_trunk``: ``tokens`` are ``textual.trunk`` outputs (hidden states + mask)."""
         words, pooled, mask = self.textual.head(tokens) if from_trunk else self.textual(tokens)
         local = self.text_local(words, pooled, mask) if self.has_local else None
-        return pooled, local, words, mask
+        return self._shared(pooled), self._shared(local), words, mask
+
+    def _shared(self, features: torch.Tensor | None) -> torch.Tensor | None:
+        """The cross-modal shared layer on (..., D) features, where configured."""
+        if features is None or not self.config.shared_layer:
+            return features
+        return self.shared(features)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         pooled, local, _ = self.encode_image_parts(images)
@@ -163,8 +180,12 @@ class VGSG(DualEncoderModel):
         return terms
 
     def itc(self, image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
-        """The contrastive term of Eq. 2 in the configured form (``loss.itc_form``)."""
+        """The cross-modal term in Eq. 2's place, in the configured form (``loss.itc_form``;
+        "vitaa-align" is Eq. 2 as the paper gives it)."""
         cfg = self.config.loss
+        if cfg.itc_form == "vitaa-align":
+            return alignment_loss(image, text, pids, cfg.align_tau_pos, cfg.align_tau_neg,
+                                  cfg.align_alpha, cfg.align_beta)
         if cfg.itc_form == "infonce":
             return infonce_loss(image, text, cfg.tau)
         if cfg.itc_form == "sdm":
@@ -184,7 +205,7 @@ class VGSG(DualEncoderModel):
             terms["id_local"] = cfg.id * (self.id_local(img_l, pids) + self.id_local(txt_l, pids))
         if not hasattr(self, "vgkt"):
             return terms
-        vg = self.vgkt(fmap, words, mask).flatten(1)  # (B, K*D)
+        vg = self._shared(self.vgkt(fmap, words, mask)).flatten(1)  # (B, K*D)
         if cfg.itc_vg:
             terms["itc_vg"] = cfg.itc_vg * self.itc(img_l, vg, pids)
         if cfg.similarity_transfer:
@@ -211,7 +232,9 @@ class VGSG(DualEncoderModel):
         data = self.config.to_dict()
         image = {k: v for k, v in data["image_backbone"].items()
                  if k not in ("pool_width", "pool_heads")}  # heads after the trunk
-        return {"image_backbone": image, "text_backbone": data["text_backbone"],
+        text = {k: v for k, v in data["text_backbone"].items()
+                if k != "drop_path"}  # frozen trunk layers never drop: the key stays as it was
+        return {"image_backbone": image, "text_backbone": text,
                 "image_size": data["image_size"], "mean": data["mean"], "std": data["std"],
                 "tokenizer": self.tokenizer_spec()}
 

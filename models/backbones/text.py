@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer
+from timm.layers import drop_path
 from torch import nn
 
 from models.backbones.clip_weights import load_clip_state_dict, split_towers
@@ -46,9 +47,15 @@ class ClipTextBackbone(FreezableMixin, nn.Module):
             self.net.load_state_dict(text)
         self._tokenizer = SimpleTokenizer(context_length=self.context_length)
         self.freeze(cfg.frozen_stages)
+        add_drop_path(self.residual_branches(), cfg.drop_path)
 
     def stages(self) -> list[nn.Module]:
         return [self.net.token_embedding, *self.net.transformer.resblocks]
+
+    def residual_branches(self) -> list[tuple[nn.Module, ...]]:
+        """Per layer, the modules whose outputs are added back to the residual stream:
+        ``x + ls_1(attn(ln_1(x)))``, ``x + ls_2(mlp(ln_2(x)))``."""
+        return [(block.ls_1, block.ls_2) for block in self.net.transformer.resblocks]
 
     def freeze(self, frozen_stages: int) -> None:
         super().freeze(frozen_stages)
@@ -94,9 +101,16 @@ class MiniLMBackbone(FreezableMixin, nn.Module):
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self.proj = nn.Linear(bert_config.hidden_size, embed_dim)
         self.freeze(cfg.frozen_stages)
+        add_drop_path(self.residual_branches(), cfg.drop_path)
 
     def stages(self) -> list[nn.Module]:
         return [self.net.embeddings, *self.net.encoder.layer]
+
+    def residual_branches(self) -> list[tuple[nn.Module, ...]]:
+        """Per layer, the dropouts that end the two branches BERT adds back before its
+        LayerNorms: ``LN(x + dropout(attn(x)))``, ``LN(h + dropout(ffn(h)))``."""
+        return [(layer.attention.output.dropout, layer.output.dropout)
+                for layer in self.net.encoder.layer]
 
     def tokenizer_spec(self) -> dict[str, Any]:
         return {"kind": "wordpiece", "max_length": self.max_length, "normalize": "lower-alnum"}
@@ -147,6 +161,31 @@ class MiniLMBackbone(FreezableMixin, nn.Module):
         for layer in self.net.encoder.layer[start:stop]:
             x = layer(x, attention_mask=attn)
         return x
+
+
+def add_drop_path(branches: Sequence[tuple[nn.Module, ...]], rate: float) -> None:
+    """Stochastic depth on residual branches: layer l of L (from 1) drops each sample's branch
+    output with probability ``rate * l / L`` (the linear rule of Huang et al.), scaling kept
+    ones by the inverse keep probability, while its module is in training mode.
+
+    A forward hook on the module that ends each branch, so no module is replaced and the
+    state-dict keys stay those of the backbone without drop path.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"text_backbone.drop_path {rate} is not in [0, 1]")
+    if rate == 0.0:
+        return
+    for depth, modules in enumerate(branches, start=1):
+        layer_rate = rate * depth / len(branches)
+        for module in modules:
+            module.register_forward_hook(_drop_path_hook(layer_rate))
+
+
+def _drop_path_hook(rate: float) -> Any:
+    def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        return drop_path(output, rate, module.training)  # (B, ...) one draw per sample
+
+    return hook
 
 
 # Keys a sentence-transformers BERT file may lack or carry without harm: buffers that

@@ -1,9 +1,9 @@
-"""Cross-Modal Projection Matching (Zhang & Lu, ECCV 2018) as VFE-TPS uses it (Eq. 4-5).
+"""Cross-Modal Projection Matching (Zhang & Lu, ECCV 2018) as VFE-TPS uses it (Sec. 3.3, Eq. 6-9).
 
 VFE-TPS writes the matching distribution over cosine similarities with a temperature
 (``p_ij = softmax_j(cos(v_i, t_j) / tau)``); the original CMPM's projection logits
 ``x_i^T zbar_j`` stay a named option (``logits="projection"``). The same "matching
-distribution vs. label distribution" KL is reused by IS-GVFC (Eq. 6-7) on image-image pairs,
+distribution vs. label distribution" KL is reused by IS-GVFC (Eq. 4-5) on image-image pairs,
 so the shared piece is ``matching_kl``.
 """
 
@@ -56,9 +56,11 @@ def pair_logits(a: torch.Tensor, b: torch.Tensor, logits: str = "cosine",
 
 def cmpm_loss(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor,
               logits: str = "cosine", tau: float = 0.02) -> torch.Tensor:
-    """Eq. 4-5: ``L_cmpm = L_i2t + L_t2i``, ``L_i2t = 1/B sum_i KL(p_i || q_i)`` with
-    ``p_ij = softmax_j(cos(v_i, t_j) / tau)`` and ``q_ij`` the normalised same-person labels
-    (every same-person pair is a positive); ``L_t2i`` the same with the roles swapped.
+    """Eq. 9: ``L_cmpm = L_i2t + L_t2i``; Eq. 8: ``L_i2t = 1/B sum_i L_i``; Eq. 7: ``L_i =
+    KL(p_i || q_i)``; Eq. 6: ``p_ij = softmax_j(cos(v_i, t_j) / tau)``; ``q_ij`` the normalised
+    same-person labels (every same-person pair is a positive); ``L_t2i`` the same with the
+    roles swapped. Eq. 7 as printed also puts a 1/B before each row's sum (1/B^2 in all); this
+    keeps the original CMPM's single 1/B, a constant factor of the loss weight.
 
     image, text: (B, D); pids: (B,).
     """

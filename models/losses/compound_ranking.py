@@ -1,4 +1,4 @@
-"""Compound Ranking loss of SSAN (Ding et al., 2021, Sec. 3.4, Eq. 17-21).
+"""Compound Ranking (CR) loss of SSAN (Ding et al., 2021, Sec. IV, Eq. 18-21).
 
 A caption describes its own image exactly (strong supervision) and another image of the same
 person only roughly (weak supervision). Both kinds of positives are ranked above the hardest
@@ -25,7 +25,8 @@ def weak_margins(sim: torch.Tensor, margin: float, form: str = "paper") -> torch
     same person), detached.
 
     ``paper`` (Eq. 20-21): ``lambda_ij = min(S(I_i, T_j) / S(I_i, T_i), 1)`` (absolute
-    values, as the authors' code), ``a_ij = (lambda_ij + 1) a / 2``: a weak caption that
+    values, as the authors' code; the paper's text prints the hardest negative pair's
+    ``S(I_n, D_n)`` as Eq. 21's denominator), ``a_ij = (lambda_ij + 1) a / 2``: a weak caption that
     matches the image almost as well as its own caption gets nearly the full margin.
     ``similarity`` (earlier variant here): ``a_ij = a (S_ij + 1) / 2``. ``fixed``: ``a``.
     """
@@ -43,7 +44,9 @@ def weak_margins(sim: torch.Tensor, margin: float, form: str = "paper") -> torch
 
 def compound_ranking_loss(sim: torch.Tensor, pids: torch.Tensor, margin: float = 0.2,
                           beta: float = 0.1, margin_form: str = "paper") -> torch.Tensor:
-    """``L_cr = sum_i [a - S(I_i, T_i) + S(I_i, T-)]_+ + [a - S(I_i, T_i) + S(I-, T_i)]_+``
+    """SSAN Eq. 19 (Eq. 18's two strong terms plus two weak ones):
+
+    ``L_cr = sum_i [a - S(I_i, T_i) + S(I_i, T-)]_+ + [a - S(I_i, T_i) + S(I-, T_i)]_+``
     ``     + beta sum_{(i, j) weak} [a_ij - S(I_i, T_j) + S(I_i, T-)]_+ + [... + S(I-, T_j)]_+``
 
     sim: (B, B) similarity of image i (rows) and text j (columns), text i paired with image i;

@@ -1,9 +1,10 @@
-"""Cross-modal contrastive losses for VGSG's Eq. 2.
+"""InfoNCE-family cross-modal losses, selectable in the place of VGSG's Eq. 2.
 
-``infonce_loss`` is Eq. 2 as the paper writes it: the symmetric image-text InfoNCE of CLIP over
-cosine similarities with a temperature, the paired caption the one positive. ``contrastive_loss``
-is the variant this project trained with first (identity-aware: every same-person pair a
-positive, plus an additive margin); it stays selectable as ``loss.itc_form: mp-margin``.
+Neither is VGSG's Eq. 2 (that is ViTAA's alignment loss, ``models.losses.alignment``).
+``infonce_loss`` is CLIP's symmetric image-text InfoNCE (Radford et al. 2021) over cosine
+similarities with a temperature, the paired caption the one positive (``itc_form: infonce``).
+``contrastive_loss`` is the form this project trained with first (identity-aware: every
+same-person pair a positive, plus an additive margin; ``itc_form: mp-margin``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 
 def infonce_loss(image: torch.Tensor, text: torch.Tensor, tau: float = 0.02) -> torch.Tensor:
-    """VGSG Eq. 2: ``L = 1/2 (L_i2t + L_t2i)``, with
+    """CLIP's symmetric InfoNCE: ``L = 1/2 (L_i2t + L_t2i)``, with
 
     ``L_i2t = -1/B sum_i log( exp(S_ii / tau) / sum_j exp(S_ij / tau) )``, ``S_ij = cos(v_i, t_j)``
 
@@ -34,7 +35,7 @@ def _infonce_loss(image: torch.Tensor, text: torch.Tensor, tau: float) -> torch.
 
 def contrastive_loss(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor,
                      tau: float = 0.02, margin: float = 0.1) -> torch.Tensor:
-    """The identity-aware variant of Eq. 2 (``itc_form: mp-margin``): InfoNCE in both
+    """Identity-aware multi-positive InfoNCE with a margin (``itc_form: mp-margin``) in both
     directions over cosine similarities, with
 
     - every same-person pair in the batch a positive (the P x K sampler puts K images of a

@@ -1,4 +1,4 @@
-"""Identity-Supervised Global Visual Feature Calibration, IS-GVFC (VFE-TPS Eq. 6-7).
+"""Identity-Supervised Global Visual Feature Calibration, IS-GVFC (VFE-TPS Sec. 3.2.2, Eq. 4-5).
 
 Each image is compared with C images sampled from the batch (C = 20 in the paper); the
 distribution of their similarities is pulled towards the identity-label distribution, so that
@@ -28,10 +28,11 @@ def sample_pairs(batch: int, pairs: int, generator: torch.Generator | None = Non
 def is_gvfc_loss(image: torch.Tensor, pids: torch.Tensor, pairs: int = 20,
                  logits: str = "cosine", tau: float = 0.02, average: str = "batch",
                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Eq. 6: ``p_ij = softmax_{j in C(i)}(cos(v_i, v_j) / tau)`` over the C sampled images of
-    anchor i; Eq. 7: ``L_gvfc = 1/B sum_i KL(p_i || q_i)``, ``q_ij`` the normalised
-    same-identity labels among the C; an anchor without a positive among them adds 0
-    (``average="anchors"``: divide by the anchors that have one instead of B).
+    """Eq. 5: ``p_ij = softmax_{j in C(i)}(cos(v_i, v_j) / tau)`` over the C sampled images of
+    anchor i; Eq. 4: ``L_gvfc = 1/B sum_i KL(p_i || q_i)``, ``q_ij`` the normalised
+    same-identity labels among the C (Eq. 4 writes 1/C over C sampled pairs; here C images are
+    sampled per anchor and the mean is over the B anchors); an anchor without a positive among
+    them adds 0 (``average="anchors"``: divide by the anchors that have one instead of B).
 
     image: (B, D) global image features; pids: (B,).
     """

@@ -32,7 +32,7 @@ class IdentityClassifier(nn.Module):
 
 def part_identity_loss(heads: nn.ModuleList, image: torch.Tensor, text: torch.Tensor,
                        labels: torch.Tensor) -> torch.Tensor:
-    """SSAN's ID loss on part features (Sec. 3.4): one classifier ``W_k`` per part, shared by
+    """SSAN's ID loss on part features (Sec. IV): one classifier ``W_k`` per part, shared by
     the two modalities, ``L = 1/K sum_k CE(W_k v_k, y) + CE(W_k t_k, y)``.
 
     image, text: (B, K, D); labels: (B,); ``heads``: K ``IdentityClassifier``s.

@@ -1,8 +1,14 @@
-"""Vision-guided knowledge transfer losses (VGSG Sec. III-D, Eq. 10-12).
+"""Relational knowledge transfer of VGKT (VGSG Sec. III-D, Eq. 10-12).
 
-The vision-guided textual features are the teacher: both losses detach them, so that neither
-sends gradient into the vision-guided attention; only the semantic-group (SGTL) text features
-learn from them.
+The vision-guided textual features are the teacher: both losses detach them ("won't be
+back-propagated through the vision-guided attention module"), so that only the semantic-group
+(SGTL) text features learn from them.
+
+Eq. 10's temperature: Sec. IV-B, "Temperature and the transformer layer are set to 4 and 2".
+The symbols of Eq. 10 are lost in the text this follows; it reads ``r_ij = softmax_j(S_ij /
+tau)`` with the convention of Hinton's distillation [23] that the paper cites. On cosines in
+[-1, 1], tau 4 gives nearly flat relation distributions (logits within +-0.25), although the
+text says tau "sharpens" them; ``loss.st_tau`` keeps the value open to tuning.
 """
 
 from __future__ import annotations
@@ -12,15 +18,19 @@ import torch.nn.functional as F
 
 
 def relation_matrix(image: torch.Tensor, text: torch.Tensor, tau: float) -> torch.Tensor:
-    """Eq. 10: softmax over texts of the cosine relations of each image, (B, B) log-probs."""
+    """Eq. 10: ``r_ij = exp(cos(v_i, t_j) / tau) / sum_k exp(cos(v_i, t_k) / tau)``, the
+    softmax over texts of each image's cosine relations; (B, B) log-probs."""
     sim = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()  # (B, B)
     return F.log_softmax(sim / tau, dim=1)
 
 
 def similarity_transfer(image_local: torch.Tensor, vg_text: torch.Tensor,
-                        sg_text: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
-    """Eq. 11: ``KL(R(v, t_vg) || R(v, t_sg))`` in both directions of retrieval.
+                        sg_text: torch.Tensor, tau: float = 4.0) -> torch.Tensor:
+    """Eq. 11: ``L_st = KL(R^vg || R^sg)``, ``R^vg = R(v, t_vg)`` the teacher's relation matrix
+    (Eq. 10), ``R^sg = R(v, t_sg)`` the student's; KL summed over a row, averaged over rows.
 
+    The text names one relation matrix without the axis of its softmax; this takes the mean of
+    image -> text rows and text -> image rows (both retrieval directions).
     image_local, vg_text, sg_text: (B, D) concatenated local features. The image side is
     detached as well, so the transfer only moves the semantic-group text features.
     """
@@ -38,7 +48,12 @@ def similarity_transfer(image_local: torch.Tensor, vg_text: torch.Tensor,
 
 def class_probability_transfer(vg_logits: torch.Tensor, sg_logits: torch.Tensor,
                                tau: float = 1.0) -> torch.Tensor:
-    """Eq. 12: ``KL(softmax(z_vg / tau) || softmax(z_sg / tau))`` over person-id classes."""
+    """Eq. 12: ``L_cpt = KL(P^vg || P^sg)``, ``P = softmax(z)`` over person-id classes of the
+    shared ID classifier's logits, KL summed over classes and averaged over the batch.
+
+    The paper's softmax has no temperature (``tau`` 1, the default); another ``tau`` softens
+    both sides as Hinton's distillation does, with its ``tau^2`` gradient scale.
+    """
     teacher = F.log_softmax(vg_logits.detach() / tau, dim=1)
     student = F.log_softmax(sg_logits / tau, dim=1)
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * tau * tau

@@ -1,12 +1,18 @@
-"""VGSG Eq. 2 (InfoNCE, the paper's form), its identity-aware variant and SDM against hand
-computations with explicit loops."""
+"""The losses selectable in the place of VGSG Eq. 2 (``loss.itc_form``) against hand
+computations with explicit loops over the batch: Eq. 2 as the paper gives it (ViTAA's alignment
+loss), CLIP's InfoNCE, the identity-aware multi-positive InfoNCE with a margin, and SDM."""
 
 import math
 
+import pytest
 import torch
 
+from models.config import VGSGLossConfig
+from models.factory import create_model
+from models.losses.alignment import alignment_loss
 from models.losses.contrastive import contrastive_loss, infonce_loss
 from models.losses.sdm import sdm_loss
+from tests.models.conftest import tiny_vgsg
 
 
 def _cos(a, b):
@@ -18,7 +24,78 @@ def _pairs(seed=0, b=4, d=5):
     return torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)
 
 
-def test_infonce_is_the_symmetric_clip_loss_of_eq2():
+def _softplus(x):
+    return math.log(1.0 + math.exp(x))
+
+
+def _align_by_loops(image, text, pids, tau_p, tau_n, alpha, beta):
+    """VGSG Eq. 2 / ViTAA L_align: image -> text rows, then text -> image columns, over B."""
+    b = image.shape[0]
+    s = [[_cos(image[i], text[j]) for j in range(b)] for i in range(b)]
+    total = 0.0
+    for anchor in range(b):
+        for direction in ("i2t", "t2i"):
+            for other in range(b):
+                sim = s[anchor][other] if direction == "i2t" else s[other][anchor]
+                if pids[anchor] == pids[other]:
+                    total += _softplus(-tau_p * (sim - alpha))
+                else:
+                    total += _softplus(tau_n * (sim - beta))
+    return total / b
+
+
+def test_eq2_defaults_are_the_papers_values():
+    cfg = VGSGLossConfig()  # "We set tau_p/tau_n and alpha/beta to 10/40 and 0.6/0.4"
+    assert (cfg.align_tau_pos, cfg.align_tau_neg, cfg.align_alpha, cfg.align_beta) == (
+        10.0, 40.0, 0.6, 0.4)
+
+
+@pytest.mark.parametrize("pids", [[0, 1, 2, 3], [3, 3, 5, 5, 5, 7]])
+def test_eq2_is_vitaas_alignment_loss_by_hand(pids):
+    image, text = _pairs(4, b=len(pids), d=3)
+    text[1] = image[0] + 0.1  # one pair with a cosine near 1, so both bounds are exercised
+    pids = torch.tensor(pids)
+    expected = _align_by_loops(image, text, pids, 10.0, 40.0, 0.6, 0.4)
+    got = alignment_loss(image, text, pids)  # the paper's values are the defaults
+    assert math.isclose(float(got), expected, rel_tol=1e-5)
+    other = _align_by_loops(image, text, pids, 5.0, 20.0, 0.7, 0.2)
+    assert math.isclose(float(alignment_loss(image, text, pids, 5.0, 20.0, 0.7, 0.2)), other,
+                        rel_tol=1e-5)
+
+
+def test_vgsg_itc_form_vitaa_align_is_eq2_with_the_configured_values():
+    model = create_model(tiny_vgsg(loss={"itc_form": "vitaa-align", "align_tau_pos": 8.0,
+                                         "align_tau_neg": 30.0, "align_alpha": 0.5,
+                                         "align_beta": 0.3}))
+    image, text = _pairs(5, b=4, d=16)
+    pids = torch.tensor([0, 0, 1, 2])
+    expected = _align_by_loops(image, text, pids, 8.0, 30.0, 0.5, 0.3)
+    assert math.isclose(float(model.itc(image, text, pids)), expected, rel_tol=1e-5)
+
+
+def test_mp_margin_multi_positive_path_by_hand():
+    """Several positives per row: each row's loss is -log of the summed softmax mass of its
+    positives, every positive logit lowered by the margin; both directions, averaged."""
+    image, text = _pairs(6, b=5, d=4)
+    pids = [0, 0, 1, 1, 1]
+    tau, m, b = 0.2, 0.15, 5
+    s = [[_cos(image[i], text[j]) for j in range(b)] for i in range(b)]
+
+    def direction(sim):
+        total = 0.0
+        for i in range(b):
+            logits = [(sim[i][j] - (m if pids[i] == pids[j] else 0.0)) / tau for j in range(b)]
+            z = sum(math.exp(v) for v in logits)
+            mass = sum(math.exp(logits[j]) / z for j in range(b) if pids[i] == pids[j])
+            total += -math.log(mass)
+        return total / b
+
+    expected = 0.5 * (direction(s) + direction([[s[j][i] for j in range(b)] for i in range(b)]))
+    got = contrastive_loss(image, text, torch.tensor(pids), tau=tau, margin=m)
+    assert math.isclose(float(got), expected, rel_tol=1e-5)
+
+
+def test_infonce_is_clips_symmetric_loss():
     image, text = _pairs()
     tau, b = 0.07, image.shape[0]
     s = [[_cos(image[i], text[j]) for j in range(b)] for i in range(b)]
@@ -75,9 +152,10 @@ def test_similarity_losses_run_in_float32_under_bfloat16_autocast():
     text = base + 0.05 * torch.randn(8, 64, generator=g)
     pids = torch.arange(8)
     plain = [sdm_loss(image, text, pids, 50.0), infonce_loss(image, text, 0.02),
-             contrastive_loss(image, text, pids, 0.02, 0.1)]
+             contrastive_loss(image, text, pids, 0.02, 0.1), alignment_loss(image, text, pids)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = [sdm_loss(image, text, pids, 50.0), infonce_loss(image, text, 0.02),
-                 contrastive_loss(image, text, pids, 0.02, 0.1)]
+                 contrastive_loss(image, text, pids, 0.02, 0.1),
+                 alignment_loss(image, text, pids)]
     for a, b in zip(plain, mixed, strict=True):
         assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-6), (a, b)

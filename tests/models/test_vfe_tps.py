@@ -90,9 +90,9 @@ def test_cmpm_paper_form_is_cosine_over_tau_by_hand():
     pids = [0, 1, 0]
     tau = 0.5
     pos = [[float(a == b) for b in pids] for a in pids]
-    i2t = [[_cos(v, t) / tau for t in text] for v in image]  # Eq. 4
+    i2t = [[_cos(v, t) / tau for t in text] for v in image]  # Eq. 6's logits
     t2i = [[_cos(t, v) / tau for v in image] for t in text]
-    expected = _kl_rows_by_loops(i2t, pos) + _kl_rows_by_loops(t2i, pos)  # Eq. 5, 1/B
+    expected = _kl_rows_by_loops(i2t, pos) + _kl_rows_by_loops(t2i, pos)  # Eq. 7-9, 1/B
     got = cmpm_loss(torch.tensor(image), torch.tensor(text), torch.tensor(pids), tau=tau)
     assert got.item() == pytest.approx(expected, rel=1e-5)
     scaled = cmpm_loss(10 * torch.tensor(image), torch.tensor(text), torch.tensor(pids), tau=tau)
@@ -142,7 +142,7 @@ def test_is_gvfc_matches_hand_computation_over_sampled_pairs():
 
 
 def test_is_gvfc_paper_form_by_hand():
-    """Eq. 6-7: cos / tau over each anchor's sampled images, 1/B over all anchors."""
+    """Eq. 4-5: cos / tau over each anchor's sampled images, 1/B over all anchors."""
     image = [[1.0, 0.0], [2.0, 0.5], [0.0, 2.0], [1.0, 1.0]]
     pids = [0, 0, 1, 2]  # anchors 2 and 3 have no positive: they add 0 but count in 1/B
     tau = 0.1

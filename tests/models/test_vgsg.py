@@ -112,3 +112,72 @@ def test_rn_last_stage_runs_at_stride_16():
     fmap, pooled = model.visual(torch.randn(2, 3, 64, 32))
     assert fmap.shape[-2:] == (4, 2) and model.visual.grid == (4, 2)
     assert pooled.shape == (2, 16)
+
+
+def test_shared_layer_is_off_by_default_and_adds_no_weights():
+    model = create_model(tiny_vgsg())
+    assert model.config.shared_layer is False and not hasattr(model, "shared")
+    assert not any(k.startswith("shared.") for k in model.state_dict())
+
+
+def test_shared_layer_maps_both_modalities_through_one_linear():
+    """Sec. IV-C's shared layer: the same D -> D map after each tower, identity at first."""
+    model = create_model(tiny_vgsg(shared_layer=True)).eval()
+    assert torch.equal(model.shared.weight, torch.eye(16))
+    torch.manual_seed(4)
+    torch.nn.init.normal_(model.shared.weight)
+    torch.nn.init.normal_(model.shared.bias)
+    w, b = model.shared.weight, model.shared.bias
+    batch = _batch(model)
+    with torch.no_grad():
+        _, img_pooled = model.visual(batch["images"])  # (B, D) the tower's own output
+        _, txt_pooled, _ = model.textual(batch["tokens"])  # (B, D)
+        img = model.image_features(batch["images"])[:, :16]
+        txt = model.text_features(batch["tokens"])[:, :16]
+        img_l, txt_l = model.encode_image_parts(batch["images"])[1], model.encode_text_parts(
+            batch["tokens"])[1]
+    assert torch.allclose(img, F.normalize(img_pooled @ w.T + b, dim=-1), atol=1e-5)
+    assert torch.allclose(txt, F.normalize(txt_pooled @ w.T + b, dim=-1), atol=1e-5)
+    plain = create_model(tiny_vgsg()).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if not k.startswith("shared.")})
+    with torch.no_grad():
+        raw_l = plain.encode_image_parts(batch["images"])[1]  # (B, K, D) before the layer
+        raw_t = plain.encode_text_parts(batch["tokens"])[1]
+    assert torch.allclose(img_l, raw_l @ w.T + b, atol=1e-5)
+    assert torch.allclose(txt_l, raw_t @ w.T + b, atol=1e-5)
+
+
+def test_checkpoint_round_trip_with_shared_layer_and_text_drop_path(tmp_path):
+    text = {**tiny_vgsg()["text_backbone"], "drop_path": 0.1}
+    model = create_model(tiny_vgsg(shared_layer=True, text_backbone=text)).eval()
+    save_checkpoint(tmp_path / "m.pt", model)
+    loaded, _ = load_model(tmp_path / "m.pt")
+    assert loaded.config.shared_layer and loaded.config.text_backbone.drop_path == 0.1
+    batch = _batch(model)
+    with torch.no_grad():
+        for fn in ("image_features", "text_features"):
+            source = batch["images"] if fn == "image_features" else batch["tokens"]
+            assert torch.allclose(getattr(loaded, fn)(source), getattr(model, fn)(source),
+                                  atol=1e-6)
+
+
+def test_bundled_checkpoint_loads_with_both_options_off():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "models" / "checkpoints" / "default.pt"
+    model, _ = load_model(path)
+    assert model.config.shared_layer is False and model.config.text_backbone.drop_path == 0.0
+    assert not hasattr(model, "shared")
+
+
+def test_a_training_step_with_eq2_shared_layer_and_text_drop_path():
+    text = {**tiny_vgsg()["text_backbone"], "drop_path": 0.2}
+    model = create_model(tiny_vgsg(shared_layer=True, text_backbone=text,
+                                   loss={"itc_form": "vitaa-align"})).train()
+    terms = model.training_losses(_batch(model))
+    assert {"itc_global", "itc_local", "itc_vg", "similarity_transfer"} <= set(terms)
+    loss = sum(terms.values())
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.shared.weight.grad is not None and model.shared.weight.grad.abs().sum() > 0
