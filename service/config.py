@@ -89,6 +89,13 @@ class Settings(BaseSettings):
                                  "with Retry-After at once")
     admission_wait_seconds: float = Field(5.0, gt=0, le=300, description="longest wait in "
                                           "that queue before a 503 with Retry-After")
+    db_connect_timeout: float = Field(3.0, ge=2, le=300, description="PostgreSQL: seconds to "
+                                      "connect, and for the ping of a pooled connection before "
+                                      "it is used; a database that does not answer is a 503")
+    db_statement_timeout: float = Field(30.0, ge=0, le=3600, description="PostgreSQL: seconds "
+                                        "a statement may run (the server's statement_timeout, "
+                                        "and on the client side for a server that does not "
+                                        "answer at all); 0: no limit")
     thumbnail_size: int = Field(160, ge=32, le=1024, description="longest side of a thumbnail")
     max_files_per_upload: int = Field(100, ge=1, le=10000)
     max_request_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest request "
@@ -191,7 +198,9 @@ class Settings(BaseSettings):
         reserve threads and the audit writer, so that no thread waits for a connection."""
         return DatabaseLimits(pool_size=self.max_concurrent_requests,
                               max_overflow=THREAD_RESERVE + 2,
-                              pool_timeout_s=self.admission_wait_seconds)
+                              pool_timeout_s=self.admission_wait_seconds,
+                              connect_timeout_s=self.db_connect_timeout,
+                              statement_timeout_s=self.db_statement_timeout or None)
 
     @property
     def resolved_metrics_access(self) -> str:

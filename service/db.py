@@ -13,19 +13,23 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.deadline import watch_statements
+
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = ROOT / "migrations"
 
 
 @dataclass(frozen=True)
 class DatabaseLimits:
-    """How many connections a process keeps and how long it waits for one. The defaults are
-    SQLAlchemy's own (CLI commands, the worker); the API process gets its limits from the
-    settings (``Settings.database_limits``, ``configure``)."""
+    """How many connections a process keeps and how long it waits on the database. The
+    defaults are SQLAlchemy's own with no timeouts (CLI commands, the worker); the API process
+    gets its limits from the settings (``Settings.database_limits``, ``configure``)."""
 
     pool_size: int = 5
     max_overflow: int = 10
     pool_timeout_s: float = 30.0
+    connect_timeout_s: float | None = None  # PostgreSQL: connecting, and each pool checkout
+    statement_timeout_s: float | None = None  # PostgreSQL: each statement, server and client
 
 
 _limits: dict[str, DatabaseLimits] = {}
@@ -51,7 +55,17 @@ def make_engine(url: str, limits: DatabaseLimits | None = None) -> Engine:
                                **({} if in_memory else pool))
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, **pool)
+    connect_args: dict[str, object] = {}
+    if limits.connect_timeout_s:
+        connect_args["connect_timeout"] = max(2, round(limits.connect_timeout_s))
+    if limits.statement_timeout_s:
+        connect_args["options"] = f"-c statement_timeout={round(limits.statement_timeout_s * 1000)}"
+    engine = create_engine(url, pool_pre_ping=not limits.connect_timeout_s,
+                           connect_args=connect_args, **pool)
+    if limits.connect_timeout_s:  # the pool's ping, and each statement, under a deadline
+        watch_statements(engine, ping_s=limits.connect_timeout_s,
+                         statement_s=limits.statement_timeout_s)
+    return engine
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
