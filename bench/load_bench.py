@@ -10,6 +10,20 @@ database, indexed and in the live index, and no file lies in the crops folder wi
 
 Only 127.0.0.1 is ever contacted. Writes bench/results/load_<clients>c_<seconds>s.json
 (machine, per kind requests/s and p50/p95/p99, errors by status, reconciliation).
+
+With ``--bursts`` and/or ``--freeze`` it runs the overload scenarios of issue 24 instead:
+bursts of N closed-loop search clients (top_k 50, half grouped by person) against one server
+on SQLite, each for ``--burst-seconds`` (per burst: requests, 200 / 503 / other, p50 / p99, how
+long /healthz takes during it, how long after it a search answers 200 again); and a frozen
+database: a server on a throwaway PostgreSQL database reached through a TCP proxy
+(``tests.tcp_proxy``) that is frozen (accepts, never answers) for ``--freeze`` seconds under
+``--freeze-clients`` search clients (time to the first 503, the 5xx by kind, how long the page,
+/healthz and /metrics take meanwhile, time to the first 200 after the thaw).
+
+    python -m bench.load_bench --bursts 64 200 --burst-seconds 10 --freeze 10 --gallery 1540 \
+        --postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+
+Writes bench/results/load_bursts_<clients>c_<seconds>s[_freeze<seconds>s].json.
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +55,8 @@ ROOT = Path(__file__).resolve().parent.parent
 KEY = "load-bench-admin-key-0123456789"
 HOST = "127.0.0.1"  # loopback only
 MAX_CLIENTS, MAX_SECONDS = 64, 600
+MAX_BURST_CLIENTS = 256
+CLIENT_TIMEOUT_S = 30.0  # a burst client gives up after this (the stalled runs held 25 s and more)
 DESCRIPTIONS = ["a woman in a red coat with a black backpack", "a man in a blue jacket",
                 "a person in a black hoodie and grey trousers", "a girl in a yellow dress"]
 
@@ -82,12 +99,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def prepare(work: Path, checkpoint: Path | None, gallery: int) -> dict[str, str]:
+def prepare(work: Path, checkpoint: Path | None, gallery: int,
+            database_url: str | None = None) -> dict[str, str]:
     """A data dir with a seed gallery, migrated and indexed; returns the server environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TBPS_")}
     env.update(TBPS_DATA_DIR=str(work / "data"), TBPS_DEVICE="cpu", TBPS_ADMIN_KEYS=KEY,
                TBPS_ENVIRONMENT="development", TBPS_JOB_LEASE_SECONDS="10",
                TBPS_AUDIT_SEARCHES="true", OMP_NUM_THREADS="1")
+    if database_url:
+        env["TBPS_DATABASE_URL"] = database_url
     if checkpoint is not None:
         env["TBPS_CHECKPOINT"] = str(checkpoint)
     seed = work / "seed" / "seed-cam"
@@ -260,6 +280,221 @@ def summarise(run: Run, seconds: float) -> list[dict[str, Any]]:
     return rows
 
 
+def search_body(n: int) -> dict[str, Any]:
+    """The burst's search: top_k 50, every other one grouped by person."""
+    return {"description": DESCRIPTIONS[n % 4], "top_k": 50,
+            "group_by": "person" if n % 2 else "crop"}
+
+
+def answer_kind(response: httpx.Response) -> str | None:
+    """What a 5xx says, in a word or two: busy (the admission queue), database, other."""
+    if response.status_code < 500:
+        return None
+    detail = str(response.json().get("detail", "")) if "json" in response.headers.get(
+        "content-type", "") else response.text[:80]
+    if "busy" in detail:
+        return "busy"
+    return "database unavailable" if "database" in detail else detail[:60] or "no detail"
+
+
+def searcher(base: str, run: Run, seed: int, stop: threading.Event, started: float) -> None:
+    """A closed-loop search client on its own keep-alive connection."""
+    with httpx.Client(base_url=base, timeout=CLIENT_TIMEOUT_S) as http:
+        n = seed
+        while not stop.is_set():
+            n += 1
+            t0 = time.perf_counter()
+            try:
+                r = http.post("/search", json=search_body(n))
+                status, kind = r.status_code, answer_kind(r)
+            except httpx.TimeoutException:
+                status, kind = None, "client timeout"
+            except httpx.TransportError:
+                status, kind = None, "connection error"
+            run.add(Record("search", t0 - started, time.perf_counter() - t0, status,
+                           outcome=kind))
+
+
+def timed_get(base: str, path: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        status = httpx.get(f"{base}{path}", timeout=CLIENT_TIMEOUT_S).status_code
+    except httpx.TransportError as exc:
+        status = type(exc).__name__
+    return {"status": status, "ms": round((time.perf_counter() - t0) * 1000, 1)}
+
+
+def first_200(base: str, since: float, limit_s: float = 120) -> float | None:
+    """Seconds from ``since`` (perf_counter) until a search answers 200; None past the limit."""
+    n = 0
+    while time.perf_counter() - since < limit_s:
+        n += 1
+        try:
+            if httpx.post(f"{base}/search", json=search_body(n),
+                          timeout=CLIENT_TIMEOUT_S).status_code == 200:
+                return round(time.perf_counter() - since, 2)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    return None
+
+
+def start_clients(base: str, run: Run, clients: int, stop: threading.Event,
+                  started: float) -> list[threading.Thread]:
+    threads = [threading.Thread(target=searcher, args=(base, run, c * 10**6, stop, started))
+               for c in range(clients)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def answered_ms(records: list[Record]) -> np.ndarray:
+    return np.asarray([r.seconds * 1000 for r in records if r.status is not None])
+
+
+def run_burst(base: str, clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` search clients for ``seconds``; /healthz timed in the middle."""
+    run, stop, started = Run(), threading.Event(), time.perf_counter()
+    threads = start_clients(base, run, clients, stop, started)
+    stop.wait(seconds / 2)
+    healthz = timed_get(base, "/healthz")
+    stop.wait(max(0.0, started + seconds - time.perf_counter()))
+    stop.set()
+    ended = time.perf_counter()
+    recovery = first_200(base, ended)
+    for t in threads:
+        t.join(timeout=CLIENT_TIMEOUT_S + 10)
+    statuses = Counter("no answer" if r.status is None else r.status for r in run.records)
+    ms = answered_ms(run.records)
+    return {"clients": clients, "seconds": seconds, "requests": len(run.records),
+            "200": statuses.get(200, 0), "503": statuses.get(503, 0),
+            "other": {str(k): v for k, v in statuses.items() if k not in (200, 503)},
+            "5xx_kinds": dict(Counter(r.outcome for r in run.records if r.outcome)),
+            "p50_ms": _percentile(ms, 50), "p99_ms": _percentile(ms, 99),
+            "max_ms": round(float(ms.max()), 1) if len(ms) else None,
+            "healthz_during": healthz, "recovery_s": recovery,
+            "drained_s": round(time.perf_counter() - ended, 2)}
+
+
+def run_frozen(base: str, proxy: Any, clients: int, freeze_s: float,
+               warm_s: float = 3.0, after_s: float = 5.0) -> dict[str, Any]:
+    """Search clients; the database frozen ``freeze_s`` seconds after ``warm_s``; thawed."""
+    run, stop, started = Run(), threading.Event(), time.perf_counter()
+    threads = start_clients(base, run, clients, stop, started)
+    stop.wait(warm_s)
+    proxy.freeze()
+    frozen_at = time.perf_counter() - started
+    stop.wait(min(1.0, freeze_s / 2))
+    side = {path: timed_get(base, path) for path in ("/healthz", "/", "/metrics")}
+    stop.wait(max(0.0, started + frozen_at + freeze_s - time.perf_counter()))
+    proxy.thaw()
+    thawed_at = time.perf_counter() - started
+    stop.wait(after_s)
+    stop.set()
+    for t in threads:
+        t.join(timeout=CLIENT_TIMEOUT_S + 10)
+    during = [r for r in run.records if frozen_at <= r.at + r.seconds and r.at < thawed_at]
+    first_503 = min((r.at + r.seconds for r in during if r.status == 503), default=None)
+    back = min((r.at + r.seconds for r in run.records if r.status == 200 and r.at >= thawed_at),
+               default=None)
+    ms = answered_ms(during)
+    return {"clients": clients, "frozen_s": freeze_s, "requests_while_frozen": len(during),
+            "statuses_while_frozen": dict(Counter(str(r.status) for r in during)),
+            "5xx_kinds": dict(Counter(r.outcome for r in during if r.outcome)),
+            "first_503_s": round(first_503 - frozen_at, 2) if first_503 else None,
+            "p50_ms_while_frozen": _percentile(ms, 50),
+            "max_ms_while_frozen": round(float(ms.max()), 1) if len(ms) else None,
+            "side_routes_while_frozen": side,
+            "recovery_s": round(back - thawed_at, 2) if back else None,
+            "statuses_after": dict(Counter(str(r.status) for r in run.records
+                                           if r.at >= thawed_at))}
+
+
+def pg_database(admin_url: str, drop: str | None = None) -> str:
+    """A new, empty PostgreSQL database beside ``admin_url``'s (or drop the one named)."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = drop or f"tbps_bench_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' if drop
+                          else f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def overload_bursts(args: argparse.Namespace, work: Path, checkpoint: Path) -> list[dict]:
+    env = prepare(work / "bursts", checkpoint, args.gallery)
+    server, base = start_server(env, work / "bursts-server.log")
+    try:
+        return [run_burst(base, clients, args.burst_seconds) for clients in args.bursts]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def overload_frozen(args: argparse.Namespace, work: Path, checkpoint: Path) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    from tests.tcp_proxy import TcpProxy
+
+    url = pg_database(args.postgres)
+    direct = make_url(url)
+    proxy = TcpProxy(f"tcp://{direct.host}:{direct.port or 5432}").open()
+    try:
+        env = prepare(work / "frozen", checkpoint, args.gallery, database_url=url)
+        env["TBPS_DATABASE_URL"] = direct.set(host="127.0.0.1", port=proxy.port) \
+            .render_as_string(hide_password=False)
+        server, base = start_server(env, work / "frozen-server.log")
+        try:
+            return run_frozen(base, proxy, args.freeze_clients, args.freeze)
+        finally:
+            proxy.thaw()
+            server.terminate()
+            server.wait(timeout=60)
+    finally:
+        proxy.close()
+        pg_database(args.postgres, drop=make_url(url).database)
+
+
+def overload(args: argparse.Namespace) -> None:
+    work = args.work or Path(tempfile.mkdtemp(prefix="tbps-load-bench-"))
+    checkpoint = args.checkpoint.resolve() if args.checkpoint else tiny_checkpoint(work)
+    machine = environment()
+    bursts = overload_bursts(args, work, checkpoint) if args.bursts else []
+    frozen = overload_frozen(args, work, checkpoint) if args.freeze else None
+    result = {"benchmark": "load-overload", "machine": machine, "gallery": args.gallery,
+              "model": "tiny-clip (untrained)" if not args.checkpoint else str(args.checkpoint),
+              "bursts": bursts, "frozen_database": frozen,
+              "loadavg_end": [round(x, 2) for x in os.getloadavg()], "work": str(work)}
+    name = "load_bursts_" + "-".join(str(c) for c in args.bursts) + "c" if bursts else "load"
+    name += f"_{int(args.burst_seconds)}s" if bursts else ""
+    name += f"_freeze{int(args.freeze)}s" if args.freeze else ""
+    out = args.out or ROOT / "bench" / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if bursts:
+        print(format_table(bursts, [
+            ("clients", lambda r: r["clients"]), ("requests", lambda r: r["requests"]),
+            ("200", lambda r: r["200"]), ("503", lambda r: r["503"]),
+            ("other", lambda r: ", ".join(f"{k}: {v}" for k, v in r["other"].items()) or 0),
+            ("p50 ms", lambda r: r["p50_ms"]), ("p99 ms", lambda r: r["p99_ms"]),
+            ("max ms", lambda r: r["max_ms"]),
+            ("/healthz ms", lambda r: r["healthz_during"]["ms"]),
+            ("recovery s", lambda r: r["recovery_s"])]))
+    if frozen:
+        print(format_table([frozen], [
+            ("frozen s", lambda r: r["frozen_s"]), ("clients", lambda r: r["clients"]),
+            ("requests", lambda r: r["requests_while_frozen"]),
+            ("first 503 s", lambda r: r["first_503_s"]),
+            ("5xx kinds", lambda r: ", ".join(f"{k}: {v}" for k, v in r["5xx_kinds"].items())),
+            ("max ms", lambda r: r["max_ms_while_frozen"]),
+            ("/healthz, /, /metrics ms", lambda r: ", ".join(
+                str(v["ms"]) for v in r["side_routes_while_frozen"].values())),
+            ("recovery s", lambda r: r["recovery_s"])]))
+    print(f"{machine_line(machine)}; wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=16)
@@ -275,7 +510,26 @@ def main() -> None:
     parser.add_argument("--drain-timeout", type=float, default=300)
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--bursts", type=int, nargs="+", default=[],
+                        help="overload run: a search burst of each of these client counts")
+    parser.add_argument("--burst-seconds", type=float, default=10)
+    parser.add_argument("--freeze", type=float, default=0,
+                        help="overload run: freeze PostgreSQL this many seconds (needs "
+                        "--postgres)")
+    parser.add_argument("--freeze-clients", type=int, default=16)
+    parser.add_argument("--postgres", help="admin URL of a PostgreSQL where a throwaway "
+                        "database is made, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/"
+                        "postgres")
     args = parser.parse_args()
+    if args.bursts or args.freeze:
+        if not all(1 <= c <= MAX_BURST_CLIENTS for c in args.bursts + [args.freeze_clients]):
+            parser.error(f"bounded: 1-{MAX_BURST_CLIENTS} clients a burst")
+        if not (1 <= args.burst_seconds <= MAX_SECONDS and 0 <= args.freeze <= MAX_SECONDS):
+            parser.error(f"bounded: 1-{MAX_SECONDS} seconds a burst or freeze")
+        if args.freeze and not args.postgres:
+            parser.error("--freeze needs --postgres (the frozen database is a PostgreSQL)")
+        overload(args)
+        return
     if not (1 <= args.clients <= MAX_CLIENTS and 1 <= args.seconds <= MAX_SECONDS):
         parser.error(f"bounded: 1-{MAX_CLIENTS} clients, 1-{MAX_SECONDS} seconds")
 

@@ -11,12 +11,16 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.limits import ImageLimits
+from service.db import DatabaseLimits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # beside the repository (../shared of the checkout), wherever the command is started from
 DEFAULT_DEMO_GALLERY = REPO_ROOT.parent / "shared" / "data" / "cuhk-pedes" / "imgs"
 # placeholder secrets from examples and compose files: refused outside development
 KNOWN_DEFAULT_KEYS = frozenset({"changethis", "change-me", "changeme", "secret", "admin", "dev"})
+# request threads beyond the admitted requests: routes that never wait on the database (the
+# page, static files, /metrics) find a thread while every admitted request waits on it
+THREAD_RESERVE = 8
 
 
 def hash_key(key: str) -> str:
@@ -75,6 +79,23 @@ class Settings(BaseSettings):
     search_batch_window_ms: float = Field(3.0, ge=0, le=100, description="how long a batch "
                                           "waits for requests already on their way (a lone "
                                           "request never waits)")
+    max_concurrent_requests: int = Field(16, ge=1, le=1024, description="requests the API "
+                                         "works on at once (everything but /healthz, the "
+                                         "pages, static files and /metrics); the database "
+                                         "pool has a connection for each and the request "
+                                         "thread pool a thread for each plus a reserve")
+    admission_queue: int = Field(64, ge=0, le=100_000, description="requests that may wait "
+                                 "for one of those places; a request beyond them gets 503 "
+                                 "with Retry-After at once")
+    admission_wait_seconds: float = Field(5.0, gt=0, le=300, description="longest wait in "
+                                          "that queue before a 503 with Retry-After")
+    db_connect_timeout: float = Field(3.0, ge=2, le=300, description="PostgreSQL: seconds to "
+                                      "connect, and for the ping of a pooled connection before "
+                                      "it is used; a database that does not answer is a 503")
+    db_statement_timeout: float = Field(30.0, ge=0, le=3600, description="PostgreSQL: seconds "
+                                        "a statement may run (the server's statement_timeout, "
+                                        "and on the client side for a server that does not "
+                                        "answer at all); 0: no limit")
     thumbnail_size: int = Field(160, ge=32, le=1024, description="longest side of a thumbnail")
     max_files_per_upload: int = Field(100, ge=1, le=10000)
     max_request_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest request "
@@ -165,6 +186,21 @@ class Settings(BaseSettings):
     def image_limits(self) -> ImageLimits:
         """The limits uploads are checked against, handed to the indexer's reader."""
         return ImageLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_image_pixels)
+
+    @property
+    def request_threads(self) -> int:
+        """Threads for the routes' blocking work: one per admitted request and a reserve."""
+        return self.max_concurrent_requests + THREAD_RESERVE
+
+    @property
+    def database_limits(self) -> DatabaseLimits:
+        """The API process's pool: a connection for each admitted request, and overflow for the
+        reserve threads and the audit writer, so that no thread waits for a connection."""
+        return DatabaseLimits(pool_size=self.max_concurrent_requests,
+                              max_overflow=THREAD_RESERVE + 2,
+                              pool_timeout_s=self.admission_wait_seconds,
+                              connect_timeout_s=self.db_connect_timeout,
+                              statement_timeout_s=self.db_statement_timeout or None)
 
     @property
     def resolved_metrics_access(self) -> str:

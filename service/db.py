@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,19 +13,59 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.deadline import watch_statements
+
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = ROOT / "migrations"
 
 
-def make_engine(url: str) -> Engine:
+@dataclass(frozen=True)
+class DatabaseLimits:
+    """How many connections a process keeps and how long it waits on the database. The
+    defaults are SQLAlchemy's own with no timeouts (CLI commands, the worker); the API process
+    gets its limits from the settings (``Settings.database_limits``, ``configure``)."""
+
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout_s: float = 30.0
+    connect_timeout_s: float | None = None  # PostgreSQL: connecting, and each pool checkout
+    statement_timeout_s: float | None = None  # PostgreSQL: each statement, server and client
+
+
+_limits: dict[str, DatabaseLimits] = {}
+
+
+def configure(url: str, limits: DatabaseLimits) -> None:
+    """The limits of the engine for ``url`` from now on (a changed value makes a new engine)."""
+    if _limits.get(url, DatabaseLimits()) != limits:
+        _limits[url] = limits
+        get_engine.cache_clear()
+
+
+def make_engine(url: str, limits: DatabaseLimits | None = None) -> Engine:
+    limits = limits or DatabaseLimits()
+    pool = {"pool_size": limits.pool_size, "max_overflow": limits.max_overflow,
+            "pool_timeout": limits.pool_timeout_s}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        in_memory = not path or path == ":memory:"
+        if not in_memory:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               **({} if in_memory else pool))
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    connect_args: dict[str, object] = {}
+    if limits.connect_timeout_s:
+        connect_args["connect_timeout"] = max(2, round(limits.connect_timeout_s))
+    if limits.statement_timeout_s:
+        connect_args["options"] = f"-c statement_timeout={round(limits.statement_timeout_s * 1000)}"
+    engine = create_engine(url, pool_pre_ping=not limits.connect_timeout_s,
+                           connect_args=connect_args, **pool)
+    if limits.connect_timeout_s:  # the pool's ping, and each statement, under a deadline
+        watch_statements(engine, ping_s=limits.connect_timeout_s,
+                         statement_s=limits.statement_timeout_s)
+    return engine
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -37,7 +78,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
-    return make_engine(url)
+    return make_engine(url, _limits.get(url))
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

@@ -7,6 +7,7 @@ import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -16,6 +17,8 @@ from sqlalchemy.exc import OperationalError
 from indexer.backends import BackendUnavailable
 from indexer.gpu import limit_threads
 from models.factory import load_encoder
+from service import db
+from service.admission import Admission
 from service.audit import AuditBuffer
 from service.config import Settings, get_settings
 from service.errors import CatchAll, on_backend_unavailable, on_database_error, on_storage_error
@@ -56,6 +59,8 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     async def lifespan(app: FastAPI):
         settings.ensure_dirs()
         limit_threads(settings.api_threads)
+        # the routes' blocking work: a thread per admitted request and a reserve (Admission)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         worker = WorkerSupervisor().start() if settings.spawn_worker else None
         app.state.worker = worker
         enc = encoder or load_encoder(**settings.encoder_options)
@@ -83,10 +88,14 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
                   description="Text-based person search: describe a person, get ranked crops. "
                   "Admin endpoints need an API key in the `X-API-Key` header.")
     app.state.settings = settings
+    db.configure(settings.resolved_database_url, settings.database_limits)
     app.state.metrics = Metrics()
     app.state.keys = KeyRing(settings.admin_key_digests)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(AdminGate)  # outside the body limit: no key, nothing is read
+    app.add_middleware(Admission, limit=settings.max_concurrent_requests,  # before the gate's
+                       queue=settings.admission_queue,  # key lookup, which uses the database
+                       wait_s=settings.admission_wait_seconds)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(CatchAll)  # added last: outermost, so it sees every error
     app.add_exception_handler(RequestValidationError, _on_validation_error)
@@ -99,15 +108,15 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
-    def index_page() -> FileResponse:
+    async def index_page() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html")
 
     @app.get("/favicon.ico", include_in_schema=False)
-    def favicon() -> FileResponse:
+    async def favicon() -> FileResponse:
         return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")
 
     @app.get("/admin", include_in_schema=False)
-    def admin_page() -> FileResponse:
+    async def admin_page() -> FileResponse:
         return FileResponse(WEB_DIR / "admin.html")
 
     return app

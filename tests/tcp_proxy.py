@@ -1,7 +1,9 @@
 """A TCP forwarder for the tests that lose a server mid-test: clients connect to the proxy's
 port, the proxy connects them to the real server. ``close`` drops the listener and every open
 connection (the server is gone, as far as the clients can tell); ``open`` listens on the same
-port again (the server is back)."""
+port again (the server is back). ``freeze`` keeps every connection open and accepts new ones
+but forwards nothing either way (a server that is stopped or hung: it never answers, and no
+timeout of the kernel's sees anything wrong); ``thaw`` lets what was held through."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ class TcpProxy:
         self.lock = threading.Lock()
         self.conns: set[socket.socket] = set()
         self.threads: list[threading.Thread] = []
+        self.flowing = threading.Event()  # cleared while frozen
+        self.flowing.set()
 
     @property
     def uri(self) -> str:
@@ -40,6 +44,20 @@ class TcpProxy:
         self.stop.clear()
         self._start(self._accept_loop, listener)
         return self
+
+    def freeze(self) -> None:
+        """Accept, never answer: nothing is forwarded until ``thaw``."""
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+
+    def _wait_flowing(self) -> bool:
+        """Wait while frozen; False when the proxy closes meanwhile."""
+        while not self.flowing.wait(ACCEPT_POLL_S):
+            if self.stop.is_set():
+                return False
+        return True
 
     def close(self) -> None:
         """Stop listening (connects are refused) and cut every forwarded connection."""
@@ -72,21 +90,34 @@ class TcpProxy:
                 continue
             except OSError:
                 return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            client.settimeout(None)
-            with self.lock:
-                self.conns |= {client, upstream}
-            self._start(self._pipe, client, upstream)
-            self._start(self._pipe, upstream, client)
+            if self.flowing.is_set():
+                self._bridge(client)
+            else:  # frozen: the client is connected and waits for an answer
+                with self.lock:
+                    self.conns.add(client)
+                self._start(self._bridge, client)
+
+    def _bridge(self, client: socket.socket) -> None:
+        if not self._wait_flowing():
+            _shut(client)
+            return
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            _shut(client)
+            return
+        upstream.settimeout(None)
+        client.settimeout(None)
+        with self.lock:
+            self.conns |= {client, upstream}
+        self._start(self._pipe, client, upstream)
+        self._start(self._pipe, upstream, client)
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(CHUNK):
+                if not self._wait_flowing():
+                    break
                 dst.sendall(data)
         except OSError:
             pass
