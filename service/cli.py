@@ -232,11 +232,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import threading
 
     from models.factory import load_encoder
-    from service.db import migrate
     from service.worker import run_pending, serve
 
     settings = _settings()
-    migrate(settings.resolved_database_url)
+    problem = prepare_database(settings)  # never migrates a database `serve` refuses
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     encoder = load_encoder(**settings.encoder_options)
     if args.once:
         print(f"ran {run_pending(settings, encoder)} job(s)")
