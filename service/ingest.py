@@ -79,8 +79,11 @@ def ingest_bytes(session: Session, settings: Settings, *, name: str, data: bytes
 def _restore_file(settings: Settings, image: storage.CheckedImage, crop: Crop, *,
                   name: str) -> FileResult:
     """A crop row whose file is gone (lost to a crash or by hand): the upload of the same
-    content stores the file again, so the crop is whole; its row is left as it is."""
+    content stores the file again, so the crop is whole. A crop whose indexing failed for
+    want of the file is pending again, for the add job the upload queues."""
     rel, wrote = storage.store(image, settings.resolved_crops_dir)  # the row's path: same content
+    if crop.status == CropStatus.failed:
+        crop.status, crop.error = CropStatus.pending, None
     log.warning("crop %s had no file: stored again from %s", crop.id, name)
     return FileResult(name, "added", crop_id=crop.id, new_file=rel if wrote else None)
 

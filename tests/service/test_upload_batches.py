@@ -15,7 +15,9 @@ from service import crud
 from service.db import session_scope
 from service.index_backend import backend_from_settings
 from service.index_check import check
+from service.index_records import mark_failed
 from service.main import create_app
+from service.orm import CropStatus
 from tests.service.conftest import ADMIN_KEY
 
 FORM = {"camera": "cam-0", "captured_at": "2026-06-01T08:00:00Z"}  # a camera the gallery has
@@ -96,10 +98,14 @@ def test_a_crop_whose_file_is_missing_is_stored_again_and_check_reports_it(api, 
         report = check(s, backend_from_settings(gallery), crops_dir=gallery.resolved_crops_dir,
                        repair=False)
     assert any("1 crops have no file" in p for p in report.problems), report.problems
+    with session_scope(gallery.resolved_database_url) as s:  # as indexing it would have
+        mark_failed(s, [(crop_id, "unreadable: no such file")])
     again = api.post("/admin/crops", data=FORM, files=_files({"lost.png": data})).json()
     assert again["files"][0] == {"name": "lost.png", "status": "added", "crop_id": crop_id,
                                  "reason": None}
     assert api.get(f"/crops/{crop_id}/image").content == data
+    with session_scope(gallery.resolved_database_url) as s:
+        assert crud.get_crop(s, crop_id=crop_id).status == CropStatus.pending  # indexed next
 
 
 def test_a_file_name_over_512_characters_is_kept_shortened_with_its_extension(api, gallery,
