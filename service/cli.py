@@ -34,6 +34,7 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from service.db import migrate, session_scope
     from service.ingest import ingest_folder, read_person_ids
+    from service.storage import StorageError
 
     settings = _settings()
     migrate(settings.resolved_database_url)
@@ -48,9 +49,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"error: cannot read person ids from {args.persons}: {exc}", file=sys.stderr)
             return 2
-    with session_scope(settings.resolved_database_url) as session:
-        report = ingest_folder(session, settings, folder, camera=args.camera, persons=persons,
-                               progress=_progress_printer("ingesting files"))
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            report = ingest_folder(session, settings, folder, camera=args.camera,
+                                   persons=persons, progress=_progress_printer("ingesting files"))
+    except StorageError as exc:  # a full disk or a read-only crops folder: one line, no trace
+        print(f"\nerror: {exc}; what was committed before stays, and running the same command "
+              "again goes on where it stopped", file=sys.stderr)
+        return 1
     for bad in report.rejected:
         print(f"skipped {bad.name}: {bad.reason}")
     print(f"ingested {report.added} new crops, {report.duplicates} duplicates skipped, "
@@ -232,11 +238,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import threading
 
     from models.factory import load_encoder
-    from service.db import migrate
     from service.worker import run_pending, serve
 
     settings = _settings()
-    migrate(settings.resolved_database_url)
+    problem = prepare_database(settings)  # never migrates a database `serve` refuses
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     encoder = load_encoder(**settings.encoder_options)
     if args.once:
         print(f"ran {run_pending(settings, encoder)} job(s)")

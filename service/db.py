@@ -54,6 +54,7 @@ def make_engine(url: str, limits: DatabaseLimits | None = None) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                **({} if in_memory else pool))
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "before_cursor_execute", _sqlite_begin_before_write)
         return engine
     connect_args: dict[str, object] = {}
     if limits.connect_timeout_s:
@@ -69,11 +70,32 @@ def make_engine(url: str, limits: DatabaseLimits | None = None) -> Engine:
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None  # pysqlite emits no BEGIN of its own (see below)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+SQLITE_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "SAVEPOINT")
+
+
+def _sqlite_begin_before_write(conn, cursor, statement: str, *_args) -> None:
+    """SQLAlchemy's pysqlite recipe ("Serializable isolation / Savepoints / Transactional
+    DDL"): pysqlite's own BEGIN is off and we emit it, so that a savepoint nests inside the
+    transaction. Left to pysqlite, a SAVEPOINT outside a transaction opened one of its own
+    and its RELEASE committed it: each crop of an upload batch committed alone.
+
+    BEGIN is emitted before the transaction's first write (or savepoint), not at its first
+    read as the recipe does: a deferred transaction that has read cannot take the write lock
+    once another connection has committed (SQLITE_BUSY_SNAPSHOT, "database is locked" at
+    once), and the worker reads pending crops, encodes for minutes while its progress writer
+    commits, then writes. Reads before the first write run on their own, as with pysqlite's
+    default; everything from the first write to the commit is one transaction."""
+    driver = conn.connection.driver_connection
+    if not driver.in_transaction and statement.lstrip()[:9].upper().startswith(SQLITE_WRITES):
+        cursor.execute("BEGIN")
 
 
 @lru_cache(maxsize=8)

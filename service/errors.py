@@ -11,7 +11,7 @@ import uuid
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexer.backends import BackendUnavailable
@@ -36,17 +36,39 @@ async def on_backend_unavailable(_request: Request, exc: BackendUnavailable) -> 
                         headers={"Retry-After": str(BACKEND_RETRY_AFTER_S)})
 
 
-def database_problem(exc: OperationalError) -> tuple[int, str]:
+# PostgreSQL's undefined table / column (psycopg's ``sqlstate``); SQLite says it in words
+MISSING_SCHEMA_STATES = frozenset({"42P01", "42703"})
+NOT_MIGRATED = "the database is not migrated: run `tbps migrate`"
+
+
+def schema_missing(exc: DBAPIError) -> bool:
+    """A table or column the code needs is not there: a database dropped and recreated
+    empty, or one never migrated (PostgreSQL raises these as ProgrammingError)."""
+    if getattr(exc.orig, "sqlstate", None) in MISSING_SCHEMA_STATES:
+        return True
+    return any(words in str(exc.orig).lower() for words in ("no such table", "no such column"))
+
+
+def database_unavailable(exc: DBAPIError) -> bool:
+    """Errors answered 503/507 (``database_problem``); any other is a bug: a 500."""
+    return isinstance(exc, OperationalError) or schema_missing(exc)
+
+
+def database_problem(exc: DBAPIError) -> tuple[int, str]:
     """(status, message) for a database that cannot do the request, logged with an id."""
     error_id = uuid.uuid4().hex[:12]
     log.error("database unavailable (error id %s): %s", error_id, exc.orig)
+    if schema_missing(exc):
+        return 503, f"{NOT_MIGRATED} (error id {error_id})"
     if "disk is full" in str(exc.orig).lower():  # SQLITE_FULL
         return 507, f"the database's disk is full (error id {error_id})"
     return 503, (f"the database is unavailable, read-only or not migrated (`tbps migrate`); "
                  f"try again (error id {error_id})")
 
 
-async def on_database_error(_request: Request, exc: OperationalError) -> JSONResponse:
+async def on_database_error(_request: Request, exc: DBAPIError) -> JSONResponse:
+    if not database_unavailable(exc):
+        raise exc  # a bug in a query: CatchAll answers 500 with an error id
     status, detail = database_problem(exc)
     return JSONResponse(status_code=status, content={"detail": detail},
                         headers={"Retry-After": "5"} if status == 503 else {})

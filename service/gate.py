@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.db import session_scope
-from service.errors import database_problem
+from service.errors import database_problem, database_unavailable
 
 MISSING = "send an admin API key in X-API-Key"
 INVALID = "this API key is not valid"
@@ -31,7 +31,9 @@ class AdminGate:
         key = dict(scope["headers"]).get(b"x-api-key", b"").decode("latin-1")
         try:
             known = bool(key) and await run_in_threadpool(_owner, state, key) is not None
-        except OperationalError as exc:  # not migrated, locked, down, disk full
+        except DBAPIError as exc:  # not migrated, locked, down, disk full
+            if not database_unavailable(exc):
+                raise
             await _refuse(send, *database_problem(exc))
             return
         if known:

@@ -55,6 +55,7 @@ def check(session: Session, index: Index, *, encoder: Encoder | None = None,
     _check_database(session, backend, live, report, repair, encoder, crops_dir, options)
     if crops_dir is not None:
         _check_stray_files(session, Path(crops_dir), report, repair)
+        _check_missing_files(session, Path(crops_dir), report)
     return _finish(backend, report, repair)
 
 
@@ -85,6 +86,18 @@ def _check_stray_files(session: Session, crops_dir: Path, report: CheckReport,
         for path in stray:
             path.unlink(missing_ok=True)
         report.repaired.append(f"removed {len(stray)} files that belong to no crop")
+
+
+def _check_missing_files(session: Session, crops_dir: Path, report: CheckReport) -> None:
+    """Crops whose file is gone: nothing here can bring it back; uploading the same image
+    again stores it (the upload answers `added`, not `duplicate`)."""
+    missing = sorted(cid for cid, path in records.indexable_items(session, crops_dir)
+                     if not path.is_file())
+    if missing:
+        shown = ", ".join(str(cid) for cid in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        report.problems.append(f"{len(missing)} crops have no file in the crops folder "
+                               f"(ids {shown}{more}): upload those images again")
 
 
 def _check_database(session: Session, backend: IndexBackend, live: IndexView,

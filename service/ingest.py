@@ -17,6 +17,7 @@ from service.config import Settings
 from service.orm import Crop, CropStatus
 
 log = logging.getLogger(__name__)
+ORIGINAL_NAME_MAX = Crop.__table__.c.original_name.type.length  # 512
 
 
 @dataclass
@@ -60,10 +61,12 @@ def ingest_bytes(session: Session, settings: Settings, *, name: str, data: bytes
         return FileResult(name, "rejected", reason=str(exc))
     existing = crud.get_crop_by_sha(session, sha256=image.sha256)
     if existing is not None and existing.status != CropStatus.deleted:
-        return FileResult(name, "duplicate", crop_id=existing.id)
+        if (settings.resolved_crops_dir / existing.stored_path).is_file():
+            return FileResult(name, "duplicate", crop_id=existing.id)
+        return _restore_file(settings, image, existing, name=name)
     rel, wrote = storage.store(image, settings.resolved_crops_dir)
     try:
-        result = _record(session, image, rel, existing, name=name, camera=camera,
+        result = _record(session, image, rel, existing, name=fit_name(name), camera=camera,
                          captured_at=captured_at, person_id=person_id)
     except BaseException:
         if wrote:
@@ -71,6 +74,28 @@ def ingest_bytes(session: Session, settings: Settings, *, name: str, data: bytes
         raise
     result.new_file = rel if wrote and result.status == "added" else None
     return result
+
+
+def _restore_file(settings: Settings, image: storage.CheckedImage, crop: Crop, *,
+                  name: str) -> FileResult:
+    """A crop row whose file is gone (lost to a crash or by hand): the upload of the same
+    content stores the file again, so the crop is whole. A crop whose indexing failed for
+    want of the file is pending again, for the add job the upload queues."""
+    rel, wrote = storage.store(image, settings.resolved_crops_dir)  # the row's path: same content
+    if crop.status == CropStatus.failed:
+        crop.status, crop.error = CropStatus.pending, None
+    log.warning("crop %s had no file: stored again from %s", crop.id, name)
+    return FileResult(name, "added", crop_id=crop.id, new_file=rel if wrote else None)
+
+
+def fit_name(name: str, limit: int = ORIGINAL_NAME_MAX) -> str:
+    """A file name cut to ``limit`` characters, keeping its extension (the column's length:
+    PostgreSQL refuses a longer one, and one file must not lose the batch)."""
+    if len(name) <= limit:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    keep = f"{dot}{ext}" if stem and len(ext) < 16 else ""
+    return name[: limit - len(keep)] + keep
 
 
 def _record(session: Session, image: storage.CheckedImage, rel: str, existing: Crop | None, *,

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from indexer.backends import BackendUnavailable
 from indexer.gpu import limit_threads
@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StorageError, on_storage_error)
     app.add_exception_handler(OperationalError, on_database_error)
+    app.add_exception_handler(ProgrammingError, on_database_error)  # PostgreSQL: no table
     app.add_exception_handler(BackendUnavailable, on_backend_unavailable)
     for module in (health, search, crops, admin):
         app.include_router(module.router)

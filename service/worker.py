@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
@@ -135,11 +137,23 @@ def run_job(settings: Settings, encoder: Encoder, job: Job) -> bool:
         ok = True
     except Exception as exc:  # the job fails, the worker goes on
         log.exception("job %s (%s) failed", job.id, job.kind)
-        message, ok = f"{type(exc).__name__}: {exc}", False
+        message, ok = public_message(settings, exc), False
     with session_scope(url) as session:
         crud.finish_job(session, job_id=job.id, ok=ok, message=message)
     log.info("job %s (%s) %s: %s", job.id, job.kind, "succeeded" if ok else "failed", message)
     return ok
+
+
+# the folders of an absolute path (what is left is the file's own name)
+ABSOLUTE_FOLDERS = re.compile(r"(?<![\w.~<>-])/(?:[^\s'\"/]+/)+")
+
+
+def public_message(settings: Settings, exc: Exception) -> str:
+    """A failed job's message for the admin API: the error with no absolute path of this
+    server (the data dir as ``<data dir>``, other folders dropped); the log has it whole."""
+    text = f"{type(exc).__name__}: {exc}"
+    text = text.replace(str(Path(settings.data_dir).resolve()), "<data dir>")
+    return ABSOLUTE_FOLDERS.sub("", text)
 
 
 def run_pending(settings: Settings, encoder: Encoder) -> int:

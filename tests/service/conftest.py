@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -41,3 +42,22 @@ def api(gallery, tiny_encoder):
         assert run_pending(gallery, tiny_encoder) == 1
         client.headers["X-API-Key"] = ADMIN_KEY
         yield client
+
+
+def mount_tmpfs(path, size: str) -> None:
+    """A real small file system at ``path`` (skips the test where mounting needs root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip("needs to mount a tmpfs (root) to make a full or read-only crops folder")
+
+
+@pytest.fixture
+def small_crops_dir(tmp_path):
+    """A real 64 KiB file system for the crops; remounted read-only or larger by the tests
+    that want."""
+    path = tmp_path / "smallfs"
+    mount_tmpfs(path, "64k")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)

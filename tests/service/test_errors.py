@@ -18,6 +18,7 @@ from service import crud
 from service.db import session_scope
 from service.main import create_app
 from service.orm import CropStatus
+from tests.service.conftest import mount_tmpfs
 
 FORM = {"camera": "cam-x", "captured_at": "2026-06-01T08:00:00Z"}
 
@@ -49,23 +50,6 @@ def test_an_upload_with_every_file_refused_is_422_with_reasons(api):
     assert body["added"] == 0 and body["rejected"] == 2
     assert [d["loc"] for d in body["detail"]] == [["body", "files", 0], ["body", "files", 1]]
     assert "not an image" in body["detail"][0]["msg"] and "empty" in body["detail"][1]["msg"]
-
-
-def _mount_tmpfs(path, size: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip("needs to mount a tmpfs (root) to make a full or read-only crops folder")
-
-
-@pytest.fixture
-def small_crops_dir(tmp_path):
-    """A real 64 KiB file system for the crops; remounted read-only by the tests that want."""
-    path = tmp_path / "smallfs"
-    _mount_tmpfs(path, "64k")
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def _files_under(path):
@@ -151,7 +135,7 @@ def test_a_full_database_disk_is_507_on_reindex(tmp_path, tiny_encoder):
     from service.db import migrate
 
     data = tmp_path / "fulldb"
-    _mount_tmpfs(data, "2m")
+    mount_tmpfs(data, "2m")
     try:
         s = Settings(data_dir=data, environment="test", device="cpu",
                      admin_keys="test-admin-key-0123456789")

@@ -35,3 +35,25 @@ def test_rejected_bytes_are_not_stored(migrated_settings):
         assert result.status == "rejected" and "image" in result.reason
         assert crud.count_crops(session) == 0
     assert not any(s.resolved_crops_dir.rglob("*.*"))
+
+
+def test_tbps_ingest_on_a_full_disk_prints_one_line(tmp_path, monkeypatch, capsys,
+                                                    small_crops_dir):
+    from service.cli import main
+    from service.config import get_settings
+    from tests.conftest import make_image
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i in range(6):  # ~24 KB each: the 64 KiB crops disk takes two
+        (folder / f"b{i}.png").write_bytes(make_image(800 + i, size=(90, 90)))
+    monkeypatch.setenv("TBPS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TBPS_CROPS_DIR", str(small_crops_dir))
+    get_settings.cache_clear()
+    try:
+        code = main(["ingest", str(folder), "--camera", "cam-a"])
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: could not store the crop: the disk is full")
