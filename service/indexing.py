@@ -22,6 +22,7 @@ from service.orm import CropStatus, Job, as_utc
 log = logging.getLogger(__name__)
 
 INDEX_JOBS = ("add", "reindex")
+ENCODING_SHARE = 0.95  # a job's progress runs to this while it encodes; the rest is publishing
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,19 @@ def gallery_state(session: Session) -> GalleryState:
     indexing = None
     if jobs:
         job = jobs[0]
-        indexing = IndexingState(job.id, job.kind, job.status.value, indexed + failed, total,
-                                 eta_seconds(job), job.message, float(job.progress or 0.0),
+        indexing = IndexingState(job.id, job.kind, job.status.value,
+                                 _done(job, indexed + failed, total), total, eta_seconds(job),
+                                 job.message, float(job.progress or 0.0),
                                  more_queued=len(jobs) > 1)
     return GalleryState(total, indexed, pending, failed, indexing)
+
+
+def _done(job: Job, settled: int, total: int) -> int:
+    """Crops done so far: those a running full reindex has encoded into its new version
+    (their statuses change only when it goes live), else those indexed or failed."""
+    if job.kind != "reindex" or job.status.value != "running":
+        return settled
+    return min(total, round(float(job.progress or 0.0) / ENCODING_SHARE * total))
 
 
 def describe(state: IndexingState) -> str:

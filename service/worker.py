@@ -24,6 +24,7 @@ from service import crud, index_jobs
 from service.config import Settings
 from service.db import session_scope
 from service.index_backend import backend_from_settings
+from service.indexing import ENCODING_SHARE
 from service.orm import Job
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ def _progress_writer(url: str, job_id: int, verb: str, every_s: float = 0.5) -> 
             return
         last[0] = now
         with session_scope(url) as s:
-            crud.set_job_progress(s, job_id=job_id, progress=done / max(total, 1) * 0.95,
+            crud.set_job_progress(s, job_id=job_id,
+                                  progress=done / max(total, 1) * ENCODING_SHARE,
                                   message=f"{verb} {done}/{total} crops")
 
     return report
