@@ -55,7 +55,9 @@ def _start_serving(app: FastAPI, settings: Settings, encoder) -> None:
     app.state.engine = SearchEngine(enc, backend_from_settings(settings, for_search=True),
                                     settings.data_dir, batch_max=settings.search_batch_max,
                                     batch_window_ms=settings.search_batch_window_ms)
-    app.state.engine.live_index()
+    _, refused = app.state.engine.serving()  # loads the live index now, not on a search
+    if refused:
+        log.error("the live index is not served: %s (see /readyz)", refused)
     app.state.audit = AuditBuffer(settings.resolved_database_url).start()
 
 
