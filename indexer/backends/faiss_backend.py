@@ -90,9 +90,10 @@ class FaissBackend:
     def open(self, version: str | None = None) -> LoadedIndex | None:
         """The loaded version (default: the live one), kept until the pointer changes.
 
-        A version is verified when it is loaded (``verify``: what ``check`` finds corrupt,
-        on the base once per process and on its deltas each time); one that fails, or whose
-        folder is gone, raises ``CorruptIndex`` instead of being served."""
+        A version is verified when it is loaded, with the checks ``check`` makes
+        (``check_files`` on its base once per backend, ``check_deltas`` at each load); one
+        that fails them or does not load is refused for the life of this backend, and one
+        whose folder is gone is refused while it is gone: ``CorruptIndex``, never served."""
         pointer = version or self.current_version()
         if pointer is None:
             return None
