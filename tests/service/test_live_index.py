@@ -10,8 +10,9 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from indexer.store import IndexStore, split_pointer
-from service import crud
+from service import crud, index_jobs
 from service.db import session_scope
+from service.index_backend import backend_from_settings
 from service.main import create_app
 from service.orm import CropStatus, JobStatus
 from service.worker import run_pending
@@ -98,3 +99,13 @@ def test_a_deleted_live_folder_is_not_ready_and_the_next_upload_rebuilds(api, ga
         ready = client.get("/readyz").json()
         assert ready["status"] == "ready" and ready["index_count"] == 13
         assert client.post("/search", json=QUERY).json()["matching"] == 13
+
+
+def test_tbps_index_rebuilds_a_deleted_live_version(api, gallery, tiny_encoder):
+    pointer, folder = _live_folder(gallery)
+    shutil.rmtree(folder)
+    backend = backend_from_settings(gallery)
+    with session_scope(gallery.resolved_database_url) as s:
+        report = index_jobs.sync(s, tiny_encoder, gallery.resolved_crops_dir, backend)
+    assert report.full and report.indexed == 12
+    assert backend.current_version() != pointer and backend.open().count == 12
