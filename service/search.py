@@ -221,8 +221,9 @@ class SearchEngine:
         return None, refused
 
     def check_ready(self) -> IndexView:
-        live, refused = self.serving()
-        if live is None and refused is not None:
+        live = self.live_index()
+        refused = self.serving()[1] if live is None else None
+        if refused is not None:
             raise IndexNotReady(f"{refused}, and there is no sound previous version: run "
                                 "`tbps index --check` (it rebuilds) or POST /admin/reindex")
         if live is None:
