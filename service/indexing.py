@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from service import crud
 from service.config import Settings
 from service.index_backend import backend_from_settings
+from service.index_jobs import unusable
 from service.orm import CropStatus, Job, as_utc
 
 log = logging.getLogger(__name__)
@@ -115,12 +116,12 @@ def checkpoint_sha(settings: Settings) -> str | None:
 
 
 def job_needed(session: Session, settings: Settings) -> str | None:
-    """The job kind that brings the index up to date: ``add`` (pending crops, or no index: the
-    first build is searchable as it grows), ``reindex`` (built by another checkpoint), or
-    None."""
+    """The job kind that brings the index up to date: ``add`` (pending crops, or no usable
+    index: the first build is searchable as it grows, a corrupt or deleted one is rebuilt),
+    ``reindex`` (built by another checkpoint), or None."""
     backend = backend_from_settings(settings)
     pointer = backend.current_version()
-    if pointer is None:
+    if pointer is None or unusable(backend, pointer):  # an add job builds one (rebuilds it)
         return "add" if crud.count_crops(session) else None
     sha = checkpoint_sha(settings)
     if sha is not None and not backend.manifest(pointer).built_by(sha):

@@ -13,6 +13,7 @@ from indexer.store import IndexStore, split_pointer
 from service import crud, index_jobs
 from service.db import session_scope
 from service.index_backend import backend_from_settings
+from service.indexing import job_needed
 from service.main import create_app
 from service.orm import CropStatus, JobStatus
 from service.worker import run_pending
@@ -109,3 +110,9 @@ def test_tbps_index_rebuilds_a_deleted_live_version(api, gallery, tiny_encoder):
         report = index_jobs.sync(s, tiny_encoder, gallery.resolved_crops_dir, backend)
     assert report.full and report.indexed == 12
     assert backend.current_version() != pointer and backend.open().count == 12
+
+
+def test_tbps_demo_queues_an_add_job_for_a_deleted_live_version(api, gallery):
+    shutil.rmtree(_live_folder(gallery)[1])
+    with session_scope(gallery.resolved_database_url) as s:
+        assert job_needed(s, gallery) == "add"  # the add job rebuilds it
