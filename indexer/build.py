@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,7 +23,8 @@ from indexer.manifest import DEFAULT_FACTORY, FirstStage, normalise_factory
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_FACTORY", "FACTORY_PATTERN", "IndexSpec", "auto_nlist", "build_first_stage",
-           "choose_spec", "first_stage_of", "global_slice", "nlist_of", "normalise_factory"]
+           "choose_spec", "factory_problem", "first_stage_of", "global_slice", "nlist_of",
+           "normalise_factory"]
 
 # Measured on real model vectors topped up to gallery sizes (bench/results/
 # search_cpu_real_sizes.json, docs/results.md "Speed (issue 13)"): exact search took 1.3 ms
@@ -34,6 +36,9 @@ FACTORY_PATTERN = r"^(full:)?[A-Za-z0-9_,.]+$"
 TRAIN_MAX = 131_072  # rows sampled to train a quantizer
 TRAIN_NITER = 10  # k-means iterations: the exact re-rank absorbs a slightly coarser quantizer
 ADD_CHUNK = 65_536
+# largest number a factory string may hold (lists, links, codes): a larger one would have FAISS
+# allocate gigabytes when the string is merely checked (auto_nlist stops at 65,536)
+FACTORY_NUMBER_MAX = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,27 @@ def first_stage_of(spec: IndexSpec, parts: list | tuple, dim: int,
         return None
     start, stop = global_slice(parts, dim) if spec.input == "global" else (0, dim)
     return FirstStage(**spec.to_dict(), start=start, stop=stop, nlist=nlist)
+
+
+def factory_problem(factory: str, parts: list | tuple, dim: int) -> str | None:
+    """Why FAISS cannot build the first stage ``factory`` names (a ``choose_spec`` string)
+    over vectors of ``dim`` with these ``parts``, or None. It builds the empty index, untrained
+    (milliseconds), so that a bad string is refused before any crop is encoded."""
+    spec = choose_spec(0, factory)
+    if spec.exact:
+        return None
+    big = [n for n in map(int, re.findall(r"\d+", spec.factory)) if n > FACTORY_NUMBER_MAX]
+    if big:
+        return f"{big[0]} in {spec.factory!r} is over {FACTORY_NUMBER_MAX}, the largest allowed"
+    first = first_stage_of(spec, parts, dim)
+    width = first.stop - first.start
+    try:
+        faiss.index_factory(width, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:  # FAISS: "Error in <function> at <file>:<line>: <reason>"
+        reason = re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "", str(exc))
+        return (f"{spec.factory!r} is not a FAISS index that can be built over the "
+                f"{width}-dimensional {spec.input} vectors: {reason}")
+    return None
 
 
 def nlist_of(index: faiss.Index) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -102,8 +103,10 @@ def thumbnail_path(settings: Settings, crop: Crop) -> Path:
     return settings.resolved_thumbs_dir / sha[:2] / f"{sha}-{settings.thumbnail_size}.jpg"
 
 
-def thumbnail(settings: Settings, crop: Crop) -> Path | None:
-    """The crop's JPEG thumbnail, made on first request and cached content-addressed."""
+def thumbnail(settings: Settings, crop: Crop) -> Path | bytes | None:
+    """The crop's JPEG thumbnail, made on first request and cached content-addressed; its
+    bytes when the cache cannot take it (a read-only or full data dir: served, not cached);
+    None when the crop's file is missing."""
     target = thumbnail_path(settings, crop)
     if target.is_file():
         return target
@@ -115,8 +118,13 @@ def thumbnail(settings: Settings, crop: Crop) -> Path | None:
         im.thumbnail((settings.thumbnail_size, settings.thumbnail_size))
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=85)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(target)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")  # unique per request
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        log.warning("thumbnail of crop %s served uncached: %s", crop.id, exc.strerror or exc)
+        return buf.getvalue()
     return target

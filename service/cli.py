@@ -238,8 +238,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import threading
 
     from models.factory import load_encoder
-    from service.worker import run_pending, serve
+    from service.worker import die_with_parent, run_pending, serve
 
+    if args.parent_pid is not None:
+        die_with_parent(args.parent_pid)
     settings = _settings()
     problem = prepare_database(settings)  # never migrates a database `serve` refuses
     if problem:
@@ -438,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-recover", action="store_true", help="at start, leave jobs of a "
                    "dead worker of this host until their lease runs out (default: requeue them "
                    "at once, or fail them after TBPS_JOB_MAX_ATTEMPTS runs)")
+    p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
+                   help="exit as soon as process PID ends (`tbps serve --with-worker` passes "
+                   "its own, so that its worker never outlives it)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("create-key", help="create an admin API key (printed once)")

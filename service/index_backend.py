@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from indexer.backends import BackendUnavailable, IndexBackend, create_backend
+from indexer.build import FLAT_MAX, factory_problem
+from models.encoder import EncoderSpec
 from service.config import Settings
 
 
@@ -21,3 +23,18 @@ def backend_from_settings(settings: Settings, *, for_search: bool = False) -> In
     except BackendUnavailable as exc:
         raise BackendUnavailable(f"TBPS_INDEX_BACKEND=milvus: {exc}; check TBPS_MILVUS_URI="
                                  f"{settings.milvus_uri}") from exc
+
+
+def index_spec_problem(settings: Settings, factory: str, spec: EncoderSpec) -> str | None:
+    """Why the configured backend cannot build an index of ``factory`` for the vectors of
+    the encoder ``spec`` describes, or None: checked when a reindex is asked for, not after
+    the worker has encoded the gallery."""
+    if settings.index_backend == "milvus":
+        from indexer.backends.milvus_spec import milvus_first_stage
+
+        try:
+            milvus_first_stage(FLAT_MAX + 1, factory, list(spec.parts), spec.dim)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    return factory_problem(factory, spec.parts, spec.dim)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from indexer.backends import IndexBackend, NoIndex, create_backend
+from indexer.backends import CorruptIndex, IndexBackend, NoIndex, create_backend
 from indexer.backends.base import BuildBusy
 from indexer.build import DEFAULT_FACTORY, choose_spec
 from indexer.jobs import (
@@ -99,7 +99,7 @@ def build_full(session: Session, encoder: Encoder, crops_dir: Path, index: Index
         _go_live(session, backend, version, ids, failed)
         shutil.rmtree(writer.folder)
         backend.prune()
-    caught_up = sync(session, encoder, crops_dir, backend, options=options)
+    caught_up = sync(session, encoder, crops_dir, backend, options=options, rebuild=False)
     report = BuildReport(backend.current_version(), len(ids) + caught_up.indexed,
                          failed + caught_up.failed, time.perf_counter() - started,
                          caught_up.removed, resumed, True, dict(times.seconds))
@@ -136,25 +136,52 @@ def _record_created(session: Session, backend: IndexBackend, version: str, count
 
 
 # ---- incremental ----
+def unusable(backend: IndexBackend, pointer: str) -> str | None:
+    """Why the version ``pointer`` cannot be added to (corrupt, or its folder is gone), or
+    None when it can."""
+    try:
+        backend.open(pointer)
+    except CorruptIndex as exc:
+        return str(exc)
+    return None
+
+
 def add_crops(session: Session, encoder: Encoder, crops_dir: Path, index: Index,
               crop_ids: Iterable[int], *, progress: Progress | None = None,
-              options: ReadOptions | None = None) -> BuildReport:
+              options: ReadOptions | None = None, rebuild: bool = True) -> BuildReport:
     """Encode these crops and publish them as new generations of the live index (no rebuild).
 
     Chunks start at ``FIRST_CHUNK`` crops and double up to ``ADD_CHUNK``, so that the first
     ones are searchable within seconds of the start. Crops already indexed are re-encoded and
     replaced; deleted crops are skipped. With no index yet, the whole gallery is published
     this way (``first_build``). Raises ``StaleIndex`` when the live index was built by another
-    checkpoint (build a full one).
+    checkpoint (build a full one). A live index that is corrupt or whose folder is gone is
+    rebuilt in full (``rebuild``; else ``CorruptIndex``), these crops with the rest.
     """
     backend = as_backend(index)
     current = backend.current_version()
     if current is None:
         return first_build(session, encoder, crops_dir, backend, progress=progress,
                            options=options)
+    refused = unusable(backend, current)
+    if refused is not None:
+        return _rebuild(session, encoder, crops_dir, backend, refused, rebuild, progress,
+                        options)
     require_same_model(backend.manifest(current), current, encoder)
     items = records.indexable_items(session, crops_dir, crop_ids)
     return _add_in_chunks(session, encoder, backend, items, progress, options)
+
+
+def _rebuild(session: Session, encoder: Encoder, crops_dir: Path, backend: IndexBackend,
+             refused: str, rebuild: bool, progress: Progress | None,
+             options: ReadOptions | None) -> BuildReport:
+    """A full build in place of an unusable live version (not twice in a row: a build that
+    comes out unusable again stops here)."""
+    if not rebuild:
+        raise CorruptIndex(f"{refused}; a full rebuild just published it: check the model "
+                           "and the disk, then `tbps index --full`")
+    log.warning("%s: building a full index instead", refused)
+    return build_full(session, encoder, crops_dir, backend, progress=progress, options=options)
 
 
 def first_build(session: Session, encoder: Encoder, crops_dir: Path, index: Index, *,
@@ -208,15 +235,20 @@ def gallery_diff(session: Session,
 
 def sync(session: Session, encoder: Encoder, crops_dir: Path, index: Index, *,
          factory: str | None = None, progress: Progress | None = None,
-         options: ReadOptions | None = None) -> BuildReport:
+         options: ReadOptions | None = None, rebuild: bool = True) -> BuildReport:
     """Bring the index up to date with the database without a rebuild when possible:
-    add pending crops (and indexed ones missing from the index), drop deleted ones."""
+    add pending crops (and indexed ones missing from the index), drop deleted ones. A live
+    version that is corrupt or gone is rebuilt (``rebuild``; else ``CorruptIndex``)."""
     backend = as_backend(index)
     if resume_unfinished(backend, encoder):
         log.info("resuming the unfinished full build of a killed run")
         return build_full(session, encoder, crops_dir, backend, factory=factory,
                           progress=progress, options=options)
     current = backend.current_version()
+    refused = unusable(backend, current) if current is not None else None
+    if refused is not None:
+        return _rebuild(session, encoder, crops_dir, backend, refused, rebuild, progress,
+                        options)
     if current is None or needs_full(backend.manifest(current), encoder, factory):
         return build_full(session, encoder, crops_dir, backend, factory=factory,
                           progress=progress, options=options)
@@ -227,7 +259,7 @@ def sync(session: Session, encoder: Encoder, crops_dir: Path, index: Index, *,
     if len(to_remove):
         backend.remove(to_remove)
     report = add_crops(session, encoder, crops_dir, backend, to_add.tolist(),
-                       progress=progress, options=options)
+                       progress=progress, options=options, rebuild=rebuild)
     report.removed, report.seconds = len(to_remove), time.perf_counter() - started
     if split_pointer(backend.current_version() or "")[1] > COMPACT_GENERATIONS:
         compact(session, backend)

@@ -17,11 +17,13 @@ from sqlalchemy.orm import Session
 from service import crud
 from service.config import Settings
 from service.index_backend import backend_from_settings
+from service.index_jobs import unusable
 from service.orm import CropStatus, Job, as_utc
 
 log = logging.getLogger(__name__)
 
 INDEX_JOBS = ("add", "reindex")
+ENCODING_SHARE = 0.95  # a job's progress runs to this while it encodes; the rest is publishing
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,19 @@ def gallery_state(session: Session) -> GalleryState:
     indexing = None
     if jobs:
         job = jobs[0]
-        indexing = IndexingState(job.id, job.kind, job.status.value, indexed + failed, total,
-                                 eta_seconds(job), job.message, float(job.progress or 0.0),
+        indexing = IndexingState(job.id, job.kind, job.status.value,
+                                 _done(job, indexed + failed, total), total, eta_seconds(job),
+                                 job.message, float(job.progress or 0.0),
                                  more_queued=len(jobs) > 1)
     return GalleryState(total, indexed, pending, failed, indexing)
+
+
+def _done(job: Job, settled: int, total: int) -> int:
+    """Crops done so far: those a running full reindex has encoded into its new version
+    (their statuses change only when it goes live), else those indexed or failed."""
+    if job.kind != "reindex" or job.status.value != "running":
+        return settled
+    return min(total, round(float(job.progress or 0.0) / ENCODING_SHARE * total))
 
 
 def describe(state: IndexingState) -> str:
@@ -105,12 +116,12 @@ def checkpoint_sha(settings: Settings) -> str | None:
 
 
 def job_needed(session: Session, settings: Settings) -> str | None:
-    """The job kind that brings the index up to date: ``add`` (pending crops, or no index: the
-    first build is searchable as it grows), ``reindex`` (built by another checkpoint), or
-    None."""
+    """The job kind that brings the index up to date: ``add`` (pending crops, or no usable
+    index: the first build is searchable as it grows, a corrupt or deleted one is rebuilt),
+    ``reindex`` (built by another checkpoint), or None."""
     backend = backend_from_settings(settings)
     pointer = backend.current_version()
-    if pointer is None:
+    if pointer is None or unusable(backend, pointer):  # an add job builds one (rebuilds it)
         return "add" if crud.count_crops(session) else None
     sha = checkpoint_sha(settings)
     if sha is not None and not backend.manifest(pointer).built_by(sha):

@@ -52,6 +52,18 @@ async def _on_validation_error(_request: Request, exc: RequestValidationError) -
                         content={"detail": errors, "message": _validation_message(exc)})
 
 
+def _start_serving(app: FastAPI, settings: Settings, encoder) -> None:
+    """The model, the live index (when there is one) and the audit writer."""
+    enc = encoder or load_encoder(**settings.encoder_options)
+    app.state.engine = SearchEngine(enc, backend_from_settings(settings, for_search=True),
+                                    settings.data_dir, batch_max=settings.search_batch_max,
+                                    batch_window_ms=settings.search_batch_window_ms)
+    _, refused = app.state.engine.serving()  # loads the live index now, not on a search
+    if refused:
+        log.error("the live index is not served: %s (see /readyz)", refused)
+    app.state.audit = AuditBuffer(settings.resolved_database_url).start()
+
+
 def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -63,12 +75,12 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         worker = WorkerSupervisor().start() if settings.spawn_worker else None
         app.state.worker = worker
-        enc = encoder or load_encoder(**settings.encoder_options)
-        app.state.engine = SearchEngine(enc, backend_from_settings(settings, for_search=True),
-                                        settings.data_dir, batch_max=settings.search_batch_max,
-                                        batch_window_ms=settings.search_batch_window_ms)
-        app.state.engine.live_index()
-        app.state.audit = AuditBuffer(settings.resolved_database_url).start()
+        try:
+            _start_serving(app, settings, encoder)
+        except BaseException:
+            if worker is not None:  # a failed start leaves no worker behind
+                worker.stop()
+            raise
         # Everything start-up loaded (torch, the towers, the index, the ORM: ~580k objects)
         # lives as long as the process; freezing it keeps the periodic full collection from
         # re-scanning it. Unfrozen, each such collection stopped the process for ~300 ms (twice

@@ -227,7 +227,9 @@ class Readiness(BaseModel):
     index_version: str | None = Field(None, description="Live index version.",
                                       examples=["20261123T110000000000Z"])
     index_count: int = Field(0, description="Vectors in the live index.", examples=[1000])
-    reason: str | None = Field(None, description="Why not ready.", examples=[None])
+    reason: str | None = Field(None, description="Why not ready; when ready, why the previous "
+                               "index version serves (the live one is corrupt or gone).",
+                               examples=[None])
     indexing: IndexingOut | None = Field(None, description="An index job queued or running: "
                                          "ready means searches answer from what is indexed "
                                          "so far.")

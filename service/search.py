@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from indexer.backends import IndexBackend, IndexView, SearchFilter, create_backend
+from indexer.backends import CorruptIndex, IndexBackend, IndexView, SearchFilter, create_backend
 from models.encoder import Encoder, part_scores
 from service import crud
 from service.batching import MicroBatcher
@@ -198,11 +198,34 @@ class SearchEngine:
         self._lock = threading.Lock()
 
     def live_index(self) -> IndexView | None:
-        """The live version (the backend reopens it when its pointer changes)."""
-        return self.backend.open()
+        """The version searches use (the backend reopens it when its pointer changes): the
+        live one, or the previous one while the live one is unusable; None when neither."""
+        return self.serving()[0]
+
+    def serving(self) -> tuple[IndexView | None, str | None]:
+        """-> (the version to search, why the live version is refused or None).
+
+        A live version that is corrupt or whose files are gone (``CorruptIndex``) is never
+        searched: the previous version stands in when it is sound, else nothing does."""
+        try:
+            return self.backend.open(), None
+        except CorruptIndex as exc:
+            refused = str(exc)
+        previous = self.backend.previous_version()
+        try:
+            fallback = self.backend.open(previous) if previous else None
+        except CorruptIndex:
+            fallback = None
+        if fallback is not None and fallback.manifest.built_by(self.encoder):
+            return fallback, f"{refused}; serving the previous version {previous}"
+        return None, refused
 
     def check_ready(self) -> IndexView:
         live = self.live_index()
+        refused = self.serving()[1] if live is None else None
+        if refused is not None:
+            raise IndexNotReady(f"{refused}, and there is no sound previous version: run "
+                                "`tbps index --check` (it rebuilds) or POST /admin/reindex")
         if live is None:
             raise IndexNotReady("no index has been built yet: run `tbps index` or "
                                 "POST /admin/reindex")

@@ -26,9 +26,12 @@ from service import crud, index_jobs
 from service.config import Settings
 from service.db import session_scope
 from service.index_backend import backend_from_settings
+from service.indexing import ENCODING_SHARE
 from service.orm import Job
 
 log = logging.getLogger(__name__)
+
+PARENT_POLL_S = 1.0
 
 Progress = Callable[[int, int], None]
 SMALL_GALLERY = 256  # below this many crops, images are decoded in the worker itself
@@ -44,7 +47,8 @@ def _progress_writer(url: str, job_id: int, verb: str, every_s: float = 0.5) -> 
             return
         last[0] = now
         with session_scope(url) as s:
-            crud.set_job_progress(s, job_id=job_id, progress=done / max(total, 1) * 0.95,
+            crud.set_job_progress(s, job_id=job_id,
+                                  progress=done / max(total, 1) * ENCODING_SHARE,
                                   message=f"{verb} {done}/{total} crops")
 
     return report
@@ -206,3 +210,22 @@ def serve(settings: Settings, encoder: Encoder, *, stop: threading.Event | None 
         beat.touch()
         if run_pending(settings, encoder) == 0:
             stop.wait(settings.worker_poll_seconds)
+
+
+def die_with_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> None:
+    """End this process when ``parent_pid`` (the API that spawned it) is gone: a thread
+    checks every ``poll_s`` that this process was not handed to another parent (on Linux the
+    kernel's parent-death signal, ``service.supervisor``, usually kills it first). A job
+    stopped so is requeued by the next worker when its lease runs out."""
+    def gone() -> None:
+        log.error("the process that started this worker (pid %d) is gone: exiting", parent_pid)
+        os._exit(70)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        gone()
+
+    if os.getppid() != parent_pid:
+        gone()
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

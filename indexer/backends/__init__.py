@@ -18,6 +18,7 @@ from indexer.backends.base import (
     PAD_SCORE,
     BackendUnavailable,
     BuildBusy,
+    CorruptIndex,
     Hits,
     IndexBackend,
     IndexView,
@@ -27,9 +28,9 @@ from indexer.backends.base import (
 )
 from indexer.manifest import FirstStage, Manifest
 
-__all__ = ["PAD_SCORE", "BackendUnavailable", "BuildBusy", "FirstStage", "Hits", "IndexBackend",
-           "IndexView", "Manifest", "NoIndex", "Rows", "SearchFilter", "available_backends",
-           "create_backend", "register_backend"]
+__all__ = ["PAD_SCORE", "BackendUnavailable", "BuildBusy", "CorruptIndex", "FirstStage", "Hits",
+           "IndexBackend", "IndexView", "Manifest", "NoIndex", "Rows", "SearchFilter",
+           "available_backends", "create_backend", "register_backend"]
 
 _REGISTRY: dict[str, str] = {
     "faiss": "indexer.backends.faiss_backend:FaissBackend",

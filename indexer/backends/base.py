@@ -34,14 +34,20 @@ import numpy as np
 
 from indexer.manifest import Manifest
 
-__all__ = ["PAD_SCORE", "BackendUnavailable", "BuildBusy", "Hits", "IndexBackend", "IndexView",
-           "NoIndex", "Rows", "SearchFilter"]
+__all__ = ["PAD_SCORE", "BackendUnavailable", "BuildBusy", "CorruptIndex", "Hits", "IndexBackend",
+           "IndexView", "NoIndex", "Rows", "SearchFilter"]
 
 PAD_SCORE = np.float32(-np.finfo(np.float32).max)  # score of an id -1 padding slot
 
 
 class NoIndex(FileNotFoundError):
     """No version is live (or the one asked for does not exist)."""
+
+
+class CorruptIndex(NoIndex):
+    """The version asked for is on record but not usable: its files are gone, do not load, or
+    fail the checks made when it is opened (shapes, counts, finite vectors of the right
+    norm). The message says which version and why."""
 
 
 class BuildBusy(RuntimeError):
@@ -203,7 +209,9 @@ class IndexBackend(Protocol):
         nothing is live)."""
 
     def open(self, version: str | None = None) -> IndexView | None:
-        """A view of a version (default: the live one; None when nothing is live)."""
+        """A view of a version (default: the live one; None when nothing is live);
+        ``CorruptIndex`` when that version is unusable (files gone, not loading, or failing
+        the checks a backend makes when it loads one)."""
 
     def search(self, queries: np.ndarray, k: int, *, filter: SearchFilter | None = None,
                allowed_ids: np.ndarray | None = None) -> Hits:

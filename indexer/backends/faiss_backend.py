@@ -18,12 +18,12 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer.backends.base import Hits, NoIndex, Rows, SearchFilter
+from indexer.backends.base import CorruptIndex, Hits, NoIndex, Rows, SearchFilter
 from indexer.backends.locking import build_lock
 from indexer.build import IndexSpec, build_first_stage, choose_spec, first_stage_of, nlist_of
 from indexer.loaded import LoadedIndex
 from indexer.manifest import Manifest
-from indexer.store import IndexStore, new_version_name
+from indexer.store import IndexStore, new_version_name, split_pointer
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class FaissBackend:
         self.builds_dir = self.store.versions
         self._view: LoadedIndex | None = None
         self._lock = threading.Lock()
+        self._checked: dict[str, list[str]] = {}  # base -> its problems, found at first load
+        self._refused: dict[str, str] = {}  # pointer -> why it is not served
 
     # ---- versions ----
     def current_version(self) -> str | None:
@@ -86,18 +88,55 @@ class FaissBackend:
 
     # ---- reading ----
     def open(self, version: str | None = None) -> LoadedIndex | None:
-        """The loaded version (default: the live one), kept until the pointer changes."""
+        """The loaded version (default: the live one), kept until the pointer changes.
+
+        A version is verified when it is loaded, with the checks ``check`` makes
+        (``check_files`` on its base once per backend, ``check_deltas`` at each load); one
+        that fails them or does not load is refused for the life of this backend, and one
+        whose folder is gone is refused while it is gone: ``CorruptIndex``, never served."""
         pointer = version or self.current_version()
         if pointer is None:
             return None
+        self._require_folder(pointer)
         view = self._view
         if view is None or view.version != pointer:
             with self._lock:
                 if self._view is None or self._view.version != pointer:
-                    self._view = self.store.load(pointer, use_gpu=self.use_gpu)
+                    self._view = self._load_verified(pointer)
                     log.info("loaded index %s (%d vectors)", pointer, self._view.count)
                 view = self._view
         return view
+
+    def _require_folder(self, pointer: str) -> None:
+        """A version whose folder was deleted is refused even while its arrays are still
+        mapped here: the next start could not load it."""
+        base, _ = split_pointer(pointer)
+        if not (self.store.versions / base / "manifest.json").is_file():
+            raise CorruptIndex(f"index version {pointer} is missing: its folder "
+                               f"versions/{base} was deleted or never completed")
+
+    def _load_verified(self, pointer: str) -> LoadedIndex:
+        if pointer in self._refused:
+            raise CorruptIndex(self._refused[pointer])
+        try:
+            view = self.store.load(pointer, use_gpu=self.use_gpu)
+            problems = self._base_problems(view) + check_deltas(view)
+        except LOAD_ERRORS as exc:
+            problems = [f"it cannot be loaded ({type(exc).__name__}: {exc})"]
+        if problems:
+            reason = f"index version {pointer} is corrupt: " + "; ".join(
+                p.removeprefix("corrupt: ") for p in problems)
+            self._refused[pointer] = reason
+            log.error("%s; it is not served (`tbps index --check` repairs it)", reason)
+            raise CorruptIndex(reason)
+        return view
+
+    def _base_problems(self, view: LoadedIndex) -> list[str]:
+        """``check_files`` of a base, once per base and backend (bases never change)."""
+        base, _ = split_pointer(view.version)
+        if base not in self._checked:
+            self._checked[base] = check_files(view)
+        return self._checked[base]
 
     def search(self, queries: np.ndarray, k: int, *, filter: SearchFilter | None = None,
                allowed_ids: np.ndarray | None = None) -> Hits:
@@ -115,7 +154,7 @@ class FaissBackend:
             view = self.store.load(version, use_gpu=False)
         except LOAD_ERRORS as exc:
             return [f"corrupt: index {version} cannot be loaded: {exc}"]
-        return check_files(view)
+        return check_files(view) + check_deltas(view)
 
     def unfinished(self) -> list[str]:
         folder = self.store.versions
@@ -174,11 +213,29 @@ def check_files(live: LoadedIndex) -> list[str]:
     if live.first_stage is not None and live.first_stage.ntotal != n:
         problems.append(f"corrupt: first stage holds {live.first_stage.ntotal} of {n}")
     pick = np.linspace(0, n - 1, min(n, NORM_SAMPLE)).astype(np.int64) if n else []
-    norms = np.linalg.norm(np.asarray(live.full[pick], np.float32), axis=1)
-    expect = expected_norm(m.parts)
-    if len(norms) and not np.allclose(norms, expect, atol=1e-2):
-        problems.append(f"corrupt: stored vectors are not of norm {expect:.3f}")
-    return problems
+    return problems + vector_problems(np.asarray(live.full[pick], np.float32), m.parts,
+                                      "stored vectors")
+
+
+def check_deltas(live: LoadedIndex) -> list[str]:
+    """The rows added since the build: the manifest's dimension, finite, of the right norm."""
+    vectors = live.deltas.vectors  # (M, D)
+    if vectors.ndim != 2 or (len(vectors) and vectors.shape[1] != live.manifest.dim):
+        return [f"corrupt: added vectors are {vectors.shape}, not (M, {live.manifest.dim})"]
+    return vector_problems(vectors[:NORM_SAMPLE], live.manifest.parts, "added vectors")
+
+
+def vector_problems(sample: np.ndarray, parts: list[dict], what: str) -> list[str]:
+    """(S, D) float32 rows: finite and of the norm the encoder's parts give them."""
+    if not len(sample):
+        return []
+    if not np.isfinite(sample).all():
+        return [f"corrupt: {what} hold NaN or infinite values"]
+    expect = expected_norm(parts)
+    norms = np.linalg.norm(sample, axis=1)
+    if not np.allclose(norms, expect, atol=1e-2):
+        return [f"corrupt: {what} are not of norm {expect:.3f}"]
+    return []
 
 
 def expected_norm(parts: list[dict]) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
@@ -12,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from indexer.build import FACTORY_PATTERN
 from service import admin, crud
 from service.deps import AdminDep, EngineDep, SessionDep, SettingsDep
+from service.index_backend import index_spec_problem
 from service.schemas import (
     BACKEND_DOWN,
     BAD_BODY,
@@ -161,10 +163,16 @@ def delete_crops_by_range(
 
 @router.post("/reindex", response_model=JobOut, status_code=202, responses={**BAD_BODY,
     409: {"model": ErrorResponse, "description": "A reindex is already queued or running"}})
-def reindex(session: SessionDep, actor: AdminDep, body: ReindexRequest | None = None) -> JobOut:
+def reindex(session: SessionDep, actor: AdminDep, engine: EngineDep, settings: SettingsDep,
+            body: ReindexRequest | None = None) -> JobOut:
     """Queue a full reindex. A worker process runs it; searches keep using the live index
-    until the new one is swapped in atomically. Follow it with GET /admin/jobs/{id}."""
+    until the new one is swapped in atomically. Follow it with GET /admin/jobs/{id}. A
+    `factory` the index backend cannot build is refused here (422), before any encoding."""
     params = {"factory": body.factory} if body and body.factory else {}
+    problem = index_spec_problem(settings, body.factory, engine.encoder.spec) if params else None
+    if problem:
+        raise RequestValidationError([{"loc": ("body", "factory"), "msg": problem,
+                                       "type": "value_error"}])
     try:
         job = crud.create_job(session, kind="reindex", params=params, created_by=actor.name)
     except crud.JobConflict as exc:

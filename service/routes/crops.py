@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from service import crud
 from service.admin import thumbnail
@@ -71,10 +71,13 @@ def crop_image(session: SessionDep, settings: SettingsDep, crop_id: int = CropId
                              "description": "A JPEG thumbnail"},
                        404: {"model": ErrorResponse}})
 def crop_thumbnail(session: SessionDep, settings: SettingsDep,
-                   crop_id: int = CropId) -> FileResponse:
-    """A small JPEG of the crop (longest side TBPS_THUMBNAIL_SIZE), made once and cached."""
+                   crop_id: int = CropId) -> Response:
+    """A small JPEG of the crop (longest side TBPS_THUMBNAIL_SIZE), made once and cached
+    (made each time while the data dir cannot be written)."""
     crop = _live_crop(session, crop_id)
-    path = thumbnail(settings, crop)
-    if path is None:
+    made = thumbnail(settings, crop)
+    if made is None:
         raise HTTPException(status_code=404, detail=f"the file of crop {crop_id} is missing")
-    return FileResponse(path, media_type="image/jpeg", headers=CACHE)
+    if isinstance(made, bytes):
+        return Response(made, media_type="image/jpeg", headers=CACHE)
+    return FileResponse(made, media_type="image/jpeg", headers=CACHE)

@@ -50,14 +50,16 @@ def _not_ready(model: str, reason: str, indexing: IndexingOut | None = None) -> 
 
 @router.get("/readyz", response_model=Readiness,
             responses={503: {"model": Readiness, "description": "Database not migrated, model "
-                             "or index not loaded, the index backend unreachable, or the job "
-                             "queue stuck"}})
+                             "or index not loaded (none built, or the live one corrupt or "
+                             "deleted with no sound previous one), the index backend "
+                             "unreachable, or the job queue stuck"}})
 def readyz(engine: EngineDep, session: SessionDep,
            settings: SettingsDep) -> Readiness | JSONResponse:
     """Ready to search: the database is migrated, the model is loaded, an index built with it
     is live (while the first index builds, as soon as its first crops are; `indexing` says how
     far it is) and the job queue moves (no job held by a dead worker, none waiting with
-    nothing running)."""
+    nothing running). A live index that is corrupt or whose folder is gone is not served:
+    not ready, unless the previous version is sound and serves instead (`reason` says so)."""
     model = engine.encoder.spec.name
     problem = ready_problem(settings)
     if problem:
@@ -69,7 +71,8 @@ def readyz(engine: EngineDep, session: SessionDep,
         reason = f"{describe(indexing)}; {exc}" if indexing else str(exc)
         return _not_ready(model, reason, indexing_out(indexing))
     return Readiness(status="ready", model=model, index_version=live.version,
-                     index_count=live.count, indexing=indexing_out(indexing))
+                     index_count=live.count, reason=engine.serving()[1],
+                     indexing=indexing_out(indexing))
 
 
 @router.get("/status", response_model=GalleryStatus,

@@ -2,6 +2,7 @@
 
 import io
 
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -165,6 +166,21 @@ def test_reindex_takes_every_spec_choose_spec_takes(api, gallery, tiny_encoder):
     bad = api.post("/admin/reindex", json={"factory": "Flat; rm -rf /"})
     assert bad.status_code == 422 and "factory" in str(bad.json()["detail"])
     assert api.post("/admin/reindex", json={"factory": "half:IVF4,Flat"}).status_code == 422
+
+
+@pytest.mark.parametrize(("factory", "why"), [
+    ("Zg", "could not parse index string Zg"),
+    ("PQ7", "multiple of the number of subquantizers"),
+    ("IVF999999999,Flat", "over 262144")])
+def test_reindex_refuses_a_factory_faiss_cannot_build_before_any_encoding(api, factory, why):
+    with session_scope(api.app.state.settings.resolved_database_url) as s:
+        jobs = len(crud.list_jobs(s, limit=200))
+    r = api.post("/admin/reindex", json={"factory": factory})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "factory"]
+    assert r.json()["message"].startswith("factory: ") and why in r.json()["message"]
+    with session_scope(api.app.state.settings.resolved_database_url) as s:
+        assert len(crud.list_jobs(s, limit=200)) == jobs  # no job was queued
 
 
 def test_cameras_create_list_rename(api):

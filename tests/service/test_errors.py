@@ -91,6 +91,21 @@ def test_a_read_only_crops_folder_is_503_on_upload_and_delete(gallery, tiny_enco
         assert crud.count_crops(s) == 13
 
 
+def test_a_read_only_data_dir_still_serves_thumbnails_uncached(api, gallery):
+    thumbs = gallery.resolved_thumbs_dir
+    mount_tmpfs(thumbs, "1m")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(thumbs)], check=True)
+        r = api.get("/crops/3/thumbnail")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        assert r.content[:3] == b"\xff\xd8\xff"  # a JPEG, made in memory
+        assert not any(thumbs.rglob("*"))  # nothing cached, no temp file left
+    finally:
+        subprocess.run(["umount", "-l", str(thumbs)], check=False)
+    assert api.get("/crops/3/thumbnail").status_code == 200  # writable again: cached
+    assert len(list(thumbs.rglob("*.jpg"))) == 1
+
+
 def _serve(app) -> tuple[uvicorn.Server, int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

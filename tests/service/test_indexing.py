@@ -12,10 +12,17 @@ from fastapi.testclient import TestClient
 from service import crud
 from service.config import DEFAULT_DEMO_GALLERY, REPO_ROOT, Settings
 from service.db import session_scope
-from service.indexing import describe, gallery_state, job_needed, queue_index_job
+from service.indexing import (
+    ENCODING_SHARE,
+    describe,
+    gallery_state,
+    job_needed,
+    queue_index_job,
+)
 from service.ingest import ingest_folder, read_person_ids
 from service.main import create_app
 from service.worker import run_pending
+from tests.service.conftest import ADMIN_KEY
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -69,6 +76,22 @@ def test_status_and_readyz_follow_the_first_index_job(gallery, tiny_encoder):
         assert (status["indexed"], status["searchable"], status["indexing"]) == (12, 12, None)
         ready = client.get("/readyz").json()
         assert ready["status"] == "ready" and ready["indexing"] is None
+
+
+def test_status_counts_the_crops_a_full_reindex_has_encoded(gallery, tiny_encoder):
+    headers = {"X-API-Key": ADMIN_KEY}
+    with TestClient(create_app(gallery, encoder=tiny_encoder), headers=headers) as client:
+        job_id = client.post("/admin/reindex").json()["id"]
+        with session_scope(gallery.resolved_database_url) as session:
+            assert crud.claim_next_job(session).id == job_id
+        for encoded in (0, 3, 12):
+            with session_scope(gallery.resolved_database_url) as session:
+                crud.set_job_progress(session, job_id=job_id, message="encoding",
+                                      progress=encoded / 12 * ENCODING_SHARE)
+            indexing = client.get("/status").json()["indexing"]
+            assert (indexing["kind"], indexing["done"], indexing["total"]) == (
+                "reindex", encoded, 12)
+            assert indexing["summary"].startswith(f"indexing {encoded} of 12 crops")
 
 
 @sqlite_only

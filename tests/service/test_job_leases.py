@@ -19,6 +19,7 @@ from service.ingest import ingest_bytes
 from service.orm import Job, JobStatus, utcnow
 from service.supervisor import WorkerSupervisor
 from service.worker import reap, recover
+from tests.service.waiting import wait_for as _wait
 
 
 def _status(url: str, job_id: int) -> Job:
@@ -105,16 +106,6 @@ def worker_env(gallery, tmp_path, image_bytes, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return gallery
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _stop_mid_job(sup: WorkerSupervisor, url: str) -> int:

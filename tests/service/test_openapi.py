@@ -99,14 +99,17 @@ def _auth(case) -> dict[str, str]:
 
 def _meaningful(case):
     """Valid data the schema cannot describe: uploaded files are real images (the schema says
-    "bytes", the service decodes them), a cursor is one the service issued (none here) and a
-    camera filter names cameras the gallery has. Refusing random bytes (422), unknown cursors
-    (400) and unknown or no cameras (422) is tested in test_admin/test_search."""
+    "bytes", the service decodes them), a cursor is one the service issued (none here), a
+    camera filter names cameras the gallery has and an index factory is one FAISS can build.
+    Refusing random bytes (422), unknown cursors (400), unknown or no cameras (422) and
+    factories FAISS cannot build (422) is tested in test_admin/test_search."""
     body = case.body if isinstance(case.body, dict) else None
     if body and case.operation.label == "POST /admin/crops" and "files" in body:
         files = body["files"] if isinstance(body["files"], list) else [body["files"]]
         body["files"] = [make_image(zlib.crc32(f if isinstance(f, bytes) else str(f).encode()))
                          for f in files]
+    if body and case.operation.label == "POST /admin/reindex" and body.get("factory"):
+        body["factory"] = "IVF4,Flat"  # one FAISS can build; refusing others: test_admin
     if body and case.operation.label == "POST /search":
         body.pop("cursor", None)
         if body.get("cameras") is not None:
