@@ -123,3 +123,16 @@ def test_a_padded_camera_name_is_stored_and_audited_stripped(api, image_bytes):
 def test_top_k_must_be_a_json_integer(api, top_k):
     assert api.post("/search", json={"description": "a man", "top_k": top_k}).status_code == 422
     assert api.post("/search", json={"description": "a man", "top_k": 5}).status_code == 200
+
+
+def test_unknown_http_methods_share_one_metrics_label(gallery, tiny_encoder):
+    with TestClient(create_app(gallery, encoder=tiny_encoder)) as client:
+        for i in range(50):
+            client.request(f"X{i}Y", "/healthz")
+            client.request(f"Z{i}", f"/no/such/path/{i}")
+        client.request("GET", "/healthz")
+        series = [line for line in client.get("/metrics").text.splitlines()
+                  if line.startswith("tbps_http_requests_total{")]
+    methods = {line.split('method="')[1].split('"')[0] for line in series}
+    assert methods == {"GET", "other"}, methods
+    assert len(series) <= 5, series  # GET /healthz 200, other x 2 routes, GET /metrics
