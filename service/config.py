@@ -77,8 +77,13 @@ class Settings(BaseSettings):
                                           "request never waits)")
     thumbnail_size: int = Field(160, ge=32, le=1024, description="longest side of a thumbnail")
     max_files_per_upload: int = Field(100, ge=1, le=10000)
-    max_request_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest request "
-                                   "body (an upload batch); larger ones get 413 unread")
+    max_request_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest body of "
+                                   "an upload request (POST /admin/crops: a batch of files); "
+                                   "larger ones get 413 unread")
+    max_json_request_bytes: int = Field(64 * 1024, ge=1024, description="largest body of "
+                                        "every other route (POST /search, admin JSON); the "
+                                        "largest valid search, 100 camera names of 128 "
+                                        "characters, is about 40 KB in UTF-8")
     trusted_proxies: str = Field("", description="comma-separated proxy addresses whose "
                                  "X-Forwarded-For is believed; from any other peer it is "
                                  "ignored (default: none)")

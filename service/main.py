@@ -31,6 +31,7 @@ from service.storage import StorageError
 from service.supervisor import WorkerSupervisor
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
+UPLOAD_PATHS = frozenset({"/admin/crops"})  # bodies up to TBPS_MAX_REQUEST_BYTES; others small
 log = logging.getLogger(__name__)
 
 
@@ -85,7 +86,8 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.keys = KeyRing(settings.admin_key_digests)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_json_request_bytes,
+                       upload_bytes=settings.max_request_bytes, upload_paths=UPLOAD_PATHS)
     app.add_middleware(AdminGate)  # outside the body limit: no key, nothing is read
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(CatchAll)  # added last: outermost, so it sees every error
