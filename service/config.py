@@ -53,6 +53,10 @@ class Settings(BaseSettings):
                                    "data_dir/url-signing.key (mode 0600)")
     signed_url_seconds: int = Field(900, ge=10, le=86400, description="lifetime of a signed "
                                     "image URL; longer claimed expiries are refused")
+    denied_audit_per_minute: int = Field(30, ge=1, le=100_000, description="refused "
+                                         "requests (a missing or wrong key) written to the "
+                                         "audit log per client and minute; the rest are "
+                                         "counted in tbps_auth_denied_unaudited_total")
     audit_searches: Literal["all", "keyed", "off"] = Field(
         "keyed", description="which searches the audit log records: all, those made with an API "
         "key (anonymous page searches would flood it), or none; true/false mean all/off")

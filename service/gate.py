@@ -47,12 +47,17 @@ def _owner(state, key: str) -> str | None:
 
 
 def record_denied(state, scope: Scope, status: int) -> None:
-    """An audit entry for a refused key: which path, which client, no key material."""
+    """An audit entry for a refused key: which path, which client, no key material. Over
+    TBPS_DENIED_AUDIT_PER_MINUTE for the client, only counted (a metric)."""
     audit = getattr(state, "audit", None)
-    if audit is not None:
-        audit.record(actor="anonymous", action="auth.denied", target=scope["path"][:256],
-                     detail={"status": status, "method": scope.get("method")},
-                     client=client_of(scope))
+    if audit is None:
+        return
+    client = client_of(scope)
+    if not state.denied_audit_rate.allow(client):
+        state.metrics.denied_unaudited.inc()
+        return
+    audit.record(actor="anonymous", action="auth.denied", target=scope["path"][:256],
+                 detail={"status": status, "method": scope.get("method")}, client=client)
 
 
 def client_of(scope: Scope) -> str | None:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from indexer.backends import BackendUnavailable
 from indexer.gpu import limit_threads
 from models.factory import load_encoder
-from service.audit import AuditBuffer
+from service.audit import AuditBuffer, PerClientRate
 from service.config import Settings, get_settings
 from service.errors import CatchAll, on_backend_unavailable, on_database_error, on_storage_error
 from service.gate import AdminGate
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.keys = KeyRing(settings.admin_key_digests)
+    app.state.denied_audit_rate = PerClientRate(settings.denied_audit_per_minute)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_json_request_bytes,
                        upload_bytes=settings.max_request_bytes, upload_paths=UPLOAD_PATHS)
     app.add_middleware(AdminGate)  # outside the body limit: no key, nothing is read

@@ -24,6 +24,9 @@ class Metrics:
                                         buckets=LATENCY_BUCKETS, registry=self.registry)
         self.index_vectors = Gauge("tbps_index_vectors", "Vectors in the live index",
                                    registry=self.registry)
+        self.denied_unaudited = Counter(
+            "tbps_auth_denied_unaudited_total", "Refused requests not written to the audit log "
+            "(over TBPS_DENIED_AUDIT_PER_MINUTE for their client)", registry=self.registry)
         self.uploads = Counter("tbps_uploaded_files_total", "Uploaded files by outcome",
                                ["status"], registry=self.registry)
 

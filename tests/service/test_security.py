@@ -162,3 +162,16 @@ def test_a_search_body_has_a_small_limit_and_uploads_keep_their_large_one(galler
                         data={**FORM, "camera": "cam-0"},
                         files=[("files", ("big.png", big, "image/png"))])
         assert r.status_code == 200 and r.json()["added"] == 1
+
+
+def test_refused_admin_requests_are_audited_at_most_n_per_client_per_minute(gallery,
+                                                                           tiny_encoder):
+    settings = gallery.model_copy(update={"denied_audit_per_minute": 3})
+    with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
+        for i in range(8):
+            r = client.get("/admin/stats", headers={"X-API-Key": f"wrong-key-{i}"})
+            assert r.status_code == 403  # refused all the same
+        rows = client.get("/admin/audit", params={"action": "auth.denied"},
+                          headers={"X-API-Key": ADMIN_KEY}).json()
+        assert len(rows) == 3
+        assert "tbps_auth_denied_unaudited_total 5.0" in client.get("/metrics").text
