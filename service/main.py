@@ -23,6 +23,7 @@ from service.gate import AdminGate
 from service.index_backend import backend_from_settings
 from service.keys import KeyRing
 from service.limits import BodySizeLimit
+from service.methods import HeadAsGet, on_method_not_allowed
 from service.metrics import Metrics, MetricsMiddleware
 from service.openapi import describe
 from service.routes import admin, crops, health, search
@@ -87,12 +88,14 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.keys = KeyRing(settings.admin_key_digests)
     app.state.denied_audit_rate = PerClientRate(settings.denied_audit_per_minute)
+    app.add_middleware(HeadAsGet)  # innermost: the routes see a GET, the metrics HEAD
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_json_request_bytes,
                        upload_bytes=settings.max_request_bytes, upload_paths=UPLOAD_PATHS)
     app.add_middleware(AdminGate)  # outside the body limit: no key, nothing is read
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(CatchAll)  # added last: outermost, so it sees every error
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(405, on_method_not_allowed)
     app.add_exception_handler(StorageError, on_storage_error)
     app.add_exception_handler(OperationalError, on_database_error)
     app.add_exception_handler(BackendUnavailable, on_backend_unavailable)
