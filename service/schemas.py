@@ -245,6 +245,8 @@ class ServerError(BaseModel):
 
 
 BAD_BODY = {400: {"model": ErrorResponse, "description": "The body could not be parsed"}}
+JSON_BODY = {**BAD_BODY, 415: {"model": ErrorResponse, "description": "The body is not sent "
+                               "as application/json"}}
 BACKEND_DOWN = {503: {"model": ErrorResponse, "description": "The index backend (Milvus) is "
                       "unreachable; try again (Retry-After)"}}
 STORAGE_ERRORS = {

@@ -28,3 +28,18 @@ def test_allow_lists_every_method_of_the_path(api):
     assert r.status_code == 405 and _allowed(r) == {"GET", "HEAD", "POST"}
     r = api.head("/search")
     assert r.status_code == 405 and _allowed(r) == {"POST"}
+
+
+@pytest.mark.parametrize("path", ["/search", "/admin/cameras"])
+@pytest.mark.parametrize("ctype", ["text/plain", None])
+def test_a_body_that_is_not_json_on_a_json_route_is_415(api, path, ctype):
+    r = api.post(path, content='{"description": "a man", "name": "c"}',
+                 headers={"content-type": ctype} if ctype else {})
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
+
+
+def test_json_with_a_charset_and_a_post_without_a_body_stay_accepted(api):
+    r = api.post("/search", content='{"description": "a man"}',
+                 headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200
+    assert api.post("/admin/reindex").status_code == 202
