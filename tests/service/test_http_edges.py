@@ -43,3 +43,34 @@ def test_json_with_a_charset_and_a_post_without_a_body_stay_accepted(api):
                  headers={"content-type": "application/json; charset=utf-8"})
     assert r.status_code == 200
     assert api.post("/admin/reindex").status_code == 202
+
+
+@pytest.mark.parametrize("value", [0, "0", "-1", -1, 1780000000, "1780000000.5"])
+def test_epoch_numbers_are_not_times(api, value):
+    r = api.post("/search", json={"description": "a man", "time_from": value})
+    assert r.status_code == 422 and "ISO 8601" in r.json()["message"], r.text
+    r = api.delete("/admin/crops", params={"time_to": str(value)})
+    assert r.status_code == 422 and "ISO 8601" in r.json()["message"]
+    r = api.post("/admin/crops", data={**FORM, "captured_at": str(value)},
+                 files=[("files", ("a.png", b"x", "image/png"))])
+    assert r.status_code == 422 and "captured_at" in r.json()["message"]
+    assert "ISO 8601" in r.json()["message"]
+
+
+@pytest.mark.parametrize("description", ["\u0000", "\u0000 \u0007\u200b", " \t\n"])
+def test_a_description_of_control_or_invisible_characters_is_blank(api, description):
+    r = api.post("/search", json={"description": description})
+    assert r.status_code == 422 and "blank" in r.json()["message"]
+
+
+@pytest.mark.parametrize("name", ["\u200b", "\ufeffcam-a", "cam-a\u200d", "\u2060\u200b"])
+def test_camera_names_made_of_or_starting_with_invisible_characters_are_refused(api, name,
+                                                                               image_bytes):
+    r = api.post("/admin/cameras", json={"name": name})
+    assert r.status_code == 422 and "invisible" in r.json()["message"], r.text
+    r = api.post("/admin/crops", data={**FORM, "camera": name},
+                 files=[("files", ("a.png", image_bytes(501), "image/png"))])
+    assert r.status_code == 422 and "camera" in r.json()["message"]
+    names = [c["name"] for c in api.get("/admin/cameras").json()]
+    assert not any(n.strip("\u200b\ufeff\u200d\u2060") != n for n in names)
+    assert api.post("/admin/cameras", json={"name": "cam\u00e9-\u00fc"}).status_code == 201
