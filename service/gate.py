@@ -14,16 +14,21 @@ from service.errors import database_problem
 
 MISSING = "send an admin API key in X-API-Key"
 INVALID = "this API key is not valid"
+SEVERAL = "send one X-API-Key header, not several"
 
 
 class AdminGate:
     """401 (no key) or 403 (unknown key) for ``/admin/...`` before the app reads anything;
-    the routes check the key again (their dependency names the actor)."""
+    the routes check the key again (their dependency names the actor). Two X-API-Key headers
+    are a 400 on every path."""
 
     def __init__(self, app: ASGIApp, prefix: str = "/admin/") -> None:
         self.app, self.prefix = app, prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _key_headers(scope) > 1:  # the gate and a route
+            await _refuse(send, 400, SEVERAL)  # could each read another one
+            return
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
             return
@@ -39,6 +44,10 @@ class AdminGate:
             return
         record_denied(state, scope, 403 if key else 401)
         await _refuse(send, 403 if key else 401, INVALID if key else MISSING)
+
+
+def _key_headers(scope: Scope) -> int:
+    return sum(name == b"x-api-key" for name, _ in scope["headers"])
 
 
 def _owner(state, key: str) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.service.conftest import ADMIN_KEY
+
 FORM = {"camera": "cam-0", "captured_at": "2026-06-01T08:00:00Z"}
 
 
@@ -74,3 +76,10 @@ def test_camera_names_made_of_or_starting_with_invisible_characters_are_refused(
     names = [c["name"] for c in api.get("/admin/cameras").json()]
     assert not any(n.strip("\u200b\ufeff\u200d\u2060") != n for n in names)
     assert api.post("/admin/cameras", json={"name": "cam\u00e9-\u00fc"}).status_code == 201
+
+
+@pytest.mark.parametrize("path,method", [("/admin/stats", "GET"), ("/search", "POST")])
+def test_two_api_key_headers_are_refused(api, path, method):
+    r = api.request(method, path, json={"description": "a man"} if method == "POST" else None,
+                    headers=[("X-API-Key", ADMIN_KEY), ("X-API-Key", "another-key")])
+    assert r.status_code == 400 and "one X-API-Key" in r.json()["detail"]
