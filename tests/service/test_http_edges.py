@@ -3,8 +3,13 @@ invisible names and descriptions, a repeated key header, and how images may be c
 
 from __future__ import annotations
 
-import pytest
+import re
 
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.urls import crop_url
 from tests.service.conftest import ADMIN_KEY
 
 FORM = {"camera": "cam-0", "captured_at": "2026-06-01T08:00:00Z"}
@@ -83,3 +88,21 @@ def test_two_api_key_headers_are_refused(api, path, method):
     r = api.request(method, path, json={"description": "a man"} if method == "POST" else None,
                     headers=[("X-API-Key", ADMIN_KEY), ("X-API-Key", "another-key")])
     assert r.status_code == 400 and "one X-API-Key" in r.json()["detail"]
+
+
+def test_key_protected_images_are_cached_privately_no_longer_than_a_signed_url(gallery,
+                                                                               tiny_encoder):
+    settings = gallery.model_copy(update={"search_requires_key": True, "signed_url_seconds": 60})
+    with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
+        for kind in ("image", "thumbnail"):
+            signed = client.get(crop_url(settings, 2, kind))
+            keyed = client.get(f"/crops/2/{kind}", headers={"X-API-Key": ADMIN_KEY})
+            for r in (signed, keyed):
+                assert r.status_code == 200
+                cache = r.headers["cache-control"]
+                assert "private" in cache and "public" not in cache, cache
+                assert "immutable" not in cache
+                assert int(re.search(r"max-age=(\d+)", cache).group(1)) <= 60
+    public = gallery.model_copy(update={"search_requires_key": False})
+    with TestClient(create_app(public, encoder=tiny_encoder)) as client:
+        assert "public" in client.get("/crops/2/image").headers["cache-control"]
