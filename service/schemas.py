@@ -49,12 +49,15 @@ UTCDateTime = Annotated[datetime, BeforeValidator(_not_epoch), AfterValidator(_a
 # surrounding spaces go: not a space nor an invisible one (zero-width spaces and joiners, the
 # byte order mark, soft hyphen, bidi controls), which would make two names look the same
 _CONTROL = "\\x00-\\x1f\\x7f-\\x9f"
-INVISIBLE = ("\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
-             "\ufeff")  # the characters themselves, ranges with "-" (a regex class)
+INVISIBLE = (r"\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
+             r"\ufeff")  # the inside of a regex class, as escapes every dialect reads
 _INVISIBLE_RE = re.compile(f"[{INVISIBLE}]")
+# white space that is not a control character, spelt out: \s differs between regex dialects
+# (ECMAScript's, which schema-driven clients follow, takes U+FEFF for a space)
+_SPACES = r"\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _PRINTABLE = f"[^{_CONTROL}]"
-_VISIBLE = f"[^\\s{_CONTROL}{INVISIBLE}]"
-_SPACE = f"[^\\S{_CONTROL}]"  # white space that is not a control character
+_VISIBLE = f"[^{_SPACES}{_CONTROL}{INVISIBLE}]"
+_SPACE = f"[{_SPACES}]"
 LABEL_PATTERN = f"^{_SPACE}*{_VISIBLE}(?:{_PRINTABLE}*{_VISIBLE})?{_SPACE}*$"
 
 
@@ -68,10 +71,10 @@ def _visible_edges(value: object) -> object:
     return value
 
 
-# the constraints come first so that the schema shows them; then surrounding spaces go
-Label = Annotated[str, BeforeValidator(_visible_edges),
-                  StringConstraints(min_length=1, max_length=128, pattern=LABEL_PATTERN),
-                  AfterValidator(str.strip)]
+# the constraints come first so that the schema shows them (the before-validator wrapping them
+# still runs first: its message); then surrounding spaces go
+Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=LABEL_PATTERN),
+                  BeforeValidator(_visible_edges), AfterValidator(str.strip)]
 
 
 def _json_integer(value: object) -> object:
