@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from typing import Any
 
 from service import crud
@@ -57,3 +59,37 @@ class AuditBuffer:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         self.flush()
+
+
+class PerClientRate:
+    """At most ``per_minute`` events per client in any 60 s (a sliding window): what refused
+    requests may write to the audit log, so that an anonymous client cannot fill it. Clients
+    are tracked while they have events in the window, ``max_clients`` at most (a new client
+    beyond that is over the rate)."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, per_minute: int, max_clients: int = 4096) -> None:
+        self.per_minute, self.max_clients = per_minute, max_clients
+        self._events: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, client: str | None) -> bool:
+        now, key = time.monotonic(), client or ""
+        with self._lock:
+            events = self._events.get(key)
+            if events is None:
+                if len(self._events) >= self.max_clients:
+                    self._forget_idle(now)
+                if len(self._events) >= self.max_clients:
+                    return False
+                events = self._events[key] = deque(maxlen=self.per_minute)
+            if len(events) == self.per_minute and now - events[0] < self.WINDOW_S:
+                return False
+            events.append(now)
+            return True
+
+    def _forget_idle(self, now: float) -> None:
+        idle = [k for k, ev in self._events.items() if now - ev[-1] >= self.WINDOW_S]
+        for key in idle:
+            del self._events[key]

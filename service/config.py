@@ -57,6 +57,10 @@ class Settings(BaseSettings):
                                    "data_dir/url-signing.key (mode 0600)")
     signed_url_seconds: int = Field(900, ge=10, le=86400, description="lifetime of a signed "
                                     "image URL; longer claimed expiries are refused")
+    denied_audit_per_minute: int = Field(30, ge=1, le=100_000, description="refused "
+                                         "requests (a missing or wrong key) written to the "
+                                         "audit log per client and minute; the rest are "
+                                         "counted in tbps_auth_denied_unaudited_total")
     audit_searches: Literal["all", "keyed", "off"] = Field(
         "keyed", description="which searches the audit log records: all, those made with an API "
         "key (anonymous page searches would flood it), or none; true/false mean all/off")
@@ -98,8 +102,13 @@ class Settings(BaseSettings):
                                         "answer at all); 0: no limit")
     thumbnail_size: int = Field(160, ge=32, le=1024, description="longest side of a thumbnail")
     max_files_per_upload: int = Field(100, ge=1, le=10000)
-    max_request_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest request "
-                                   "body (an upload batch); larger ones get 413 unread")
+    max_request_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest body of "
+                                   "an upload request (POST /admin/crops: a batch of files); "
+                                   "larger ones get 413 unread")
+    max_json_request_bytes: int = Field(64 * 1024, ge=1024, description="largest body of "
+                                        "every other route (POST /search, admin JSON); the "
+                                        "largest valid search, 100 camera names of 128 "
+                                        "characters, is about 40 KB in UTF-8")
     trusted_proxies: str = Field("", description="comma-separated proxy addresses whose "
                                  "X-Forwarded-For is believed; from any other peer it is "
                                  "ignored (default: none)")

@@ -86,5 +86,19 @@ def search_actor(request: Request, settings: SettingsDep, session: SessionDep,
     return Actor(owner or "anonymous", _client(request), owner is not None)
 
 
+async def json_content(request: Request) -> None:
+    """415 for a body sent as anything but JSON (FastAPI would not parse it: a 422 that says
+    nothing of the cause); a request without a body passes."""
+    headers = request.headers
+    if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+        return
+    mime = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json")):
+        return
+    raise HTTPException(status_code=415, detail="send the body as application/json "
+                        f"(Content-Type: application/json), not {mime or 'without a type'}")
+
+
+JsonBody = Depends(json_content)
 AdminDep = Annotated[Actor, Depends(require_admin)]
 SearcherDep = Annotated[Actor, Depends(search_actor)]

@@ -19,13 +19,14 @@ from indexer.gpu import limit_threads
 from models.factory import load_encoder
 from service import db
 from service.admission import Admission
-from service.audit import AuditBuffer
+from service.audit import AuditBuffer, PerClientRate
 from service.config import Settings, get_settings
 from service.errors import CatchAll, on_backend_unavailable, on_database_error, on_storage_error
 from service.gate import AdminGate
 from service.index_backend import backend_from_settings
 from service.keys import KeyRing
 from service.limits import BodySizeLimit
+from service.methods import HeadAsGet, on_method_not_allowed
 from service.metrics import Metrics, MetricsMiddleware
 from service.openapi import describe
 from service.routes import admin, crops, health, search
@@ -34,6 +35,7 @@ from service.storage import StorageError
 from service.supervisor import WorkerSupervisor
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
+UPLOAD_PATHS = frozenset({"/admin/crops"})  # bodies up to TBPS_MAX_REQUEST_BYTES; others small
 log = logging.getLogger(__name__)
 
 
@@ -103,7 +105,10 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     db.configure(settings.resolved_database_url, settings.database_limits)
     app.state.metrics = Metrics()
     app.state.keys = KeyRing(settings.admin_key_digests)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.state.denied_audit_rate = PerClientRate(settings.denied_audit_per_minute)
+    app.add_middleware(HeadAsGet)  # innermost: the routes see a GET, the metrics HEAD
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_json_request_bytes,
+                       upload_bytes=settings.max_request_bytes, upload_paths=UPLOAD_PATHS)
     app.add_middleware(AdminGate)  # outside the body limit: no key, nothing is read
     app.add_middleware(Admission, limit=settings.max_concurrent_requests,  # before the gate's
                        queue=settings.admission_queue,  # key lookup, which uses the database
@@ -111,6 +116,7 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(CatchAll)  # added last: outermost, so it sees every error
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(405, on_method_not_allowed)
     app.add_exception_handler(StorageError, on_storage_error)
     app.add_exception_handler(OperationalError, on_database_error)
     app.add_exception_handler(ProgrammingError, on_database_error)  # PostgreSQL: no table

@@ -8,6 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
+# the methods counted under their own name; any other method a client invents is "other", so
+# that no request can add a series (routes are templates or "unmatched", statuses the app's)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -21,12 +24,16 @@ class Metrics:
                                         buckets=LATENCY_BUCKETS, registry=self.registry)
         self.index_vectors = Gauge("tbps_index_vectors", "Vectors in the live index",
                                    registry=self.registry)
+        self.denied_unaudited = Counter(
+            "tbps_auth_denied_unaudited_total", "Refused requests not written to the audit log "
+            "(over TBPS_DENIED_AUDIT_PER_MINUTE for their client)", registry=self.registry)
         self.uploads = Counter("tbps_uploaded_files_total", "Uploaded files by outcome",
                                ["status"], registry=self.registry)
 
 
 class MetricsMiddleware:
-    """Counts and times every request by its route template (not its raw path)."""
+    """Counts and times every request by its route template (not its raw path) and its
+    method (a standard one, else "other")."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -47,5 +54,6 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(scope["method"], path, str(status[0])).inc()
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            self.metrics.requests.labels(method, path, str(status[0])).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - started)

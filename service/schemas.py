@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -30,16 +32,49 @@ def _aware(value: datetime) -> datetime:
         raise ValueError("time is out of range once converted to UTC (years 1-9999)") from None
 
 
-UTCDateTime = Annotated[datetime, AfterValidator(_aware)]
-
-# names and ids: no control characters (C0, DEL, C1), at least one non-space character
-_PRINTABLE = r"[^\x00-\x1f\x7f-\x9f]"
-LABEL_PATTERN = rf"^{_PRINTABLE}*[^\s\x00-\x1f\x7f-\x9f]{_PRINTABLE}*$"
+_EPOCH = re.compile(r"\s*[-+]?\d+(\.\d*)?\s*")
 
 
-# the constraints come first so that the schema shows them; then surrounding spaces go
+def _not_epoch(value: object) -> object:
+    """ISO 8601 only: pydantic would read 0, -1 or "1780000000" as unix times (1970, 1969)."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _EPOCH.fullmatch(value)):
+        raise ValueError("give an ISO 8601 time such as 2026-05-01T08:00:00Z, not a number "
+                         "(epoch seconds are not read as times)")
+    return value
+
+
+UTCDateTime = Annotated[datetime, BeforeValidator(_not_epoch), AfterValidator(_aware)]
+
+# names and ids: no control characters (C0, DEL, C1), a visible first and last character once
+# surrounding spaces go: not a space nor an invisible one (zero-width spaces and joiners, the
+# byte order mark, soft hyphen, bidi controls), which would make two names look the same
+_CONTROL = "\\x00-\\x1f\\x7f-\\x9f"
+INVISIBLE = (r"\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
+             r"\ufeff")  # the inside of a regex class, as escapes every dialect reads
+_INVISIBLE_RE = re.compile(f"[{INVISIBLE}]")
+# white space that is not a control character, spelt out: \s differs between regex dialects
+# (ECMAScript's, which schema-driven clients follow, takes U+FEFF for a space)
+_SPACES = r"\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_PRINTABLE = f"[^{_CONTROL}]"
+_VISIBLE = f"[^{_SPACES}{_CONTROL}{INVISIBLE}]"
+_SPACE = f"[{_SPACES}]"
+LABEL_PATTERN = f"^{_SPACE}*{_VISIBLE}(?:{_PRINTABLE}*{_VISIBLE})?{_SPACE}*$"
+
+
+def _visible_edges(value: object) -> object:
+    """A clear message for an invisible first or last character (the pattern refuses it too)."""
+    text = value.strip() if isinstance(value, str) else ""
+    for char in {text[:1], text[-1:]} - {""}:
+        if _INVISIBLE_RE.fullmatch(char):
+            raise ValueError(f"starts or ends with an invisible character (U+{ord(char):04X}); "
+                             "type the name without it")
+    return value
+
+
+# the constraints come first so that the schema shows them (the before-validator wrapping them
+# still runs first: its message); then surrounding spaces go
 Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=LABEL_PATTERN),
-                  AfterValidator(str.strip)]
+                  BeforeValidator(_visible_edges), AfterValidator(str.strip)]
 
 
 def _json_integer(value: object) -> object:
@@ -84,7 +119,7 @@ class SearchRequest(BaseModel):
     @classmethod
     def _not_blank(cls, value: str) -> str:
         value = value.strip()
-        if not value:
+        if all(unicodedata.category(c) in ("Cc", "Cf") or c.isspace() for c in value):
             raise ValueError("description is blank: describe the person, e.g. "
                              "'a man in a red jacket'")
         return value
@@ -247,6 +282,8 @@ class ServerError(BaseModel):
 
 
 BAD_BODY = {400: {"model": ErrorResponse, "description": "The body could not be parsed"}}
+JSON_BODY = {**BAD_BODY, 415: {"model": ErrorResponse, "description": "The body is not sent "
+                               "as application/json"}}
 BACKEND_DOWN = {503: {"model": ErrorResponse, "description": "The index backend (Milvus) is "
                       "unreachable; try again (Retry-After)"}}
 STORAGE_ERRORS = {

@@ -48,6 +48,10 @@ OVERFETCH_LIMIT = 2048  # at most this many excluded ids are dropped after the s
 PERSON_FANOUT = 8  # crops fetched per wanted person before falling back to all matches
 CATALOG_MARGIN_S = 600.0  # rows created this long before a load are read again at the next
 PERSON_MIN_CANDIDATES = 512  # a person's best crops are taken among at least this many
+MAX_CURSOR_SEEN = 1_000_000  # hits a cursor may claim were shown before it
+MAX_CROP_ID = 2**63 - 1  # crop ids are 64-bit integers
+MAX_SCORE = 1_000_000  # far beyond any model's score_max; a bound a float always holds
+MAX_CURSOR_KEY = 256  # a person group key: "p:" + a person id of at most 128 characters
 
 
 class IndexNotReady(RuntimeError):
@@ -130,13 +134,10 @@ def decode_cursor(cursor: str, *, fingerprint: str, version: str) -> tuple[int, 
     """-> (hits already returned, keyset key of the last one, largest crop id then)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = json.loads(raw)
-        seen, key, max_id = int(data["n"]), list(data["k"]), int(data["m"])
-        ok = (isinstance(data["v"], str) and 0 <= seen <= 1_000_000 and len(key) == 2
-              and isinstance(key[0], (int, float)) and isinstance(key[1], (int, str)))
-    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
-        ok = False
-    if not ok:
+        data = json.loads(raw, parse_constant=_no_constant)  # NaN, Infinity: not ours
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        data = None
+    if not _issued_shape(data):
         raise BadCursor("cursor is not one this service issued; pass next_cursor unchanged")
     if data["f"] != fingerprint:
         raise BadCursor("cursor belongs to another query: keep description, cameras, time range "
@@ -144,7 +145,30 @@ def decode_cursor(cursor: str, *, fingerprint: str, version: str) -> tuple[int, 
     if data["v"] != version:
         raise CursorExpired(f"the index changed since this cursor was issued (now {version}); "
                             "search again from the first page")
-    return seen, key, max_id
+    return data["n"], list(data["k"]), data["m"]
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _issued_shape(data: object) -> bool:
+    """What ``encode_cursor`` writes, with every number in range: a forged cursor (a count of
+    1e400, a key of 10**400) is refused here, not met as an OverflowError further on."""
+    if not isinstance(data, dict) or not all(k in data for k in "vfnkm"):
+        return False
+    key = data["k"]
+    return (isinstance(data["v"], str) and isinstance(data["f"], str)
+            and _is_int(data["n"], 0, MAX_CURSOR_SEEN) and _is_int(data["m"], 0, MAX_CROP_ID)
+            and isinstance(key, list) and len(key) == 2
+            and (_is_int(key[0], -MAX_SCORE, MAX_SCORE)
+                 or (type(key[0]) is float and abs(key[0]) <= MAX_SCORE))
+            and (_is_int(key[1], 0, MAX_CROP_ID)
+                 or (type(key[1]) is str and len(key[1]) <= MAX_CURSOR_KEY)))
 
 
 def base_version(pointer: str) -> str:

@@ -12,11 +12,12 @@ from sqlalchemy.exc import IntegrityError
 
 from indexer.build import FACTORY_PATTERN
 from service import admin, crud
-from service.deps import AdminDep, EngineDep, SessionDep, SettingsDep
+from service.deps import AdminDep, EngineDep, JsonBody, SessionDep, SettingsDep
 from service.index_backend import index_spec_problem
 from service.schemas import (
     BACKEND_DOWN,
     BAD_BODY,
+    JSON_BODY,
     STORAGE_ERRORS,
     AuditOut,
     CameraIn,
@@ -161,8 +162,9 @@ def delete_crops_by_range(
     return DeleteResponse(deleted=len(ids), crop_ids=ids)
 
 
-@router.post("/reindex", response_model=JobOut, status_code=202, responses={**BAD_BODY,
-    409: {"model": ErrorResponse, "description": "A reindex is already queued or running"}})
+@router.post("/reindex", response_model=JobOut, status_code=202, dependencies=[JsonBody],
+             responses={**JSON_BODY, 409: {"model": ErrorResponse, "description": "A reindex "
+                                           "is already queued or running"}})
 def reindex(session: SessionDep, actor: AdminDep, engine: EngineDep, settings: SettingsDep,
             body: ReindexRequest | None = None) -> JobOut:
     """Queue a full reindex. A worker process runs it; searches keep using the live index
@@ -213,8 +215,8 @@ def list_cameras(session: SessionDep, _actor: AdminDep) -> list[CameraOut]:
     return [_camera_out(cam, n) for cam, n in crud.cameras_with_counts(session)]
 
 
-@router.post("/cameras", response_model=CameraOut, status_code=201, responses={**BAD_BODY,
-    409: {"model": ErrorResponse, "description": "Name taken"}})
+@router.post("/cameras", response_model=CameraOut, status_code=201, dependencies=[JsonBody],
+             responses={**JSON_BODY, 409: {"model": ErrorResponse, "description": "Name taken"}})
 def create_camera(body: CameraIn, session: SessionDep, settings: SettingsDep,
                   actor: AdminDep) -> CameraOut:
     """Create a camera (uploads create unknown cameras too)."""
@@ -228,8 +230,9 @@ def create_camera(body: CameraIn, session: SessionDep, settings: SettingsDep,
     return _camera_out(cam, 0)
 
 
-@router.patch("/cameras/{camera_id}", response_model=CameraOut, responses={**BAD_BODY,
-    **_not_found("camera"), 409: {"model": ErrorResponse, "description": "Name taken"}})
+@router.patch("/cameras/{camera_id}", response_model=CameraOut, dependencies=[JsonBody],
+              responses={**JSON_BODY, **_not_found("camera"),
+                         409: {"model": ErrorResponse, "description": "Name taken"}})
 def rename_camera(body: CameraRename, session: SessionDep, settings: SettingsDep,
                   actor: AdminDep,
                   camera_id: int = Path(..., ge=1, le=2**62, examples=[1])) -> CameraOut:

@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 
 from service import crud, persons
 from service.config import Settings
-from service.deps import Actor, EngineDep, SearcherDep, SessionDep, SettingsDep
+from service.deps import Actor, EngineDep, JsonBody, SearcherDep, SessionDep, SettingsDep
 from service.schemas import (
     CameraInfo,
     ErrorResponse,
@@ -38,9 +38,11 @@ def audited(settings: Settings, actor: Actor) -> bool:
                                                 and actor.admin)
 
 
-@router.post("/search", response_model=SearchResponse,
+@router.post("/search", response_model=SearchResponse, dependencies=[JsonBody],
              responses={400: {"model": ErrorResponse, "description": "Bad cursor, or a body "
                               "that could not be parsed"},
+                        415: {"model": ErrorResponse, "description": "The body is not sent as "
+                              "application/json"},
                         401: {"model": ErrorResponse, "description": "Key required"},
                         403: {"model": ErrorResponse, "description": "Key not valid"},
                         409: {"model": ErrorResponse, "description": "Cursor from an older index"},

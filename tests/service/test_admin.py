@@ -108,7 +108,8 @@ def test_upload_refuses_decompression_bombs_and_needs_its_fields(api):
 
 
 def test_request_bodies_over_the_limit_get_413_unread(gallery, tiny_encoder, image_bytes):
-    settings = gallery.model_copy(update={"max_request_bytes": 2048})
+    settings = gallery.model_copy(update={"max_request_bytes": 2048,
+                                          "max_json_request_bytes": 2048})
     with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
         r = client.post("/admin/crops", headers={"X-API-Key": ADMIN_KEY},
                         files=[("files", ("big.png", b"x" * 4096, "image/png"))],

@@ -239,3 +239,26 @@ def test_an_engine_that_filters_holds_each_crops_camera_and_time(api, gallery):
                       (SearchFilter(time_from=since), {i for i, _, t in crops if t >= since})]:
         hits = live.search(query, 20, filter=flt)
         assert set(hits.ids[0][hits.ids[0] >= 0].tolist()) == want
+
+
+def _forged(cursor: str, text: str) -> str:
+    """A real cursor with one field's JSON replaced by raw text (1e400, 10**400, NaN)."""
+    import base64
+    import json
+
+    data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    field, _, value = text.partition("=")
+    raw = json.dumps({**data, field: "@"}, separators=(",", ":")).replace('"@"', value)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("text", [
+    "n=1e400", "n=-1e400", "n=NaN", "n=true", "m=1e400", "m=" + "9" * 400,
+    "k=[" + "1" * 401 + ",1]", "k=[1e400,1]", "k=[NaN,1]", "k=[0.5," + "7" * 400 + "]",
+    "k=[0.5,true]", "f=null", "v=1", "k=null", "n=null"])
+def test_a_crafted_cursor_is_400_with_a_message(api, text):
+    cursor = search(api, top_k=2)["next_cursor"]
+    r = api.post("/search", json={"description": "a person in a red shirt", "top_k": 2,
+                                  "cursor": _forged(cursor, text)})
+    assert r.status_code == 400, r.text
+    assert "next_cursor unchanged" in r.json()["detail"]

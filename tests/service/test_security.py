@@ -123,3 +123,55 @@ def test_a_padded_camera_name_is_stored_and_audited_stripped(api, image_bytes):
 def test_top_k_must_be_a_json_integer(api, top_k):
     assert api.post("/search", json={"description": "a man", "top_k": top_k}).status_code == 422
     assert api.post("/search", json={"description": "a man", "top_k": 5}).status_code == 200
+
+
+def test_unknown_http_methods_share_one_metrics_label(gallery, tiny_encoder):
+    with TestClient(create_app(gallery, encoder=tiny_encoder)) as client:
+        for i in range(50):
+            client.request(f"X{i}Y", "/healthz")
+            client.request(f"Z{i}", f"/no/such/path/{i}")
+        client.request("GET", "/healthz")
+        series = [line for line in client.get("/metrics").text.splitlines()
+                  if line.startswith("tbps_http_requests_total{")]
+    methods = {line.split('method="')[1].split('"')[0] for line in series}
+    assert methods == {"GET", "other"}, methods
+    assert len(series) <= 5, series  # GET /healthz 200, other x 2 routes, GET /metrics
+
+
+def test_a_search_body_has_a_small_limit_and_uploads_keep_their_large_one(gallery,
+                                                                          tiny_encoder,
+                                                                          image_bytes):
+    server, port = _serve(create_app(gallery, encoder=tiny_encoder))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                         b"\r\nContent-Length: 200000000\r\n\r\n{")  # 200 MB promised
+            conn.settimeout(5)
+            reply = conn.recv(4096)  # before the fix: none, the server waits for the body
+            while not reply.endswith(b"}"):
+                reply += conn.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 413") and b"TBPS_MAX_JSON_REQUEST_BYTES" in reply
+    finally:
+        server.should_exit = True
+    with TestClient(create_app(gallery, encoder=tiny_encoder)) as client:
+        padded = '{"description": "a man"' + " " * 70_000 + "}"  # 70 KB, valid JSON
+        r = client.post("/search", content=padded, headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        big = image_bytes(7, size=(200, 200))  # ~120 KB: more than a search may send
+        r = client.post("/admin/crops", headers={"X-API-Key": ADMIN_KEY},
+                        data={**FORM, "camera": "cam-0"},
+                        files=[("files", ("big.png", big, "image/png"))])
+        assert r.status_code == 200 and r.json()["added"] == 1
+
+
+def test_refused_admin_requests_are_audited_at_most_n_per_client_per_minute(gallery,
+                                                                           tiny_encoder):
+    settings = gallery.model_copy(update={"denied_audit_per_minute": 3})
+    with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
+        for i in range(8):
+            r = client.get("/admin/stats", headers={"X-API-Key": f"wrong-key-{i}"})
+            assert r.status_code == 403  # refused all the same
+        rows = client.get("/admin/audit", params={"action": "auth.denied"},
+                          headers={"X-API-Key": ADMIN_KEY}).json()
+        assert len(rows) == 3
+        assert "tbps_auth_denied_unaudited_total 5.0" in client.get("/metrics").text
