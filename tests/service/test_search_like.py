@@ -138,7 +138,7 @@ def test_search_by_photo_encodes_it_and_stores_nothing(api, gallery, image_bytes
     assert entries[0]["detail"]["image"]["bytes"] == len(photo)
 
 
-def test_search_by_photo_refuses_what_is_not_an_image(api, gallery):
+def test_search_by_photo_refuses_what_is_not_an_image(api, gallery, image_bytes):
     before = _state(api, gallery)
     r = api.post("/search/image", files={"image": ("notes.txt", b"hello, not a picture",
                                                    "text/plain")})
@@ -149,6 +149,11 @@ def test_search_by_photo_refuses_what_is_not_an_image(api, gallery):
     r = api.post("/search/image", files={"image": ("x.png", b"x", "image/png")},
                  data={"group_by": "camera"})
     assert r.status_code == 422 and "group_by" in r.text
+    api.app.state.settings = api.app.state.settings.model_copy(update={"max_upload_bytes": 2000})
+    big = image_bytes(7)
+    assert len(big) > 2000
+    r = api.post("/search/image", files={"image": ("big.png", big, "image/png")})
+    assert r.status_code == 413 and "2000 bytes" in r.json()["detail"]
     assert _state(api, gallery) == before
 
 
