@@ -342,7 +342,8 @@ class SearchEngine:
             vectors = live.vectors(ids) if not gone and not pending else None  # (E, D)
         except KeyError:  # removed from the index since the catalog was read
             live_ids = set(live.live_ids().tolist())
-            vectors, gone = None, [int(i) for i in ids if int(i) not in live_ids]
+            vectors, gone = None, ([int(i) for i in ids if int(i) not in live_ids]
+                                   or [int(i) for i in ids])
         if vectors is None:
             raise UnknownExamples(_unknown_message(gone, pending), gone + pending)
         return example_query(self.encoder.spec, vectors)
