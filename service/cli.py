@@ -197,22 +197,51 @@ def proxy_options(settings: Settings) -> dict:
     return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or "127.0.0.1"}
 
 
+def _search_args_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with `tbps search`'s arguments (the API's limits), or None."""
+    from service.query_vector import MAX_EXAMPLES
+
+    if not (args.description or "").strip() and not args.like:
+        return "give a description, --like CROP_ID, or both"
+    if args.like and len(args.like) > MAX_EXAMPLES:
+        return f"{len(args.like)} --like examples; give at most {MAX_EXAMPLES}"
+    if args.like and len(set(args.like)) != len(args.like):
+        return "--like repeats a crop id: give each example once"
+    if args.text_weight is not None and not 0 <= args.text_weight <= 1:
+        return "--text-weight is between 0 and 1"
+    return None
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from models.factory import load_encoder
     from service.db import session_scope
     from service.index_backend import backend_from_settings
-    from service.search import IndexNotReady, SearchEngine, SearchQuery, UnknownCamera
+    from service.query_vector import DEFAULT_TEXT_WEIGHT
+    from service.search import (
+        IndexNotReady,
+        SearchEngine,
+        SearchQuery,
+        UnknownCamera,
+        UnknownExamples,
+    )
     from service.urls import crop_url
 
+    problem = _search_args_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     settings = _settings()
     engine = SearchEngine(load_encoder(**settings.encoder_options),
                           backend_from_settings(settings, for_search=True), settings.data_dir)
-    query = SearchQuery(description=args.description, top_k=args.top_k,
-                        cameras=tuple(args.camera) if args.camera else None)
+    query = SearchQuery(description=args.description.strip() if args.description else None,
+                        top_k=args.top_k, cameras=tuple(args.camera) if args.camera else None,
+                        like=tuple(args.like) if args.like else None,
+                        text_weight=(DEFAULT_TEXT_WEIGHT if args.text_weight is None
+                                     else args.text_weight))
     try:
         with session_scope(settings.resolved_database_url) as session:
             result = engine.search(session, query)
-    except (IndexNotReady, UnknownCamera) as exc:
+    except (IndexNotReady, UnknownCamera, UnknownExamples) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -425,8 +454,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("search", help="search the gallery from the command line",
-                       description='Example: tbps search "a man in a red jacket" --top-k 5')
-    p.add_argument("description", help="what the person looks like")
+                       description='Example: tbps search "a man in a red jacket" --top-k 5; '
+                       'more like crop 42: tbps search --like 42 ["with a backpack"]')
+    p.add_argument("description", nargs="?", help="what the person looks like (optional "
+                   "with --like)")
+    p.add_argument("--like", type=int, action="append", metavar="CROP_ID",
+                   help="find crops like this one (repeatable, at most 10; the examples are "
+                   "left out of the hits)")
+    p.add_argument("--text-weight", type=float,
+                   help="with a description and --like: the description's weight, 0-1 (default "
+                   "as the API's text_weight: 0.5, not yet tuned)")
     p.add_argument("--top-k", type=int, default=10, help="number of hits (default 10)")
     p.add_argument("--camera", action="append", help="only this camera (repeatable)")
     p.add_argument("--json", action="store_true", help="print hits as JSON")

@@ -35,7 +35,8 @@ from service.storage import StorageError
 from service.supervisor import WorkerSupervisor
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-UPLOAD_PATHS = frozenset({"/admin/crops"})  # bodies up to TBPS_MAX_REQUEST_BYTES; others small
+# bodies up to TBPS_MAX_REQUEST_BYTES (images); every other route takes small JSON bodies
+UPLOAD_PATHS = frozenset({"/admin/crops", "/search/image"})
 log = logging.getLogger(__name__)
 
 

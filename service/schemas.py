@@ -17,6 +17,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
+
+from service.query_vector import DEFAULT_TEXT_WEIGHT, MAX_EXAMPLES
 
 MAX_DESCRIPTION = 512
 
@@ -90,12 +93,26 @@ _SEARCH_EXAMPLE = {"description": "a woman in a red coat with a black backpack",
                    "time_to": "2026-05-01T18:00:00Z", "group_by": "crop", "cursor": None}
 
 
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_SEARCH_EXAMPLE]})
+_LIKE_EXAMPLE = {"like": [42, 97], "description": "carrying a black backpack",
+                 "text_weight": 0.5, "top_k": 10}
 
-    description: str = Field(..., min_length=1, max_length=MAX_DESCRIPTION,
-                             description="What the person looks like, in plain words.",
-                             examples=["a man in a blue jacket and black trousers"])
+
+class SearchOptions(BaseModel):
+    """A search's description (optional here), filters and paging: the fields `POST /search`
+    and `POST /search/image` share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: (Annotated[str, Field(min_length=1, max_length=MAX_DESCRIPTION)]
+                  | SkipJsonSchema[None]) = Field(None, examples=[
+            "a man in a blue jacket and black trousers"],
+        description="What the person looks like, in plain words. Required unless `like` (or "
+        "an image) is given.")
+    text_weight: Annotated[float, BeforeValidator(_json_integer)] = Field(
+        DEFAULT_TEXT_WEIGHT, ge=0, le=1, examples=[0.5],
+        description="With both a description and examples (`like` or an image): the query is "
+        "`text_weight * text + (1 - text_weight) * examples`, each unit-normalised per part. "
+        "0.5 is not yet tuned on dev. Ignored without both.")
     top_k: Annotated[int, BeforeValidator(_json_integer)] = Field(
         10, ge=1, le=100, examples=[10],
         description="Hits (or persons) per page, 1-100 (a JSON number, not a string or bool).")
@@ -117,7 +134,9 @@ class SearchRequest(BaseModel):
 
     @field_validator("description")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is None:  # given as null (an omitted description is not validated)
+            raise ValueError("description is null: omit it, or describe the person")
         value = value.strip()
         if all(unicodedata.category(c) in ("Cc", "Cf") or c.isspace() for c in value):
             raise ValueError("description is blank: describe the person, e.g. "
@@ -135,11 +154,42 @@ class SearchRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _ordered_range(self) -> SearchRequest:
+    def _ordered_range(self) -> SearchOptions:
         if self.time_from and self.time_to:
             start, end = _aware(self.time_from), _aware(self.time_to)
             if start > end:
                 raise ValueError("time_from is after time_to")
+        return self
+
+
+CropIdValue = Annotated[int, Field(ge=1, le=2**62), BeforeValidator(_json_integer)]
+ExampleIds = Annotated[list[CropIdValue], Field(min_length=1, max_length=MAX_EXAMPLES)]
+
+
+class SearchRequest(SearchOptions):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [_SEARCH_EXAMPLE, _LIKE_EXAMPLE],
+        "anyOf": [{"required": ["description"]}, {"required": ["like"]}]})
+
+    like: ExampleIds | SkipJsonSchema[None] = Field(
+        None, examples=[[42, 97]],
+        description="Find crops that look like these (1-10 crop ids from earlier results): "
+        "the query is built from their stored vectors, and they are left out of the hits. "
+        "An unknown or deleted id is a 404 naming it.", json_schema_extra={"uniqueItems": True})
+
+    @field_validator("like")
+    @classmethod
+    def _distinct(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:  # given as null
+            raise ValueError("like is null: omit it, or give 1-10 crop ids")
+        if len(set(value)) != len(value):
+            raise ValueError("like repeats a crop id: give each example once")
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_search(self) -> SearchRequest:
+        if self.description is None and self.like is None:
+            raise ValueError("give a description, example crop ids in `like`, or both")
         return self
 
 
@@ -204,15 +254,19 @@ class PersonHit(BaseModel):
 
 
 class SearchResponse(BaseModel):
-    query: str = Field(..., description="The description searched for.",
-                       examples=["a man in a red jacket"])
+    query: str | None = Field(..., description="The description searched for (null when "
+                              "searching by example or image alone).",
+                              examples=["a man in a red jacket"])
+    like: list[int] | None = Field(None, description="The example crops searched from.",
+                                   examples=[None])
     index_version: str = Field(..., description="Index version that answered.",
                                examples=["20261123T110000000000Z"])
     took_ms: float = Field(..., description="Server time for the search.", examples=[12.5])
     group_by: Literal["crop", "person"] = Field("crop", description="As requested.",
                                                 examples=["crop"])
-    matching: int = Field(0, description="Searchable crops that pass the filters (while the "
-                          "first index builds: those indexed so far).", examples=[1234])
+    matching: int = Field(0, description="Searchable crops that pass the filters, examples "
+                          "left out (while the first index builds: those indexed so far).",
+                          examples=[1234])
     score_max: float = Field(1.0, description="The best possible score of this model: the "
                              "number of unit blocks its parts form.", examples=[2.0])
     hits: list[SearchHit] = Field(..., description="Ranked crops (group_by=crop).")

@@ -8,6 +8,11 @@ index's id selector; a backend that filters inside its engine (Milvus) gets the 
 themselves (camera ids, time range: a Milvus expression) and the catalog checks its answer.
 Either way a filtered search returns ``top_k`` hits whenever that many match.
 
+A search by example (``like``: crop ids) builds its query from the examples' vectors read from
+the live index, blended with the description's when one is given (``service.query_vector``), and
+leaves the examples out of the hits; a search by photo (``image``) encodes the photo with the
+image tower and stores nothing. Everything after the query vector is the same as for text.
+
 Pagination is keyset-based on (score, id) within one index build: pages after the first leave
 out crops added since it, and deleted crops simply vanish, so no hit repeats or is skipped.
 Incremental generations of the same build keep cursors valid; a cursor from before a full
@@ -19,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import json
 import logging
 import threading
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from sqlalchemy.orm import Session
 
 from indexer.backends import CorruptIndex, IndexBackend, IndexView, SearchFilter, create_backend
@@ -39,6 +46,7 @@ from service.batching import MicroBatcher
 from service.catalog import Catalog, extend_catalog, load_catalog, read_stamp, to_epoch
 from service.orm import as_utc
 from service.query_batch import Probe, Probed, run_probes
+from service.query_vector import DEFAULT_TEXT_WEIGHT, example_query
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +78,37 @@ class UnknownCamera(ValueError):
     """A camera filter names a camera the gallery does not have."""
 
 
+class UnknownExamples(LookupError):
+    """Example crop ids that are not searchable: unknown, deleted, or not indexed (yet)."""
+
+    def __init__(self, message: str, crop_ids: list[int]) -> None:
+        super().__init__(message)
+        self.crop_ids = crop_ids
+
+
 @dataclass(frozen=True)
 class SearchQuery:
-    description: str
+    """What to rank by: a description, example crops (``like``), a photo (``image``: checked
+    bytes, never stored), or a description with either; then filters and paging."""
+
+    description: str | None
     top_k: int = 10
     cameras: tuple[str, ...] | None = None
     time_from: datetime | None = None
     time_to: datetime | None = None
     group_by: str = "crop"
     cursor: str | None = None
+    like: tuple[int, ...] | None = None
+    text_weight: float = DEFAULT_TEXT_WEIGHT  # used when a description comes with examples
+    image: bytes | None = None
 
     def fingerprint(self) -> str:
         """Identifies the result set a cursor pages through (everything but top_k/cursor)."""
         key = [self.description, sorted(self.cameras) if self.cameras is not None else None,
                _iso(self.time_from), _iso(self.time_to), self.group_by]
+        if self.like is not None or self.image is not None:  # text-only cursors stay valid
+            image = hashlib.sha256(self.image).hexdigest() if self.image is not None else None
+            key += [sorted(self.like or ()), self.text_weight, image]
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
@@ -311,6 +336,9 @@ class SearchEngine:
                                     else None, time_from=query.time_from, time_to=query.time_to)
         in_index = self._in_index(live, catalog)
         mask = in_index if fmask is None else in_index & fmask  # (N,) searchable and matching
+        examples = self._examples(live, catalog, in_index, query)  # (1, D) or None
+        if query.like:  # the examples are never among the hits
+            mask = mask & ~np.isin(catalog.ids, np.asarray(query.like, np.int64))
         fingerprint, version = query.fingerprint(), base_version(live.version)
         max_id = int(catalog.ids[-1]) if catalog.size else 0
         seen, key = 0, None
@@ -323,7 +351,8 @@ class SearchEngine:
         ranker = _Ranker(live, catalog, mask, pushed)
         first_k = (_person_pool(seen, query.top_k) if query.group_by == "person"
                    else seen + query.top_k)
-        qvec = ranker.attach(probe(ranker.probe(query.description, first_k)))  # (1, D)
+        qvec = ranker.attach(probe(ranker.probe(query.description, first_k, examples,
+                                                query.text_weight)))  # (1, D)
         result = SearchResult(live.version, 0.0, ranker.allowed)
         if query.group_by == "person":
             groups, more = _person_page(ranker, catalog, seen, key, query.top_k)
@@ -341,6 +370,30 @@ class SearchEngine:
                                                max_id=max_id)
         result.took_ms = (time.perf_counter() - started) * 1000
         return result
+
+    def _examples(self, live: IndexView, catalog: Catalog, in_index: np.ndarray,
+                  query: SearchQuery) -> np.ndarray | None:
+        """(1, D) the query's example part: the examples' stored vectors (read from the live
+        index, not re-encoded) averaged, or the photo encoded; None for a text search."""
+        if query.image is not None:
+            with Image.open(io.BytesIO(query.image)) as im:
+                return example_query(self.encoder.spec,
+                                     self.encoder.encode_image([im.convert("RGB")]))
+        if not query.like:
+            return None
+        ids = np.asarray(query.like, dtype=np.int64)
+        pos = catalog.positions(ids)
+        gone = [int(i) for i in ids[pos < 0]]
+        pending = [int(i) for i, p in zip(ids, pos, strict=True) if p >= 0 and not in_index[p]]
+        try:
+            vectors = live.vectors(ids) if not gone and not pending else None  # (E, D)
+        except KeyError:  # removed from the index since the catalog was read
+            live_ids = set(live.live_ids().tolist())
+            vectors, gone = None, ([int(i) for i in ids if int(i) not in live_ids]
+                                   or [int(i) for i in ids])
+        if vectors is None:
+            raise UnknownExamples(_unknown_message(gone, pending), gone + pending)
+        return example_query(self.encoder.spec, vectors)
 
     def _hits(self, session: Session, live: IndexView, query: np.ndarray,
               ranked: list[tuple[float, int]]) -> dict[int, Hit]:
@@ -364,6 +417,16 @@ class SearchEngine:
     def score_max(self) -> float:
         """The best possible score: each unit block (global, stripes) adds a cosine <= 1."""
         return round(self.encoder.spec.norm ** 2, 6)
+
+
+def _unknown_message(gone: list[int], pending: list[int]) -> str:
+    said = []
+    if gone:
+        said.append(f"no crop with id {', '.join(map(str, gone))} (unknown or deleted)")
+    if pending:
+        said.append(f"crop {', '.join(map(str, pending))} not in the live index yet (indexing "
+                    "pending or failed: GET /status)")
+    return "like: " + "; ".join(said) + "; pick examples from search results"
 
 
 def _check_cameras(catalog: Catalog, cameras: tuple[str, ...] | None) -> None:
@@ -418,9 +481,10 @@ class _Ranker:
             return k + self.excluded, None, None
         return k, self.catalog.ids[self.mask], None
 
-    def probe(self, text: str, k: int) -> Probe:
+    def probe(self, text: str | None, k: int, examples: np.ndarray | None = None,
+              text_weight: float = DEFAULT_TEXT_WEIGHT) -> Probe:
         fetch, allowed_ids, flt = self._plan(max(1, min(k, self.allowed)))
-        return Probe(self.live, text, fetch, allowed_ids, flt)
+        return Probe(self.live, text, fetch, allowed_ids, flt, examples, text_weight)
 
     def attach(self, probed: Probed) -> np.ndarray:
         """Keep the probe's search for ``top``; -> the encoded query (1, D)."""

@@ -1,6 +1,7 @@
 """The whole path as a user runs it: generate crops, `tbps ingest`, `tbps index`, `tbps serve`,
 then search over real HTTP and get the crops back ranked."""
 
+import json
 import os
 import socket
 import subprocess
@@ -47,6 +48,13 @@ def test_ingest_index_serve_search(env, image_folder):
     unknown = subprocess.run(TBPS + ["search", "anyone", "--camera", "nowhere"], env=env,
                              capture_output=True, text=True, timeout=300)
     assert unknown.returncode == 1 and "no camera named 'nowhere'" in unknown.stderr
+    example = rows[0].split()[2]  # rank, score, crop id, ...
+    like = json.loads(_run(["search", "--like", example, "a person", "--top-k", "2", "--json"],
+                           env))
+    assert len(like) == 2 and int(example) not in [h["crop_id"] for h in like]
+    gone = subprocess.run(TBPS + ["search", "--like", "999"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert gone.returncode == 1 and "no crop with id 999" in gone.stderr
 
     port = _free_port()
     server = subprocess.Popen(TBPS + ["serve", "--port", str(port)], env=env,

@@ -1,24 +1,37 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi import APIRouter, File, Form, HTTPException, Path, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from pydantic import StringConstraints, ValidationError
 
 from service import crud, persons
 from service.config import Settings
 from service.deps import Actor, EngineDep, JsonBody, SearcherDep, SessionDep, SettingsDep
 from service.schemas import (
+    MAX_DESCRIPTION,
     CameraInfo,
     ErrorResponse,
     PersonHit,
     PersonSightings,
     SearchHit,
+    SearchOptions,
     SearchRequest,
     SearchResponse,
     Sighting,
+    UTCDateTime,
 )
-from service.search import BadCursor, CursorExpired, Hit, IndexNotReady, SearchQuery, UnknownCamera
+from service.search import (
+    BadCursor,
+    CursorExpired,
+    Hit,
+    IndexNotReady,
+    SearchQuery,
+    UnknownCamera,
+    UnknownExamples,
+)
+from service.storage import ImageRejected, check_image
 from service.urls import crop_url
 
 router = APIRouter(tags=["search"])
@@ -38,26 +51,95 @@ def audited(settings: Settings, actor: Actor) -> bool:
                                                 and actor.admin)
 
 
+SEARCH_ERRORS: dict[int | str, dict] = {
+    400: {"model": ErrorResponse, "description": "Bad cursor, or a body that could not be "
+          "parsed"},
+    401: {"model": ErrorResponse, "description": "Key required"},
+    403: {"model": ErrorResponse, "description": "Key not valid"},
+    409: {"model": ErrorResponse, "description": "Cursor from an older index"},
+    503: {"model": ErrorResponse, "description": "No usable index yet, or the index backend "
+          "(Milvus) is unreachable"}}
+UNKNOWN_EXAMPLES = {404: {"model": ErrorResponse, "description": "An example crop in `like` is "
+                          "unknown, deleted or not indexed yet (the message names it)",
+                          "content": {"application/json": {"example": {
+                              "detail": "like: no crop with id 9999 (unknown or deleted); "
+                                        "pick examples from search results"}}}}}
+NOT_JSON = {415: {"model": ErrorResponse, "description": "The body is not sent as "
+                  "application/json"}}
+
+
 @router.post("/search", response_model=SearchResponse, dependencies=[JsonBody],
-             responses={400: {"model": ErrorResponse, "description": "Bad cursor, or a body "
-                              "that could not be parsed"},
-                        415: {"model": ErrorResponse, "description": "The body is not sent as "
-                              "application/json"},
-                        401: {"model": ErrorResponse, "description": "Key required"},
-                        403: {"model": ErrorResponse, "description": "Key not valid"},
-                        409: {"model": ErrorResponse, "description": "Cursor from an older index"},
-                        503: {"model": ErrorResponse, "description": "No usable index yet, or "
-                              "the index backend (Milvus) is unreachable"}})
+             responses={**SEARCH_ERRORS, **NOT_JSON, **UNKNOWN_EXAMPLES})
 def search(body: SearchRequest, request: Request, session: SessionDep, engine: EngineDep,
            settings: SettingsDep, actor: SearcherDep) -> SearchResponse:
-    """Rank the gallery's crops (or persons) by how well they match the description.
+    """Rank the gallery's crops (or persons) by how well they match the description, the
+    example crops in `like` (more like these: the examples themselves are left out), or both.
 
     Filters are exact; pages follow `next_cursor`. A key is needed only when the service is
     configured so (TBPS_SEARCH_REQUIRES_KEY)."""
-    query = SearchQuery(description=body.description, top_k=body.top_k,
-                        cameras=tuple(body.cameras) if body.cameras is not None else None,
-                        time_from=body.time_from, time_to=body.time_to, group_by=body.group_by,
-                        cursor=body.cursor)
+    query = _query(body, like=tuple(body.like) if body.like is not None else None)
+    detail = body.model_dump(mode="json", exclude_none=True, exclude={"cursor"})
+    return _answer(request, session, engine, settings, actor, query, detail)
+
+
+@router.post("/search/image", response_model=SearchResponse, responses={
+    **SEARCH_ERRORS, 413: {"model": ErrorResponse, "description": "The photo is larger than "
+                           "TBPS_MAX_UPLOAD_BYTES"},
+    422: {"description": "Not an image tbps accepts (the message says why), or a form field "
+          "that is not valid"}})
+def search_image(
+    request: Request, session: SessionDep, engine: EngineDep, settings: SettingsDep,
+    actor: SearcherDep,
+    image: Annotated[UploadFile, File(description="A photo of the person (JPEG, PNG, BMP or "
+                                      "WebP, within the upload limits); encoded, never stored")],
+    description: Annotated[str | None, Form(min_length=1, max_length=MAX_DESCRIPTION,
+                                            examples=["carrying a black backpack"])] = None,
+    text_weight: Annotated[float | None, Form(ge=0, le=1, examples=[0.5])] = None,
+    top_k: Annotated[int | None, Form(ge=1, le=100, examples=[10])] = None,
+    cameras: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=128)]]
+                       | None, Form(description="Repeat the field for each camera",
+                                    examples=[["gate-3"]])] = None,
+    time_from: Annotated[UTCDateTime | None, Form(examples=["2026-05-01T08:00:00Z"])] = None,
+    time_to: Annotated[UTCDateTime | None, Form(examples=["2026-05-01T18:00:00Z"])] = None,
+    group_by: Annotated[Literal["crop", "person"] | None, Form(examples=["crop"])] = None,
+    cursor: Annotated[str | None, Form(max_length=2048, examples=[None])] = None,
+) -> SearchResponse:
+    """Rank the gallery by how well it matches a photo the operator holds (one not in the
+    gallery), optionally with a description: the photo goes through the image tower and is
+    never stored. The form fields mean what they mean for `POST /search`; same response."""
+    fields = {"description": description, "text_weight": text_weight, "top_k": top_k,
+              "cameras": cameras, "time_from": time_from, "time_to": time_to,
+              "group_by": group_by, "cursor": cursor}
+    try:
+        options = SearchOptions.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])}
+                                      for e in exc.errors(include_url=False,
+                                                          include_context=False)]) from None
+    data = image.file.read(settings.max_upload_bytes + 1)
+    try:
+        checked = check_image(data, max_bytes=settings.max_upload_bytes,
+                              max_pixels=settings.max_image_pixels)
+    except ImageRejected as exc:
+        status = 413 if len(data) > settings.max_upload_bytes else 422
+        raise HTTPException(status_code=status, detail=f"image: {exc}") from None
+    query = _query(options, image=checked.data)
+    detail = options.model_dump(mode="json", exclude_none=True, exclude={"cursor"})
+    detail["image"] = {"sha256": checked.sha256[:16], "bytes": len(checked.data)}
+    return _answer(request, session, engine, settings, actor, query, detail)
+
+
+def _query(options: SearchOptions, **by: Any) -> SearchQuery:
+    return SearchQuery(description=options.description, top_k=options.top_k,
+                       cameras=tuple(options.cameras) if options.cameras is not None else None,
+                       time_from=options.time_from, time_to=options.time_to,
+                       group_by=options.group_by, cursor=options.cursor,
+                       text_weight=options.text_weight, **by)
+
+
+def _answer(request: Request, session: SessionDep, engine: EngineDep, settings: Settings,
+            actor: Actor, query: SearchQuery, detail: dict) -> SearchResponse:
+    """Run the search, map its refusals to HTTP, audit it, shape the response."""
     try:
         result = engine.search(session, query)
     except IndexNotReady as exc:
@@ -66,20 +148,23 @@ def search(body: SearchRequest, request: Request, session: SessionDep, engine: E
         raise HTTPException(status_code=409, detail=str(exc)) from None
     except BadCursor as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
+    except UnknownExamples as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
     except UnknownCamera as exc:  # a validation error like the schema's own (detail + message)
         raise RequestValidationError([{"loc": ("body", "cameras"), "msg": str(exc),
                                        "type": "value_error"}]) from None
     request.app.state.metrics.search_seconds.observe(result.took_ms / 1000)
     if audited(settings, actor):
-        detail = body.model_dump(mode="json", exclude_none=True, exclude={"cursor"})
         detail["hits"] = len(result.hits) or len(result.persons)
         request.app.state.audit.record(actor=actor.name, action="search", detail=detail,
                                        client=actor.client)
     persons = [PersonHit(person_id=p.person_id, score=p.score,
                          crops=[hit_out(h, settings) for h in p.crops], first_seen=p.first_seen,
                          last_seen=p.last_seen, crop_count=p.crop_count) for p in result.persons]
-    return SearchResponse(query=body.description, index_version=result.index_version,
-                          took_ms=round(result.took_ms, 2), group_by=body.group_by,
+    return SearchResponse(query=query.description,
+                          like=list(query.like) if query.like is not None else None,
+                          index_version=result.index_version,
+                          took_ms=round(result.took_ms, 2), group_by=query.group_by,
                           matching=result.matching, score_max=engine.score_max,
                           hits=[hit_out(h, settings) for h in result.hits],
                           persons=persons, next_cursor=result.next_cursor)

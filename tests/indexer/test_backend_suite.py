@@ -175,6 +175,24 @@ def test_vectors_and_live_ids_read_back_what_was_stored(backend) -> None:
         view.vectors(np.array([999_999]))
 
 
+def test_vectors_by_crop_id_follow_adds_and_removes(backend) -> None:
+    """What a search by example reads: the live vectors of the ids asked for, in that order;
+    a removed id is a KeyError naming it (the service answers 404)."""
+    rows = make_rows(40)
+    built(backend, rows)
+    backend.remove(rows.ids[[16, 22]])  # crops 17 and 23
+    extra = make_rows(2, seed=5, first_id=700)
+    backend.add(extra)
+    view = backend.open()
+    asked = np.array([701, int(rows.ids[3]), 700, int(rows.ids[2])])
+    want = np.concatenate([extra.vectors[1:], rows.vectors[3:4], extra.vectors[:1],
+                           rows.vectors[2:3]])
+    np.testing.assert_allclose(view.vectors(asked), want, atol=1e-3)
+    for gone in (17, 23):
+        with pytest.raises(KeyError, match=rf"\b{gone}\b"):
+            view.vectors(np.array([gone, 700]))
+
+
 def test_check_is_clean_after_build_and_writes(backend) -> None:
     rows = make_rows(80)
     built(backend, rows, factory="IVF8,Flat")

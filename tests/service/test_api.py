@@ -74,7 +74,7 @@ def test_top_k_larger_than_gallery_returns_everything(indexed, client):
     ({"description": "a man", "top_k": 101}, "top_k"),
     ({"description": "a man", "top_k": "many"}, "top_k"),
     ({"description": 42}, "description"),
-    ({"top_k": 5}, "description: Field required"),
+    ({"top_k": 5}, "give a description, example crop ids in `like`, or both"),
     ({"description": "a man", "colour": "red"}, "colour"),
 ])
 def test_bad_search_requests_get_422_saying_what_to_fix(client, payload, where):
