@@ -37,7 +37,7 @@ from models.data.transforms import build_train_transform, load_resized
 from models.losses.identity import IdentityClassifier
 from models.losses.triplet import batch_hard_triplet_loss
 from models.preprocess import Preprocess
-from models.train import Trainer, parameter_groups
+from models.train import Trainer, parameter_groups, register_objective
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ def reid_losses(features: dict[str, torch.Tensor], labels: torch.Tensor, head: R
     return terms
 
 
+@register_objective("reid")
 class ReidTrainer(Trainer):
     """The generic trainer on person-labelled images: same schedule, precision, resume state,
     signals and checkpoints; its own data, head, loss and (image-to-image) dev metrics."""

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import importlib
 import json
 import logging
 import math
@@ -513,19 +514,28 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     node[leaf] = yaml.safe_load(raw)
 
 
-OBJECTIVES = ("captions", "reid")
+# training objectives beside the family's own caption training: each module registers its
+# trainer with ``register_objective`` when imported (as model families do in models.factory)
+OBJECTIVE_MODULES = {"reid": "models.reid"}
+TRAINERS: dict[str, type[Trainer]] = {"captions": Trainer}
+
+
+def register_objective(name: str) -> Any:
+    def register(cls: type[Trainer]) -> type[Trainer]:
+        TRAINERS[name] = cls
+        return cls
+    return register
 
 
 def trainer_class(objective: str) -> type[Trainer]:
     """``objective`` of a training config: "captions" (the family's own text-image training)
     or "reid" (the image tower on person-labelled images: ``models/reid.py``)."""
-    if objective == "reid":
-        from models.reid import ReidTrainer
-
-        return ReidTrainer
-    if objective != "captions":
-        raise SystemExit(f"objective {objective!r}; known: {', '.join(OBJECTIVES)}")
-    return Trainer
+    if objective not in TRAINERS and objective in OBJECTIVE_MODULES:
+        importlib.import_module(OBJECTIVE_MODULES[objective])
+    if objective not in TRAINERS:
+        known = ", ".join(sorted({*TRAINERS, *OBJECTIVE_MODULES}))
+        raise SystemExit(f"objective {objective!r}; known: {known}")
+    return TRAINERS[objective]
 
 
 def run_train(args: argparse.Namespace) -> int:
