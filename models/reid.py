@@ -171,8 +171,8 @@ class ReidTrainer(Trainer):
             model.eval()
             probe = image_embeddings(model, torch.zeros(2, 3, *model.config.image_size))
             model.train(was)
-        self.head = ReidHead({k: v.shape[1] for k, v in probe.items()},
-                             len(dataset.classes), self.loss_settings.label_smoothing)
+        self.head = ReidHead({k: v.shape[1] for k, v in probe.items()}, len(dataset.classes),
+                             self.loss_settings.label_smoothing).to(self.device)
         return model, dataset, dev_records
 
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -184,7 +184,6 @@ class ReidTrainer(Trainer):
                 {"params": other, "lr": s.head_lr, "weight_decay": 0.0}]
 
     def _loader(self, d: dict[str, Any]) -> Any:
-        self.head.to(self.device)
         return DataLoader(self.dataset, batch_sampler=self.batches,
                           num_workers=self.settings.num_workers, collate_fn=collate_images,
                           generator=torch.Generator().manual_seed(self.settings.seed))
@@ -197,9 +196,7 @@ class ReidTrainer(Trainer):
     def state(self) -> dict[str, Any]:
         return {**super().state(), "reid_head": self.head.state_dict()}
 
-    def resume(self, path: Path) -> None:
-        super().resume(path)
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    def restore(self, state: dict[str, Any]) -> None:
         self.head.load_state_dict(state["reid_head"])
 
     def dev_metrics(self) -> dict[str, Any]:

@@ -257,9 +257,13 @@ class Trainer:
         if "rng" in state:
             set_rng_state(state["rng"])
             self.dataset.rng.setstate(state["caption_rng"])
+        self.restore(state)
         self.batches.skip = self.step - self.epoch * self.steps_per_epoch
         log.info("resumed from %s at epoch %d step %d (batch %d of the epoch)", path,
                  self.epoch, self.step, self.batches.skip)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """What a subclass adds to ``state()``, read back from the same loaded state."""
 
     def save(self) -> None:
         """Write ``last.pt`` atomically (a crash mid-write leaves the previous one)."""
