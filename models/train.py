@@ -534,12 +534,15 @@ def register_objective(name: str) -> Any:
 def trainer_class(objective: str) -> type[Trainer]:
     """``objective`` of a training config: "captions" (the family's own text-image training)
     or "reid" (the image tower on person-labelled images: ``models/reid.py``)."""
-    if objective not in TRAINERS and objective in OBJECTIVE_MODULES:
+    # The registry of the imported module, also when this file runs as ``python -m
+    # models.train`` (``__main__``): objective modules register into ``models.train``.
+    trainers = importlib.import_module("models.train").TRAINERS
+    if objective not in trainers and objective in OBJECTIVE_MODULES:
         importlib.import_module(OBJECTIVE_MODULES[objective])
-    if objective not in TRAINERS:
-        known = ", ".join(sorted({*TRAINERS, *OBJECTIVE_MODULES}))
+    if objective not in trainers:
+        known = ", ".join(sorted({*trainers, *OBJECTIVE_MODULES}))
         raise SystemExit(f"objective {objective!r}; known: {known}")
-    return TRAINERS[objective]
+    return trainers[objective]
 
 
 def run_train(args: argparse.Namespace) -> int:

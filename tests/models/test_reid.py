@@ -198,3 +198,14 @@ def test_an_unknown_objective_is_refused(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(SystemExit, match="objective 'rerank'"):
         train.main(["--config", str(path)])
+
+
+def test_the_reid_objective_is_found_when_the_trainer_runs_as_a_script():
+    """``python -m models.train`` runs a second copy of the module (``__main__``): the objective
+    registered by models.reid must still be found through it."""
+    import runpy
+
+    script = runpy.run_module("models.train", run_name="as_script", alter_sys=True)
+    assert script["TRAINERS"] is not train.TRAINERS
+    found = script["trainer_class"]("reid")
+    assert found.__name__ == "ReidTrainer" and issubclass(found, train.Trainer)
