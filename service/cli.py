@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from service.config import DEFAULT_DEMO_GALLERY, Settings, get_settings
-
-# modules that contribute sub-commands (train, eval, ...) through ``register_cli(subparsers)``
-PLUGIN_MODULES = ("models.train", "models.evaluate")
+# Each sub-command imports what it needs (the settings, the database, torch) when it runs:
+# `tbps --help` and a mistyped command answer at once (tests/service/test_cli.py)
+if TYPE_CHECKING:
+    from service.config import Settings
 
 
 def _settings() -> Settings:
+    from service.config import get_settings
+
     settings = get_settings()
     settings.ensure_dirs()
     return settings
@@ -337,6 +339,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import threading
 
     from service import crud
+    from service.config import DEFAULT_DEMO_GALLERY
     from service.db import migrate, session_scope
 
     settings = _settings()
@@ -397,6 +400,8 @@ def _ingest_demo_gallery(settings: Settings, gallery: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from models.commands import register_all as register_model_commands
+
     parser = argparse.ArgumentParser(
         prog="tbps", description="Text-based person search. Settings come from TBPS_* "
         "environment variables (TBPS_DATA_DIR, TBPS_DATABASE_URL, TBPS_CHECKPOINT, ...).")
@@ -497,12 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_demo)
 
-    for module in PLUGIN_MODULES:
-        try:
-            importlib.import_module(module).register_cli(sub)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    register_model_commands(sub)  # train, eval
     return parser
 
 
