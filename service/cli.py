@@ -164,6 +164,8 @@ def _print_check(report) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import threading
+
     import uvicorn
 
     from service.main import create_app
@@ -174,12 +176,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     host, port = args.host or settings.host, args.port or settings.port
-    print(f"serving tbps on http://{host}:{port}/ (API docs at /docs)")
     if getattr(args, "with_worker", False):
         settings = settings.model_copy(update={"spawn_worker": True})
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
-                **proxy_options(settings))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port,
+                                           log_level="info", **proxy_options(settings)))
+    threading.Thread(target=_announce_when_serving, args=(server, f"http://{host}:{port}/"),
+                     name="announce", daemon=True).start()
+    server.run()
     return 0
+
+
+def _announce_when_serving(server, url: str) -> None:
+    """Says "serving" once the port answers (the model and the index are loaded by then)."""
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.1)
+    print(f"serving tbps on {url} (API docs at /docs)", flush=True)
 
 
 def prepare_database(settings: Settings) -> str | None:
@@ -278,7 +291,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    encoder = load_encoder(**settings.encoder_options)
+    # queued jobs start at once, with torch until the ONNX graphs are exported
+    encoder = load_encoder(**settings.encoder_options, background_export=not args.once)
     if args.once:
         print(f"ran {run_pending(settings, encoder)} job(s)")
         return 0

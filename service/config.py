@@ -45,8 +45,12 @@ class Settings(BaseSettings):
         "auto", description="encoder precision: auto (torch: fp16 on CUDA, fp32 on CPU; ONNX "
         "Runtime: fp32), fp32, bf16 / fp16 (torch autocast), int8 (ONNX Runtime: the text "
         "tower's weights quantised; images stay fp32)")
+    cache_dir: Path | None = Field(None, description="derived files that can be made again "
+                                   "(the ONNX graphs exported from the checkpoint); default: "
+                                   "data_dir/cache")
     engine_cache_dir: Path | None = Field(None, description="where the ONNX graphs exported "
-                                          "from the checkpoint are kept; default: beside it")
+                                          "from the checkpoint are kept; default: "
+                                          "cache_dir/onnx")
     admin_keys: str = Field("", description="comma-separated admin API keys (hashed at start-up; "
                             "more keys can be created with `tbps create-key`)", repr=False)
     admin_key_hashes: str = Field("", description="comma-separated sha256 hex digests of admin "
@@ -189,7 +193,13 @@ class Settings(BaseSettings):
     def encoder_options(self) -> dict:
         """Keyword arguments of ``models.factory.load_encoder``."""
         return {"checkpoint": self.checkpoint, "device": self.device, "engine": self.engine,
-                "cache_dir": self.engine_cache_dir, "precision": self.engine_precision}
+                "cache_dir": self.resolved_engine_cache_dir,
+                "precision": self.engine_precision}
+
+    @property
+    def resolved_engine_cache_dir(self) -> Path:
+        """Under the data dir by default: a first start writes nothing into the source tree."""
+        return self.engine_cache_dir or (self.cache_dir or self.data_dir / "cache") / "onnx"
 
     @property
     def image_limits(self) -> ImageLimits:

@@ -57,7 +57,8 @@ async def _on_validation_error(_request: Request, exc: RequestValidationError) -
 
 def _start_serving(app: FastAPI, settings: Settings, encoder) -> None:
     """The model, the live index (when there is one) and the audit writer."""
-    enc = encoder or load_encoder(**settings.encoder_options)
+    # no graphs exported yet (a first start): torch answers until they are, in the background
+    enc = encoder or load_encoder(**settings.encoder_options, background_export=True)
     app.state.engine = SearchEngine(enc, backend_from_settings(settings, for_search=True),
                                     settings.data_dir, batch_max=settings.search_batch_max,
                                     batch_window_ms=settings.search_batch_window_ms)
