@@ -229,6 +229,7 @@ def _search_args_problem(args: argparse.Namespace) -> str | None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from models.factory import load_encoder
+    from service.config import get_settings
     from service.db import session_scope
     from service.index_backend import backend_from_settings
     from service.query_vector import DEFAULT_TEXT_WEIGHT
@@ -245,7 +246,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    settings = _settings()
+    settings = get_settings()  # a read: creates no data dir
+    if settings.database_url is None and not settings.data_dir.is_dir():
+        print(f"error: no data dir at {settings.data_dir.resolve()}: run `make run` (or `tbps "
+              "ingest` and `tbps index`) first, or set TBPS_DATA_DIR to the data dir of the "
+              "gallery", file=sys.stderr)
+        return 1
     engine = SearchEngine(load_encoder(**settings.encoder_options),
                           backend_from_settings(settings, for_search=True), settings.data_dir)
     query = SearchQuery(description=args.description.strip() if args.description else None,
@@ -256,7 +262,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         with session_scope(settings.resolved_database_url) as session:
             result = engine.search(session, query)
-    except (IndexNotReady, UnknownCamera, UnknownExamples) as exc:
+    except IndexNotReady as exc:
+        print(f"error: {exc} (data dir {settings.data_dir.resolve()}, TBPS_DATA_DIR)",
+              file=sys.stderr)
+        return 1
+    except (UnknownCamera, UnknownExamples) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -28,13 +28,24 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def default_data_dir() -> Path:
+    """The data dir of `make run` (the checkout's ``data/``) whatever the current folder, so
+    that `tbps search` from elsewhere reads the same gallery; ``./data`` for an installed
+    package (the image sets TBPS_DATA_DIR)."""
+    if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "service").is_dir():
+        return REPO_ROOT / "data"
+    return Path("data")
+
+
 class Settings(BaseSettings):
     """Runtime configuration, validated at start-up."""
 
     model_config = SettingsConfigDict(env_prefix="TBPS_", env_file=None, extra="ignore")
 
     environment: str = Field("development", description="development | production")
-    data_dir: Path = Field(Path("./data"), description="SQLite file, stored crops, index versions")
+    data_dir: Path = Field(default_factory=lambda: default_data_dir(), description="SQLite "
+                           "file, stored crops, index versions; default: the checkout's data/ "
+                           "(where `make run` keeps it) from any folder, ./data when installed")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     checkpoint: Path | None = Field(None, description="model checkpoint; default: bundled model")
     device: str = Field("auto", description="torch device for encoders: auto | cpu | cuda")
