@@ -397,8 +397,11 @@ def _queue_index_job(settings: Settings) -> None:
 
 def _ingest_demo_gallery(settings: Settings, gallery: Path) -> None:
     """The CUHK-PEDES demo images, with each crop's person id from reid_raw.json beside them;
-    their sub-folders become cameras, described as dataset folders. Every 100 files an index
-    job is queued (if none is waiting), so indexing starts within seconds."""
+    their sub-folders become cameras, described as dataset folders. One add job indexes the
+    whole gallery once it is ingested (storing files is far quicker than encoding them), so
+    the page shows one job, one ETA and one percentage; its first chunks are searchable within
+    seconds of its start."""
+
     from service import crud
     from service.db import session_scope
     from service.ingest import ingest_folder, read_person_ids
@@ -410,7 +413,6 @@ def _ingest_demo_gallery(settings: Settings, gallery: Path) -> None:
         with session_scope(settings.resolved_database_url) as session:
             for camera, _ in crud.cameras_with_counts(session):
                 camera.description = camera.description or DEMO_CAMERA_NOTE
-        _queue_index_job(settings)
 
     print(f"gallery is empty: ingesting the demo gallery {gallery} while serving", flush=True)
     with session_scope(settings.resolved_database_url) as session:
@@ -421,6 +423,7 @@ def _ingest_demo_gallery(settings: Settings, gallery: Path) -> None:
                                on_commit=committed, commit_every=100)
     print(f"ingested {report.added} crops, {len(report.rejected)} files rejected, person ids "
           f"from {labels if persons else 'nowhere'}", flush=True)
+    _queue_index_job(settings)
 
 
 def build_parser() -> argparse.ArgumentParser:

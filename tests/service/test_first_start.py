@@ -8,9 +8,13 @@ from fastapi.testclient import TestClient
 
 from models.factory import create_model, save_checkpoint
 from models.onnx_encoder import SwitchingEncoder, export_lock
+from service import crud
+from service.cli import _ingest_demo_gallery
 from service.config import Settings
+from service.db import session_scope
 from service.main import create_app
 from service.worker import run_pending
+from tests.conftest import make_image
 from tests.service.conftest import ADMIN_KEY
 
 EXPORT_WAIT_S = 300  # two tiny towers; the CPU is shared with other work
@@ -53,3 +57,18 @@ def test_serves_with_torch_while_exporting_then_switches(gallery, tmp_path) -> N
         assert _hits(client) == before  # same vectors within fp32 rounding
     assert sorted(p.name for p in folder.iterdir()) == ["tiny.pt"]
     assert len(list(cache.glob("*.onnx"))) == 2
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_demo_ingest_queues_one_add_job(migrated_settings, tmp_path) -> None:
+    """250 files, committed every 100: one job for the whole gallery (not one per commit)."""
+    gallery = tmp_path / "imgs"
+    for i in range(250):
+        folder = gallery / f"cam{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:03d}.png").write_bytes(make_image(i, size=(16, 32)))
+    _ingest_demo_gallery(migrated_settings, gallery)
+    with session_scope(migrated_settings.resolved_database_url) as session:
+        jobs = crud.list_jobs(session)
+        assert [(j.kind, j.status.value) for j in jobs] == [("add", "queued")]
+        assert crud.count_crops(session) == 250
