@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # tbps image: CPU by default.
 #   docker build -t tbps .
-# Dependencies come from requirements.lock (every package pinned with hashes; `make lock`), the
-# same lock `make setup` installs. Its torch is PyPI's Linux wheel, which runs on the CPU and,
+# Dependencies come from requirements.lock (every package pinned with hashes; `make lock`): the
+# runtime lock, without the test extra (`make setup` installs requirements-test.lock, the same
+# versions and the test tools). Its torch is PyPI's Linux wheel, which runs on the CPU and,
 # on an NVIDIA runtime base, on the GPU:
 #   docker build -t tbps:cuda --build-arg BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 .
 # One image runs every role: `tbps serve` (API), `tbps worker` (jobs), docker/prestart.sh.

@@ -1,12 +1,18 @@
 # The two commands a newcomer needs: `make run` and `make test`. Both set up everything first.
-# Every dependency, transitive ones included, is pinned with hashes in requirements.lock, made by
-# `make lock` (uv pip compile) from pyproject.toml. Run `make lock` after changing a dependency in
-# pyproject.toml (tests/test_lock.py fails until the two agree); commit both files together.
+# Every dependency, transitive ones included, is pinned with hashes, by `make lock` (uv pip
+# compile) from pyproject.toml, in two locks: requirements.lock (what runs: the dependencies and
+# the scale extra; the Docker image installs it) and requirements-test.lock (that and the test
+# extra, at the same versions; `make setup` installs it). Run `make lock` after changing a
+# dependency in pyproject.toml (tests/test_lock.py fails until they agree); commit them together.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tbps-installed
 LOCK := requirements.lock
+TEST_LOCK := requirements-test.lock
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
+  --generate-hashes --no-header --quiet --custom-compile-command "make lock" \
+  --build-constraints $(BUILD_CONSTRAINTS)
 # pins of the build backends that the lock's source distributions build with
 BUILD_CONSTRAINTS := build-constraints.txt
 UV_VERSION := 0.13.9
@@ -17,9 +23,9 @@ UV_VERSION := 0.13.9
 # hash-checking mode (so a changed file on the registry is refused), then tbps itself, editable,
 # without letting pip resolve anything again. A locked sdist builds with the backend pinned in
 # build-constraints.txt (PIP_CONSTRAINT reaches pip's isolated build environment).
-$(STAMP): $(LOCK) pyproject.toml $(BUILD_CONSTRAINTS)
+$(STAMP): $(TEST_LOCK) pyproject.toml $(BUILD_CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	PIP_CONSTRAINT=$(BUILD_CONSTRAINTS) $(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	PIP_CONSTRAINT=$(BUILD_CONSTRAINTS) $(BIN)/python -m pip install -q --require-hashes -r $(TEST_LOCK)
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -40,13 +46,13 @@ test: setup
 	bash scripts/ensure_test_deps.sh
 	$(BIN)/python -m pytest -q
 
-## make lock: re-resolve every dependency of pyproject.toml (runtime, test and scale extras) into requirements.lock
+## make lock: re-resolve pyproject.toml: requirements-test.lock (runtime, scale and test extras),
+## then requirements.lock (runtime and scale, at the versions of the first)
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv==$(UV_VERSION)
-	$(BIN)/uv pip compile pyproject.toml --extra test --extra scale --universal --python-version 3.11 \
-	  --generate-hashes --no-header --quiet -o $(LOCK) --custom-compile-command "make lock" \
-	  --build-constraints $(BUILD_CONSTRAINTS)
+	$(UV_COMPILE) --extra test --extra scale -o $(TEST_LOCK)
+	$(UV_COMPILE) --extra scale --constraint $(TEST_LOCK) -o $(LOCK)
 
 lint: setup
 	$(BIN)/ruff check service models indexer tests bench

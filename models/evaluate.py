@@ -15,19 +15,18 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from models.cli_support import run_subcommand
-from models.data.datasets import READERS, Record, read_dataset, select_split
+from models.commands import register_eval as register_cli
+from models.data.datasets import Record, read_dataset, select_split
 
 log = logging.getLogger(__name__)
 
 
-MODES = ("text", "image")
 
 
 def rank_metrics(similarity: np.ndarray, query_pids: np.ndarray, gallery_pids: np.ndarray,
@@ -118,36 +117,6 @@ def evaluate_model(model: Any, records: Sequence[Record], batch_size: int = 64,
         return evaluate(encoder, records, batch_size)
     finally:
         model.train(was_training)
-
-
-def register_cli(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "eval", help="retrieval metrics of a checkpoint on a dataset split",
-        description="--mode text (the default): every caption of the split is a query, every "
-                    "image of the split is in the gallery. --mode image: every image queries "
-                    "all the other images of the split. A match is the same person id. Prints "
-                    "Rank-1/5/10, mAP and mINP in percent.")
-    parser.add_argument("--mode", choices=MODES, default="text",
-                        help="text: caption queries (text-to-image); image: image queries "
-                             "(image-to-image, each image's own copy left out)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="tbps checkpoint (default: models/checkpoints/default.pt)")
-    parser.add_argument("--dataset", choices=sorted(READERS), default="cuhk-pedes")
-    parser.add_argument("--root", type=Path, required=True,
-                        help="dataset folder in its published layout")
-    parser.add_argument("--split", default="test",
-                        help="the dataset's own split (train/val/test) or 'dev' (held-out val "
-                             "ids, see docs/results.md)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx"],
-                        help="inference engine (auto: ONNX Runtime on the CPU, torch on CUDA)")
-    parser.add_argument("--precision", default="auto",
-                        help="auto, fp32, bf16 / fp16 (torch autocast) or int8 (ONNX Runtime, "
-                             "text tower quantised)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(func=run_eval)
-    return parser
 
 
 def run_eval(args: argparse.Namespace) -> int:

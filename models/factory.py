@@ -149,7 +149,7 @@ def upgrade_legacy_keys(model, state: dict[str, Any]) -> dict[str, Any]:
 
 def load_encoder(checkpoint: Path | None = None, device: str = "auto", engine: str = "auto",
                  cache_dir: Path | None = None, threads: int | None = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", background_export: bool = False):
     """The encoder the service and indexer use.
 
     ``checkpoint`` None means the bundled default checkpoint when present, else the small
@@ -160,6 +160,8 @@ def load_encoder(checkpoint: Path | None = None, device: str = "auto", engine: s
     ``precision``: ``auto`` (torch: float16 autocast on CUDA, float32 on the CPU; ONNX Runtime:
     float32), ``fp32``, ``bf16`` / ``fp16`` (torch autocast) or ``int8`` (ONNX Runtime, the text
     tower's weights dynamically quantised; images stay float32).
+    ``background_export``: with the onnx engine and no cached graphs, return at once an encoder
+    that uses torch until the graphs are exported in a background thread (a server's start).
     """
     if checkpoint is None and DEFAULT_CHECKPOINT.is_file():
         checkpoint = DEFAULT_CHECKPOINT
@@ -174,16 +176,19 @@ def load_encoder(checkpoint: Path | None = None, device: str = "auto", engine: s
 
     return wrap_encoder(model, sha, device=device, engine=engine, threads=threads,
                         cache_dir=cache_dir or default_cache_dir(checkpoint),
-                        precision=precision)
+                        precision=precision, background_export=background_export)
 
 
 def wrap_encoder(model, sha256: str, *, device: str = "auto", engine: str = "auto",
-                 cache_dir: Path, threads: int | None = None, precision: str = "auto"):
+                 cache_dir: Path, threads: int | None = None, precision: str = "auto",
+                 background_export: bool = False):
     """``model`` behind the ``Encoder`` interface of the chosen engine."""
-    from models.onnx_encoder import OnnxEncoder, resolve_engine
+    from models.onnx_encoder import OnnxEncoder, SwitchingEncoder, resolve_engine, tower_paths
     from models.torch_encoder import TorchEncoder, resolve_device
 
     if resolve_engine(engine, resolve_device(device)) == "onnx":
-        return OnnxEncoder(model, sha256, cache_dir, threads=threads, precision=precision)
+        cached = all(p.is_file() for p in tower_paths(model, sha256, cache_dir).values())
+        kind = SwitchingEncoder if background_export and not cached else OnnxEncoder
+        return kind(model, sha256, cache_dir, threads=threads, precision=precision)
     return TorchEncoder(model, sha256, device=device, precision=precision)
 

@@ -9,10 +9,14 @@ concurrent process sees either no file or a whole one.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import fcntl
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,7 @@ from PIL import Image
 
 from models.base import DualEncoderModel
 from models.preprocess import Preprocess
-from models.torch_encoder import model_spec
+from models.torch_encoder import TorchEncoder, model_spec
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +111,35 @@ def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: list
         Path(tmp).unlink(missing_ok=True)
 
 
+def tower_paths(model: DualEncoderModel, sha256: str, cache_dir: Path) -> dict[str, Path]:
+    """The cached graph of each tower in ``model.onnx_towers``."""
+    return {k: v for k, v in graph_paths(cache_dir, sha256).items() if k in model.onnx_towers}
+
+
+@contextlib.contextmanager
+def export_lock(cache_dir: Path) -> Iterator[None]:
+    """One export into ``cache_dir`` at a time, across processes (the API and its worker start
+    together): the second waits, then finds the graphs cached."""
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    with (Path(cache_dir) / ".export.lock").open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def export_towers(model: DualEncoderModel, sha256: str, cache_dir: Path) -> dict[str, Path]:
     """The graphs of ``model.onnx_towers``, exported unless already cached in ``cache_dir``."""
-    paths = {k: v for k, v in graph_paths(cache_dir, sha256).items() if k in model.onnx_towers}
-    model = model.eval()
+    paths = tower_paths(model, sha256, cache_dir)
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    with export_lock(cache_dir):
+        _export_missing(model.eval(), paths)
+    return paths
+
+
+def _export_missing(model: DualEncoderModel, paths: dict[str, Path]) -> None:
     if "image" in paths and not paths["image"].is_file():
         log.info("exporting the image tower to %s", paths["image"])
         images = torch.zeros(2, 3, *model.config.image_size)  # (2, 3, H, W); batch 2 stays dynamic
@@ -120,10 +149,15 @@ def export_towers(model: DualEncoderModel, sha256: str, cache_dir: Path) -> dict
         keys, tensors = token_inputs(model.tokenize(list(SAMPLE_TEXTS)))
         _export(_TextTower(model, keys), tensors, list(keys or ("tokens",)), paths["text"],
                 2)
-    return paths
 
 
 ONNX_PRECISIONS = ("auto", "fp32", "int8")
+
+
+def check_onnx_precision(precision: str) -> None:
+    if precision not in ONNX_PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not an ONNX Runtime precision; known: "
+                         f"{', '.join(ONNX_PRECISIONS)} (bf16 is a torch engine option)")
 
 
 def int8_text_graph(text_graph: Path) -> Path:
@@ -173,9 +207,7 @@ class OnnxEncoder:
     def __init__(self, model: DualEncoderModel, checkpoint_sha256: str, cache_dir: Path,
                  threads: int | None = None, batch_size: int = 64,
                  precision: str = "auto") -> None:
-        if precision not in ONNX_PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not an ONNX Runtime precision; known: "
-                             f"{', '.join(ONNX_PRECISIONS)} (bf16 is a torch engine option)")
+        check_onnx_precision(precision)
         model = model.eval().cpu()
         self.paths = export_towers(model, checkpoint_sha256, cache_dir)
         if precision == "int8" and "text" in self.paths:  # the query path; images stay fp32
@@ -220,3 +252,50 @@ class OnnxEncoder:
             with torch.inference_mode():
                 return self.model.text_features(tokens).numpy()
         return self._text.run(None, token_feed(tokens))[0]
+
+
+class SwitchingEncoder:
+    """The onnx engine for a server that must answer at once: encodes with torch (fp32, CPU)
+    while a background thread exports the graphs (about a minute for the default checkpoint),
+    then with ONNX Runtime. Both engines give the same vectors within fp32 rounding
+    (tests/models/test_onnx_encoder.py), so an index built with one is searched with the other.
+    A failed export is logged and leaves the torch engine answering."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, model: DualEncoderModel, checkpoint_sha256: str, cache_dir: Path,
+                 threads: int | None = None, precision: str = "auto") -> None:
+        check_onnx_precision(precision)
+        self._active: TorchEncoder | OnnxEncoder = TorchEncoder(model.eval().cpu(),
+                                                                checkpoint_sha256, device="cpu",
+                                                                precision="fp32")
+        self.spec, self.preprocess = self._active.spec, self._active.preprocess
+        self.switched = threading.Event()  # set when ONNX Runtime answers
+        self.export_error: BaseException | None = None
+        # the export traces its own copy: the torch engine keeps encoding the original meanwhile
+        args = (copy.deepcopy(model), checkpoint_sha256, Path(cache_dir), threads, precision)
+        threading.Thread(target=self._switch, args=args, name="onnx-export", daemon=True).start()
+
+    def _switch(self, model: DualEncoderModel, sha256: str, cache_dir: Path,
+                threads: int | None, precision: str) -> None:
+        log.info("encoding with torch while the ONNX graphs export to %s", cache_dir)
+        try:
+            onnx = OnnxEncoder(model, sha256, cache_dir, threads=threads, precision=precision)
+        except Exception as exc:  # noqa: BLE001 - the torch engine keeps answering
+            log.exception("ONNX export failed: the torch engine keeps encoding")
+            self.export_error = exc
+            return
+        self._active = onnx
+        self.switched.set()
+        log.info("the ONNX graphs are ready: encoding with ONNX Runtime from now on")
+
+    @property
+    def engine(self) -> str:
+        """The engine encoding now: torch, then onnx."""
+        return "onnx" if self.switched.is_set() else "torch"
+
+    def encode_image(self, images: Sequence[Image.Image] | torch.Tensor) -> np.ndarray:
+        return self._active.encode_image(images)
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        return self._active.encode_text(texts)

@@ -39,6 +39,8 @@ import yaml
 from torch.utils.data import DataLoader
 
 from models.cli_support import run_subcommand
+from models.commands import AUTO_RESUME
+from models.commands import register_train as register_cli
 from models.config import read_config_file
 from models.data.datasets import read_dataset, select_split
 from models.data.sampler import IdentityBalancedSampler, RandomBatchSampler, ResumableBatches
@@ -87,7 +89,6 @@ class TrainSettings:
     feature_erase_p: float = 0.5  # cached trunk: random erasing of a grid rectangle
 
 
-AUTO_RESUME = Path("<output>/last.pt")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -475,31 +476,6 @@ def stop_on_signals(trainer: Trainer) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def register_cli(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "train", help="train a model from a training config",
-        description="Train any model family on a text-based person search dataset. The "
-                    "training config names the model config, the data and the schedule; "
-                    "checkpoints carry config, tokenizer, preprocessing and format version.")
-    parser.add_argument("--config", type=Path, required=True, help="training config (YAML)")
-    parser.add_argument("--output", type=Path, default=None, help="overrides `output`")
-    parser.add_argument("--resume", type=Path, nargs="?", const=AUTO_RESUME, default=None,
-                        help="continue an interrupted run from its state (model, optimiser, "
-                             "schedule, data order, RNG): a last.pt, or with no value the "
-                             "OUTPUT/last.pt of this config")
-    parser.add_argument("--epochs", type=int, default=None, help="overrides train.epochs")
-    parser.add_argument("--max-steps", type=int, default=None, help="overrides train.max_steps")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="overrides train.max_minutes (stop and save after this long)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE",
-                        help="override one value of the training config by its dotted path, "
-                             "VALUE read as YAML (e.g. data.root=/data/cuhk-pedes or "
-                             "model_overrides.text_backbone.weights=/models/minilm); repeatable")
-    parser.set_defaults(func=run_train)
-    return parser
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from service.config import DEFAULT_DEMO_GALLERY, Settings, get_settings
-
-# modules that contribute sub-commands (train, eval, ...) through ``register_cli(subparsers)``
-PLUGIN_MODULES = ("models.train", "models.evaluate")
+# Each sub-command imports what it needs (the settings, the database, torch) when it runs:
+# `tbps --help` and a mistyped command answer at once (tests/service/test_cli.py)
+if TYPE_CHECKING:
+    from service.config import Settings
 
 
 def _settings() -> Settings:
+    from service.config import get_settings
+
     settings = get_settings()
     settings.ensure_dirs()
     return settings
@@ -162,6 +164,8 @@ def _print_check(report) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import threading
+
     import uvicorn
 
     from service.main import create_app
@@ -172,12 +176,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     host, port = args.host or settings.host, args.port or settings.port
-    print(f"serving tbps on http://{host}:{port}/ (API docs at /docs)")
     if getattr(args, "with_worker", False):
         settings = settings.model_copy(update={"spawn_worker": True})
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
-                **proxy_options(settings))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port,
+                                           log_level="info", **proxy_options(settings)))
+    threading.Thread(target=_announce_when_serving, args=(server, f"http://{host}:{port}/"),
+                     name="announce", daemon=True).start()
+    server.run()
     return 0
+
+
+def _announce_when_serving(server, url: str) -> None:
+    """Says "serving" once the port answers (the model and the index are loaded by then)."""
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.1)
+    print(f"serving tbps on {url} (API docs at /docs)", flush=True)
 
 
 def prepare_database(settings: Settings) -> str | None:
@@ -214,6 +229,7 @@ def _search_args_problem(args: argparse.Namespace) -> str | None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from models.factory import load_encoder
+    from service.config import get_settings
     from service.db import session_scope
     from service.index_backend import backend_from_settings
     from service.query_vector import DEFAULT_TEXT_WEIGHT
@@ -230,7 +246,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    settings = _settings()
+    settings = get_settings()  # a read: creates no data dir
+    if settings.database_url is None and not settings.data_dir.is_dir():
+        print(f"error: no data dir at {settings.data_dir.resolve()}: run `make run` (or `tbps "
+              "ingest` and `tbps index`) first, or set TBPS_DATA_DIR to the data dir of the "
+              "gallery", file=sys.stderr)
+        return 1
     engine = SearchEngine(load_encoder(**settings.encoder_options),
                           backend_from_settings(settings, for_search=True), settings.data_dir)
     query = SearchQuery(description=args.description.strip() if args.description else None,
@@ -241,7 +262,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         with session_scope(settings.resolved_database_url) as session:
             result = engine.search(session, query)
-    except (IndexNotReady, UnknownCamera, UnknownExamples) as exc:
+    except IndexNotReady as exc:
+        print(f"error: {exc} (data dir {settings.data_dir.resolve()}, TBPS_DATA_DIR)",
+              file=sys.stderr)
+        return 1
+    except (UnknownCamera, UnknownExamples) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -276,7 +301,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    encoder = load_encoder(**settings.encoder_options)
+    # queued jobs start at once, with torch until the ONNX graphs are exported
+    encoder = load_encoder(**settings.encoder_options, background_export=not args.once)
     if args.once:
         print(f"ran {run_pending(settings, encoder)} job(s)")
         return 0
@@ -337,6 +363,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import threading
 
     from service import crud
+    from service.config import DEFAULT_DEMO_GALLERY
     from service.db import migrate, session_scope
 
     settings = _settings()
@@ -370,8 +397,11 @@ def _queue_index_job(settings: Settings) -> None:
 
 def _ingest_demo_gallery(settings: Settings, gallery: Path) -> None:
     """The CUHK-PEDES demo images, with each crop's person id from reid_raw.json beside them;
-    their sub-folders become cameras, described as dataset folders. Every 100 files an index
-    job is queued (if none is waiting), so indexing starts within seconds."""
+    their sub-folders become cameras, described as dataset folders. One add job indexes the
+    whole gallery once it is ingested (storing files is far quicker than encoding them), so
+    the page shows one job, one ETA and one percentage; its first chunks are searchable within
+    seconds of its start."""
+
     from service import crud
     from service.db import session_scope
     from service.ingest import ingest_folder, read_person_ids
@@ -383,7 +413,6 @@ def _ingest_demo_gallery(settings: Settings, gallery: Path) -> None:
         with session_scope(settings.resolved_database_url) as session:
             for camera, _ in crud.cameras_with_counts(session):
                 camera.description = camera.description or DEMO_CAMERA_NOTE
-        _queue_index_job(settings)
 
     print(f"gallery is empty: ingesting the demo gallery {gallery} while serving", flush=True)
     with session_scope(settings.resolved_database_url) as session:
@@ -394,9 +423,12 @@ def _ingest_demo_gallery(settings: Settings, gallery: Path) -> None:
                                on_commit=committed, commit_every=100)
     print(f"ingested {report.added} crops, {len(report.rejected)} files rejected, person ids "
           f"from {labels if persons else 'nowhere'}", flush=True)
+    _queue_index_job(settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from models.commands import register_all as register_model_commands
+
     parser = argparse.ArgumentParser(
         prog="tbps", description="Text-based person search. Settings come from TBPS_* "
         "environment variables (TBPS_DATA_DIR, TBPS_DATABASE_URL, TBPS_CHECKPOINT, ...).")
@@ -497,12 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_demo)
 
-    for module in PLUGIN_MODULES:
-        try:
-            importlib.import_module(module).register_cli(sub)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    register_model_commands(sub)  # train, eval
     return parser
 
 

@@ -28,13 +28,24 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def default_data_dir() -> Path:
+    """The data dir of `make run` (the checkout's ``data/``) whatever the current folder, so
+    that `tbps search` from elsewhere reads the same gallery; ``./data`` for an installed
+    package (the image sets TBPS_DATA_DIR)."""
+    if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "service").is_dir():
+        return REPO_ROOT / "data"
+    return Path("data")
+
+
 class Settings(BaseSettings):
     """Runtime configuration, validated at start-up."""
 
     model_config = SettingsConfigDict(env_prefix="TBPS_", env_file=None, extra="ignore")
 
     environment: str = Field("development", description="development | production")
-    data_dir: Path = Field(Path("./data"), description="SQLite file, stored crops, index versions")
+    data_dir: Path = Field(default_factory=lambda: default_data_dir(), description="SQLite "
+                           "file, stored crops, index versions; default: the checkout's data/ "
+                           "(where `make run` keeps it) from any folder, ./data when installed")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     checkpoint: Path | None = Field(None, description="model checkpoint; default: bundled model")
     device: str = Field("auto", description="torch device for encoders: auto | cpu | cuda")
@@ -45,8 +56,12 @@ class Settings(BaseSettings):
         "auto", description="encoder precision: auto (torch: fp16 on CUDA, fp32 on CPU; ONNX "
         "Runtime: fp32), fp32, bf16 / fp16 (torch autocast), int8 (ONNX Runtime: the text "
         "tower's weights quantised; images stay fp32)")
+    cache_dir: Path | None = Field(None, description="derived files that can be made again "
+                                   "(the ONNX graphs exported from the checkpoint); default: "
+                                   "data_dir/cache")
     engine_cache_dir: Path | None = Field(None, description="where the ONNX graphs exported "
-                                          "from the checkpoint are kept; default: beside it")
+                                          "from the checkpoint are kept; default: "
+                                          "cache_dir/onnx")
     admin_keys: str = Field("", description="comma-separated admin API keys (hashed at start-up; "
                             "more keys can be created with `tbps create-key`)", repr=False)
     admin_key_hashes: str = Field("", description="comma-separated sha256 hex digests of admin "
@@ -189,7 +204,13 @@ class Settings(BaseSettings):
     def encoder_options(self) -> dict:
         """Keyword arguments of ``models.factory.load_encoder``."""
         return {"checkpoint": self.checkpoint, "device": self.device, "engine": self.engine,
-                "cache_dir": self.engine_cache_dir, "precision": self.engine_precision}
+                "cache_dir": self.resolved_engine_cache_dir,
+                "precision": self.engine_precision}
+
+    @property
+    def resolved_engine_cache_dir(self) -> Path:
+        """Under the data dir by default: a first start writes nothing into the source tree."""
+        return self.engine_cache_dir or (self.cache_dir or self.data_dir / "cache") / "onnx"
 
     @property
     def image_limits(self) -> ImageLimits:

@@ -95,15 +95,16 @@ def _done(job: Job, settled: int, total: int) -> int:
 
 
 def describe(state: IndexingState) -> str:
-    """One line for logs, /readyz and the page: ``indexing 1024 of 4527 crops, ETA 190 s``
-    (crops indexed so far; they are published in chunks, the job's percentage moves on)."""
+    """One line for logs, /readyz and the page: ``indexing: 23% done, ETA 190 s; 1024 of 4527
+    crops indexed``. The percentage and the ETA are the running job's, one of each; the count
+    is the gallery's (a job may add a few crops to a large gallery)."""
     if state.status == "queued":
         return f"an index job is queued ({state.total} crops in the gallery)"
     eta = f", ETA {state.eta_s:.0f} s" if state.eta_s is not None else ""
     if eta and state.more_queued:
         eta += " for this job (more crops are queued after it)"
-    job = f" (job {state.progress:.0%} done)" if 0 < state.progress < 1 else ""
-    return f"indexing {state.done} of {state.total} crops{eta}{job}"
+    return (f"indexing: {state.progress:.0%} done{eta}; {state.done} of {state.total} "
+            "crops indexed")
 
 
 def checkpoint_sha(settings: Settings) -> str | None:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from indexer.backends import BackendUnavailable
 from indexer.gpu import limit_threads
 from models.factory import load_encoder
-from service import db
+from service import __version__, db
 from service.admission import Admission
 from service.audit import AuditBuffer, PerClientRate
 from service.config import Settings, get_settings
@@ -40,24 +40,49 @@ UPLOAD_PATHS = frozenset({"/admin/crops", "/search/image"})
 log = logging.getLogger(__name__)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+def _json_problem(err: dict, body: object) -> str:
+    """Where and what in a body that is not JSON: ``Expecting ',' delimiter at line 2,
+    column 5 (character 35)`` (the parser gives a character offset into the body)."""
+    what, pos = err.get("ctx", {}).get("error", "invalid JSON"), err["loc"][-1]
+    if not isinstance(body, str) or not isinstance(pos, int):
+        return f"the body is not valid JSON: {what}"
+    line = body.count("\n", 0, pos) + 1
+    column = pos - body.rfind("\n", 0, pos)
+    return f"the body is not valid JSON: {what} at line {line}, column {column} (character {pos})"
+
+
+def _readable(exc: RequestValidationError) -> list[dict]:
+    """The problems as loc, msg and type; a JSON syntax error's msg says where and what."""
+    errors = []
+    for err in exc.errors():
+        msg = (_json_problem(err, exc.body) if err.get("type") == "json_invalid"
+               else err.get("msg", "invalid"))
+        errors.append({"loc": err.get("loc", ()), "msg": msg, "type": err.get("type")})
+    return errors
+
+
+def _validation_message(errors: list[dict]) -> str:
     """One readable sentence per problem: where it is and what to fix."""
     parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    for err in errors:
+        if err["type"] == "json_invalid":
+            parts.append(err["msg"])
+            continue
+        loc = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+        parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
 
 
 async def _on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+    errors = _readable(exc)
     return JSONResponse(status_code=422,
-                        content={"detail": errors, "message": _validation_message(exc)})
+                        content={"detail": errors, "message": _validation_message(errors)})
 
 
 def _start_serving(app: FastAPI, settings: Settings, encoder) -> None:
     """The model, the live index (when there is one) and the audit writer."""
-    enc = encoder or load_encoder(**settings.encoder_options)
+    # no graphs exported yet (a first start): torch answers until they are, in the background
+    enc = encoder or load_encoder(**settings.encoder_options, background_export=True)
     app.state.engine = SearchEngine(enc, backend_from_settings(settings, for_search=True),
                                     settings.data_dir, batch_max=settings.search_batch_max,
                                     batch_window_ms=settings.search_batch_window_ms)
@@ -99,7 +124,7 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
             if worker is not None:
                 worker.stop()
 
-    app = FastAPI(title="tbps", version="0.2.0", lifespan=lifespan,
+    app = FastAPI(title="tbps", version=__version__, lifespan=lifespan,
                   description="Text-based person search: describe a person, get ranked crops. "
                   "Admin endpoints need an API key in the `X-API-Key` header.")
     app.state.settings = settings

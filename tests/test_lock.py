@@ -1,8 +1,11 @@
-"""The committed lock (requirements.lock, `make lock`) and pyproject.toml must agree.
+"""The committed locks (`make lock`) and pyproject.toml must agree: requirements.lock (the
+dependencies and the scale extra: what the Docker image installs) and requirements-test.lock
+(those and the test extra, at the same versions: what `make setup` installs).
 
 Fails when a dependency is declared but not locked, locked but required by nothing, pinned
-outside its declared range, or locked without hashes; and when the environment running the
-suite is not the one the lock describes (a stale `make setup`).
+outside its declared range, or locked without hashes; when the two locks pin a package at
+different versions or the runtime lock carries the test tools; and when the environment running
+the suite is not the one the test lock describes (a stale `make setup`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCK = ROOT / "requirements.lock"
+RUNTIME, TEST = "requirements.lock", "requirements-test.lock"
+EXTRAS = {RUNTIME: ("scale",), TEST: ("test", "scale")}  # the extras `make lock` resolves
 PROJECT = "tbps"
 
 
@@ -54,10 +58,10 @@ def parse_lock(text: str) -> list[Pin]:
         elif line.startswith("# via"):
             rest = line[len("# via"):].strip()
             in_via = not rest
-            if rest:
+            if rest and not rest.startswith("-c "):
                 pins[-1].via.add(_via_name(rest))
-        elif in_via and line.startswith("#   "):
-            pins[-1].via.add(_via_name(line[4:].strip()))
+        elif in_via and line.startswith("#   ") and not line[4:].startswith("-c "):
+            pins[-1].via.add(_via_name(line[4:].strip()))  # "-c FILE": a constraint, no want
     return pins
 
 
@@ -65,18 +69,22 @@ def _via_name(text: str) -> str:
     return canonicalize_name(re.split(r"[\s\[(]", text, maxsplit=1)[0])
 
 
-def declared() -> list[Requirement]:
+def declared(extras: tuple[str, ...]) -> list[Requirement]:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     reqs = [Requirement(r) for r in data["project"]["dependencies"]]
-    for extra in ("test", "scale"):  # the extras `make lock` resolves
+    for extra in extras:
         reqs += [Requirement(r) for r in data["project"]["optional-dependencies"][extra]]
     return reqs
 
 
-@pytest.fixture(scope="module")
-def pins() -> dict[str, Pin]:
-    parsed = parse_lock(LOCK.read_text())
+def read_pins(lock: str) -> dict[str, Pin]:
+    parsed = parse_lock((ROOT / lock).read_text())
     return {p.name: p for p in parsed if p.marker is None or p.marker.evaluate()}
+
+
+@pytest.fixture(scope="module", params=[RUNTIME, TEST])
+def lock(request) -> tuple[str, dict[str, Pin]]:
+    return request.param, read_pins(request.param)
 
 
 def test_parser_reads_pins_hashes_and_via() -> None:
@@ -90,31 +98,46 @@ def test_parser_reads_pins_hashes_and_via() -> None:
     assert c.marker is not None
 
 
-def test_every_declared_dependency_is_locked_within_its_range(pins: dict[str, Pin]) -> None:
+def test_every_declared_dependency_is_locked_within_its_range(lock) -> None:
+    name, pins = lock
     problems = []
-    for req in declared():
+    for req in declared(EXTRAS[name]):
         pin = pins.get(canonicalize_name(req.name))
         if pin is None:
-            problems.append(f"{req} is declared in pyproject.toml but not in the lock")
+            problems.append(f"{req} is declared in pyproject.toml but not in {name}")
         elif not req.specifier.contains(pin.version, prereleases=True):
             problems.append(f"lock pins {pin.name}=={pin.version}, outside {req}")
     assert not problems, "run `make lock`:\n" + "\n".join(problems)
 
 
-def test_every_locked_package_is_required_and_hashed(pins: dict[str, Pin]) -> None:
+def test_every_locked_package_is_required_and_hashed(lock) -> None:
     """Nothing in the lock that no declared package (or its dependencies) asks for."""
+    name, pins = lock
     orphans = [p.name for p in pins.values() if not p.via or not p.via <= set(pins) | {PROJECT}]
     assert not orphans, f"locked but required by nothing declared (run `make lock`): {orphans}"
     unhashed = [p.name for p in pins.values() if p.hashes == 0]
     assert not unhashed, f"locked without hashes: {unhashed}"
-    direct = {canonicalize_name(r.name) for r in declared()}
-    for name, pin in pins.items():
+    direct = {canonicalize_name(r.name) for r in declared(EXTRAS[name])}
+    for package, pin in pins.items():
         if PROJECT in pin.via:
-            assert name in direct, f"{name}: the lock says tbps requires it, pyproject does not"
+            assert package in direct, f"{package}: {name} says tbps requires it, pyproject not"
 
 
-def test_the_installed_environment_is_the_locked_one(pins: dict[str, Pin]) -> None:
-    """`make setup` installs exactly the lock: every locked package at its locked version."""
+def test_the_runtime_lock_is_the_test_locks_runtime_part() -> None:
+    """Same versions in both; the test tools only in the test lock (not in the image)."""
+    runtime, test = read_pins(RUNTIME), read_pins(TEST)
+    differ = [f"{n}: {p.version} vs {test[n].version if n in test else 'absent'}"
+              for n, p in runtime.items() if n not in test or test[n].version != p.version]
+    assert not differ, "the two locks disagree (run `make lock`):\n" + "\n".join(differ)
+    tools = {canonicalize_name(r.name) for r in declared(("test",))} - {
+        canonicalize_name(r.name) for r in declared(("scale",))}
+    assert {"pytest", "selenium", "schemathesis"} <= tools
+    assert not tools & set(runtime) - {"packaging"}, tools & set(runtime)
+
+
+def test_the_installed_environment_is_the_locked_one() -> None:
+    """`make setup` installs exactly the test lock: every locked package at its version."""
+    pins = read_pins(TEST)
     wrong = []
     for name, pin in pins.items():
         try:
@@ -124,5 +147,5 @@ def test_the_installed_environment_is_the_locked_one(pins: dict[str, Pin]) -> No
             continue
         if installed != pin.version:
             wrong.append(f"{name}: locked {pin.version}, installed {installed}")
-    assert not wrong, "the environment differs from requirements.lock (run `make setup`):\n" + \
+    assert not wrong, f"the environment differs from {TEST} (run `make setup`):\n" + \
         "\n".join(wrong)

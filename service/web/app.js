@@ -74,12 +74,13 @@ function showGalleryState(st) {
     const ix = st.indexing;
     text.textContent = ix.status === "queued"
       ? `Indexing is about to start (${plural(ix.total, "crop")}).`
-      : `Indexing ${ix.done.toLocaleString()} of ${plural(ix.total, "crop")}${eta(ix.eta_s)}` +
-        `${ix.more_queued && ix.eta_s !== null ? " for this batch, more queued" : ""} ` +
-        `(job ${Math.round(ix.progress * 100)}% done). Searches cover the ` +
-        `${st.searchable.toLocaleString()} indexed so far.`;
+      : `Indexing: ${Math.round(ix.progress * 100)}% done${eta(ix.eta_s)}` +
+        `${ix.more_queued && ix.eta_s !== null ? " for this job, more queued after it" : ""}. ` +
+        `Searches cover the ${st.searchable.toLocaleString()} of ${plural(ix.total, "crop")} ` +
+        "indexed so far.";
     bar.hidden = false;
-    bar.value = ix.status === "queued" ? 0 : Math.max(ix.progress, ix.total ? ix.done / ix.total : 0);
+    // the job's own fraction, the one the percentage and the ETA come from
+    bar.value = ix.status === "queued" ? 0 : ix.progress;
   } else if (st.crops === 0) {
     state = "empty";
     text.textContent = "The gallery is empty: upload crops on the Admin page, or run " +

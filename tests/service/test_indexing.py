@@ -55,8 +55,9 @@ def test_status_and_readyz_follow_the_first_index_job(gallery, tiny_encoder):
             crud.set_job_progress(session, job_id=claimed.id, progress=0.25, message="x")
         indexing = client.get("/status").json()["indexing"]
         assert indexing["status"] == "running" and 85 <= indexing["eta_s"] <= 95  # 30 s for 1/4
-        assert indexing["summary"].startswith("indexing 0 of 12 crops, ETA")
-        assert indexing["summary"].endswith("(job 25% done)") and indexing["progress"] == 0.25
+        assert indexing["summary"].startswith("indexing: 25% done, ETA")
+        assert indexing["summary"].endswith("; 0 of 12 crops indexed")
+        assert indexing["progress"] == 0.25
         assert not indexing["more_queued"]
         with session_scope(gallery.resolved_database_url) as session:  # crops came meanwhile
             follow_up = queue_index_job(session, gallery, created_by="test")
@@ -91,7 +92,7 @@ def test_status_counts_the_crops_a_full_reindex_has_encoded(gallery, tiny_encode
             indexing = client.get("/status").json()["indexing"]
             assert (indexing["kind"], indexing["done"], indexing["total"]) == (
                 "reindex", encoded, 12)
-            assert indexing["summary"].startswith(f"indexing {encoded} of 12 crops")
+            assert indexing["summary"].endswith(f"; {encoded} of 12 crops indexed")
 
 
 @sqlite_only
@@ -114,13 +115,13 @@ def test_empty_gallery_needs_no_job(migrated_settings):
         assert gallery_state(session).crops == 0
 
 
-def test_describe_says_n_of_n_and_eta():
+def test_describe_says_one_percentage_one_eta_and_n_of_n():
     from service.indexing import IndexingState
 
-    running = IndexingState(1, "add", "running", 1024, 4527, 190.4, None)
-    assert describe(running) == "indexing 1024 of 4527 crops, ETA 190 s"
+    running = IndexingState(1, "add", "running", 1024, 4527, 190.4, None, progress=0.226)
+    assert describe(running) == "indexing: 23% done, ETA 190 s; 1024 of 4527 crops indexed"
     assert describe(IndexingState(1, "add", "running", 0, 10, None, None)) == \
-        "indexing 0 of 10 crops"
+        "indexing: 0% done; 0 of 10 crops indexed"
 
 
 @sqlite_only
