@@ -51,7 +51,8 @@ def register_train(subparsers: Any) -> argparse.ArgumentParser:
                         help="override one value of the training config by its dotted path, "
                              "VALUE read as YAML (e.g. data.root=/data/cuhk-pedes or "
                              "model_overrides.text_backbone.weights=/models/minilm); repeatable")
-    parser.set_defaults(func=_later("models.train", "run_train"))
+    # a training of hours reports its steps and dev evaluations without -v
+    parser.set_defaults(func=_later("models.train", "run_train"), progress_log=True)
     return parser
 
 

@@ -49,3 +49,14 @@ def test_search_creates_no_data_dir_and_names_the_one_it_reads(tmp_path) -> None
     assert out.returncode == 1
     assert f"no data dir at {missing}" in out.stderr and "TBPS_DATA_DIR" in out.stderr
     assert list(tmp_path.iterdir()) == []  # neither the named dir nor ./data
+
+
+def test_a_training_reports_its_progress_without_verbose() -> None:
+    """`tbps train` logs its steps and dev evaluations at INFO without -v; other commands stay
+    quiet unless asked."""
+    from service.cli import build_parser
+
+    train = build_parser().parse_args(["train", "--config", "x.yaml"])
+    search = build_parser().parse_args(["search", "a man"])
+    assert getattr(train, "progress_log", False) is True
+    assert getattr(search, "progress_log", False) is False and not search.verbose
