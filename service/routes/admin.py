@@ -9,9 +9,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from indexer.build import FACTORY_PATTERN
 from service import admin, crud
+from service.config import Settings
 from service.deps import Actor, AdminDep, EngineDep, JsonBody, SessionDep, SettingsDep
 from service.index_backend import index_spec_problem
 from service.orm import Crop, CropStatus
@@ -57,7 +59,7 @@ class ReindexRequest(BaseModel):
                                 examples=["Flat", "IVF1024_HNSW32,SQ8", "full:IVF1024,PQ64"])
 
 
-def _change(session: SessionDep, settings: SettingsDep, actor: Actor, action: str, *,
+def _change(session: Session, settings: Settings, actor: Actor, action: str, *,
             target: str | None = None, notify: bool = True):
     """``admin.admin_change`` for the key that called: change -> audit -> commit -> notify."""
     return admin.admin_change(session, settings, action=action, actor=actor.name,
@@ -148,7 +150,7 @@ def list_crops(
     return AdminCropPage(total=total, crops=[_admin_crop(settings, c) for c in crops])
 
 
-def _admin_crop(settings: SettingsDep, crop: Crop) -> AdminCrop:
+def _admin_crop(settings: Settings, crop: Crop) -> AdminCrop:
     return AdminCrop(crop_id=crop.id, status=crop.status.value, error=crop.error,
                      camera=crop.camera.name if crop.camera else None,
                      captured_at=crop.captured_at, person_id=crop.person_id,

@@ -432,6 +432,12 @@ def test_admin_crops_browser_filters_views_and_deletes(rich_server, browser):
     assert httpx.get(f"{rich_server}/crops/{crop_id}/image").status_code == 404
     page = httpx.get(f"{rich_server}/admin/crops", headers={"X-API-Key": ADMIN_KEY}).json()
     assert page["total"] == N_RICH - 1
+    browser.set_window_size(800, 900)  # the stats tiles and the crops fit: no sideways scroll
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#stats [data-stat]"))
+    assert browser.execute_script(
+        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+        " && [...document.querySelectorAll('#stats > div')].every((t) => t.scrollWidth <= "
+        "t.clientWidth)")
 
 
 def test_filter_by_camera_and_time_group_by_person_and_no_results(rich_server, browser):
