@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2 as T
 
+from indexer.images import MIN_SIDE, BadImage
 from indexer.limits import ImageLimits
-from indexer.reader import BadImage, Batch, decode_bytes, read_crop
+from indexer.reader import Batch, decode_bytes, read_crop
 from models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ def _plain_jpeg(data: bytes, limits: ImageLimits) -> bool:
         return False
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return im.width * im.height <= limits.max_pixels and im.mode in ("RGB", "L")
+            return (im.width * im.height <= limits.max_pixels and im.mode in ("RGB", "L")
+                    and min(im.size) >= MIN_SIDE)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return False
 

@@ -9,26 +9,21 @@ a reason; they never stop the run.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from indexer.images import BadImage, decode_rgb
 from indexer.limits import ImageLimits
 from models.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
-
-
-class BadImage(ValueError):
-    """A crop that cannot be indexed; the message is the reason stored in the database."""
 
 
 @dataclass
@@ -59,29 +54,9 @@ def decode(path: Path, limits: ImageLimits = ImageLimits()) -> Image.Image:
 
 
 def decode_bytes(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
-    """Fully decode one crop's file content as RGB, or raise ``BadImage`` saying why."""
-    max_bytes, max_pixels = limits.max_bytes, limits.max_pixels
-    if not data:
-        raise BadImage("empty file")
-    if len(data) > max_bytes:
-        raise BadImage(f"oversized: {len(data)} bytes (limit {max_bytes})")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                if im.width * im.height > max_pixels:
-                    raise BadImage(f"oversized: {im.width}x{im.height} pixels "
-                                   f"(limit {max_pixels})")
-                im.load()
-                return im.convert("RGB")
-    except BadImage:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(f"oversized: {exc}") from None
-    except UnidentifiedImageError:
-        raise BadImage("unreadable: not an image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(f"unreadable: truncated or corrupt ({exc})") from None
+    """Fully decode one crop's file content as RGB under the one image policy
+    (``indexer.images``), or raise ``BadImage`` saying why."""
+    return decode_rgb(data, limits)
 
 
 class CropFiles(Dataset):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import logging
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -28,27 +30,56 @@ class Upload:
     data: bytes
 
 
+@dataclass
+class Change:
+    """What one admin change did: its audit row's target and detail, the crops it deleted."""
+
+    target: str | None = None
+    detail: dict | None = None
+    deleted: list[int] = field(default_factory=list)
+
+
+@contextmanager
+def admin_change(session: Session, settings: Settings, *, action: str, actor: str,
+                 client: str | None = None, target: str | None = None, notify: bool = True,
+                 on_failure: Callable[[], None] | None = None) -> Iterator[Change]:
+    """Every admin change goes change -> audit -> commit -> notify: the body makes the change
+    and fills the yielded ``Change``; then its audit row is added and all is committed at
+    once; then ``after_change`` tells the search processes (unless ``notify`` is False). Any
+    exception rolls back, runs ``on_failure`` (undo what is not in the database) and goes on."""
+    change = Change(target=target)
+    try:
+        yield change
+        crud.add_audit(session, actor=actor, action=action, target=change.target,
+                       detail=change.detail, client=client)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        if on_failure is not None:
+            on_failure()
+        raise
+    if notify:
+        after_change(settings, deleted=change.deleted)
+
+
 def upload_crops(session: Session, settings: Settings, files: list[Upload], *, camera: str,
                  captured_at: datetime | None, person_id: str | None, actor: str,
                  client: str | None = None) -> tuple[list[FileResult], Job | None]:
-    """Store the good files, report every file, queue an ``add`` job when something is new,
-    audit and commit. Files written here are removed again when the commit fails, so that no
-    file is left without its row; then ``after_change`` tells the search processes."""
+    """Store the good files, report every file, queue an ``add`` job when something is new.
+    Files written here are removed again when the commit fails, so that no file is left
+    without its row."""
     results: list[FileResult] = []
-    try:
+    job = None
+    with admin_change(session, settings, action="crops.upload", actor=actor, client=client,
+                      target=f"camera:{camera}",
+                      on_failure=lambda: _discard(settings, results)) as change:
         for f in files:
             results.append(ingest_bytes(session, settings, name=f.name, data=f.data,
                                         camera=camera, captured_at=captured_at,
                                         person_id=person_id))
-        job = _queue_add(session, actor) if any(r.status == "added" for r in results) else None
-        crud.add_audit(session, actor=actor, action="crops.upload", target=f"camera:{camera}",
-                       detail={"files": [_outcome(r) for r in results]}, client=client)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        _discard(settings, results)
-        raise
-    after_change(settings)
+        if any(r.status == "added" for r in results):
+            job = _queue_add(session, actor)
+        change.detail = {"files": [_outcome(r) for r in results]}
     return results, job
 
 

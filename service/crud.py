@@ -146,6 +146,23 @@ def crops_to_delete(session: Session, *, camera_id: int | None = None,
     return list(session.scalars(stmt.order_by(Crop.id)))
 
 
+def list_crops(session: Session, *, camera_id: int | None = None, person_id: str | None = None,
+               status: CropStatus | None = None, limit: int = 50,
+               offset: int = 0) -> tuple[list[Crop], int]:
+    """Crops not deleted, newest first, with their camera; and how many match in all."""
+    where = [Crop.status != CropStatus.deleted]
+    if camera_id is not None:
+        where.append(Crop.camera_id == camera_id)
+    if person_id is not None:
+        where.append(Crop.person_id == person_id)
+    if status is not None:
+        where.append(Crop.status == status)
+    total = session.scalar(select(func.count()).select_from(Crop).where(*where)) or 0
+    stmt = (select(Crop).options(joinedload(Crop.camera)).where(*where)
+            .order_by(Crop.id.desc()).limit(limit).offset(offset))
+    return list(session.scalars(stmt)), total
+
+
 def mark_deleted(session: Session, *, crops: Sequence[Crop]) -> None:
     for crop in crops:
         crop.status, crop.error = CropStatus.deleted, None

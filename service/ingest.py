@@ -62,7 +62,7 @@ def ingest_bytes(session: Session, settings: Settings, *, name: str, data: bytes
     existing = crud.get_crop_by_sha(session, sha256=image.sha256)
     if existing is not None and existing.status != CropStatus.deleted:
         if (settings.resolved_crops_dir / existing.stored_path).is_file():
-            return FileResult(name, "duplicate", crop_id=existing.id)
+            return _duplicate(name, existing.id)
         return _restore_file(settings, image, existing, name=name)
     rel, wrote = storage.store(image, settings.resolved_crops_dir)
     try:
@@ -74,6 +74,12 @@ def ingest_bytes(session: Session, settings: Settings, *, name: str, data: bytes
         raise
     result.new_file = rel if wrote and result.status == "added" else None
     return result
+
+
+def _duplicate(name: str, crop_id: int) -> FileResult:
+    """Not stored twice; the reason names the crop it repeats."""
+    return FileResult(name, "duplicate", crop_id=crop_id,
+                      reason=f"already in the gallery as crop {crop_id}")
 
 
 def _restore_file(settings: Settings, image: storage.CheckedImage, crop: Crop, *,
@@ -112,7 +118,7 @@ def _record(session: Session, image: storage.CheckedImage, rel: str, existing: C
                                    captured_at=captured_at, person_id=person_id,
                                    original_name=name)
     except crud.DuplicateCrop as dup:  # a parallel upload of the same file won
-        return FileResult(name, "duplicate", crop_id=dup.crop.id)
+        return _duplicate(name, dup.crop.id)
     return FileResult(name, "added", crop_id=crop.id)
 
 

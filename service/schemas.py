@@ -348,8 +348,10 @@ STORAGE_ERRORS = {
 class FileOutcome(BaseModel):
     name: str = Field(..., description="The uploaded file's name.", examples=["cam3-0001.jpg"])
     status: Literal["added", "duplicate", "rejected"] = Field(..., examples=["added"])
-    crop_id: int | None = Field(None, description="New or existing crop id.", examples=[42])
-    reason: str | None = Field(None, description="Why a file was rejected.",
+    crop_id: int | None = Field(None, description="New crop id, or the existing crop a "
+                                "duplicate repeats.", examples=[42])
+    reason: str | None = Field(None, description="Why a file was rejected, or which crop a "
+                               "duplicate repeats.",
                                examples=["not an image (send JPEG, PNG, BMP or WebP)"])
 
 
@@ -434,3 +436,26 @@ class AuditOut(BaseModel):
     target: str | None = Field(None, examples=["crop:42"])
     detail: dict | None = Field(None, examples=[{"camera": "gate-3"}])
     client: str | None = Field(None, description="Client address.", examples=["127.0.0.1"])
+
+
+class AdminCrop(BaseModel):
+    crop_id: int = Field(..., examples=[42])
+    status: Literal["pending", "indexed", "failed"] = Field(
+        ..., description="`pending` until an index job has encoded it; `failed`: see error.",
+        examples=["indexed"])
+    error: str | None = Field(None, description="Why indexing failed.", examples=[None])
+    camera: str | None = Field(None, examples=["gate-3"])
+    captured_at: UTCDateTime | None = Field(None, examples=["2026-05-01T12:30:00Z"])
+    person_id: str | None = Field(None, examples=["track-0017"])
+    file_name: str | None = Field(None, examples=["cam3-0001.jpg"])
+    width: int = Field(..., examples=[64])
+    height: int = Field(..., examples=[128])
+    added_at: UTCDateTime = Field(..., examples=["2026-05-01T12:31:00Z"])
+    image_url: str = Field(..., examples=["/crops/42/image"])
+    thumbnail_url: str = Field(..., examples=["/crops/42/thumbnail"])
+
+
+class AdminCropPage(BaseModel):
+    total: int = Field(..., description="Crops matching the filters, over all pages.",
+                       examples=[120])
+    crops: list[AdminCrop] = Field(..., description="Newest first.")

@@ -1,24 +1,19 @@
-"""Content-addressed crop storage and image validation (type by content, size and pixel limits)."""
+"""Content-addressed crop storage; uploads are checked by the one image policy of
+``indexer.images`` (type by content, size and pixel limits)."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import os
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from indexer.images import FORMATS, BadImage, decode_image
+from indexer.limits import ImageLimits
 
-# Accepted formats as Pillow names them, and the extension we store them under.
-FORMATS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "WEBP": "webp"}
-
-
-class ImageRejected(ValueError):
-    """The bytes are not an image we accept; the message says why."""
+ImageRejected = BadImage  # the one image policy's refusal (``indexer.images``)
 
 
 @dataclass(frozen=True)
@@ -35,33 +30,10 @@ class CheckedImage:
 
 
 def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> CheckedImage:
-    """Decode fully and check an upload; ``ImageRejected`` says why it is refused."""
-    if not data:
-        raise ImageRejected("empty file")
-    if len(data) > max_bytes:
-        raise ImageRejected(f"file is {len(data)} bytes; the limit is {max_bytes} bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                fmt, (width, height) = im.format, im.size
-                if fmt not in FORMATS:
-                    raise ImageRejected(f"unsupported image type {fmt}; "
-                                        "send JPEG, PNG, BMP or WebP")
-                if width * height > max_pixels:
-                    raise ImageRejected(f"image is {width}x{height} pixels; the limit is "
-                                        f"{max_pixels} pixels")
-                im.load()  # full decode: catches truncated files
-    except ImageRejected:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(f"refused as a decompression bomb: {exc}") from None
-    except UnidentifiedImageError:
-        raise ImageRejected("not an image (send JPEG, PNG, BMP or WebP)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageRejected(f"corrupt or truncated image: {exc}") from None
-    if width < 8 or height < 8:
-        raise ImageRejected(f"image is {width}x{height} pixels; crops must be at least 8x8")
+    """Decode fully and check an upload under the one image policy (``indexer.images``, which
+    the indexer applies too); ``ImageRejected`` says why it is refused."""
+    with decode_image(data, ImageLimits(max_bytes=max_bytes, max_pixels=max_pixels)) as im:
+        fmt, (width, height) = im.format, im.size
     return CheckedImage(data, hashlib.sha256(data).hexdigest(), fmt, width, height)
 
 

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from indexer.build import FACTORY_PATTERN
 from service import admin, crud
-from service.deps import AdminDep, EngineDep, JsonBody, SessionDep, SettingsDep
+from service.config import Settings
+from service.deps import Actor, AdminDep, EngineDep, JsonBody, SessionDep, SettingsDep
 from service.index_backend import index_spec_problem
+from service.orm import Crop, CropStatus
 from service.schemas import (
     BACKEND_DOWN,
     BAD_BODY,
     JSON_BODY,
     STORAGE_ERRORS,
+    AdminCrop,
+    AdminCropPage,
     AuditOut,
     CameraIn,
     CameraOut,
@@ -33,6 +38,7 @@ from service.schemas import (
     UploadResponse,
     UTCDateTime,
 )
+from service.urls import crop_url
 
 AUTH_ERRORS = {401: {"model": ErrorResponse, "description": "No X-API-Key"},
                403: {"model": ErrorResponse, "description": "X-API-Key not valid"}}
@@ -53,6 +59,13 @@ class ReindexRequest(BaseModel):
                                 examples=["Flat", "IVF1024_HNSW32,SQ8", "full:IVF1024,PQ64"])
 
 
+def _change(session: Session, settings: Settings, actor: Actor, action: str, *,
+            target: str | None = None, notify: bool = True):
+    """``admin.admin_change`` for the key that called: change -> audit -> commit -> notify."""
+    return admin.admin_change(session, settings, action=action, actor=actor.name,
+                              client=actor.client, target=target, notify=notify)
+
+
 def _read_upload(file: UploadFile, limit: int) -> bytes:
     """At most ``limit + 1`` bytes: enough to tell that a file is too large."""
     return file.file.read(limit + 1)
@@ -70,14 +83,17 @@ def upload_crops(
     camera: Annotated[Label, Form(description="Camera name; created when new (no control "
                                   "characters; surrounding spaces are dropped)",
                                   examples=["gate-3"])],
-    captured_at: Annotated[UTCDateTime, Form(description="When the crops were captured "
-                                             "(ISO 8601)", examples=["2026-05-01T12:30:00Z"])],
+    captured_at: Annotated[UTCDateTime | None, Form(
+        description="When the crops were captured (ISO 8601); leave out when unknown: such "
+        "crops are searchable but never pass a time filter",
+        examples=["2026-05-01T12:30:00Z"])] = None,
     person_id: Annotated[Label | None, Form(description="Person/track id (no control "
                                             "characters)", examples=["track-0017"])] = None,
 ) -> UploadResponse | JSONResponse:
     """Add crops. Each file is checked by content, size and pixels; duplicates are found by
-    content hash. Good files are kept even when others in the batch are refused; an `add` job
-    makes them searchable without a full reindex."""
+    content hash and reported (status `duplicate`, the crop they repeat in `crop_id`). Good
+    files are kept even when others in the batch are refused; an `add` job makes them
+    searchable without a full reindex. `captured_at` is optional."""
     if len(files) > settings.max_files_per_upload:
         raise HTTPException(status_code=413, detail=f"{len(files)} files; send at most "
                             f"{settings.max_files_per_upload} per request")
@@ -108,6 +124,41 @@ def refused(body: UploadResponse) -> JSONResponse:
                                                   "detail": detail, "message": message})
 
 
+@router.get("/crops", response_model=AdminCropPage, responses=_not_found("camera"))
+def list_crops(
+    session: SessionDep, settings: SettingsDep, _actor: AdminDep,
+    camera: Annotated[Label | None, Query(description="Only this camera's crops",
+                                          examples=["gate-3"])] = None,
+    person_id: Annotated[Label | None, Query(description="Only this person/track id's crops",
+                                             examples=["track-0017"])] = None,
+    status: Annotated[Literal["pending", "indexed", "failed"] | None, Query(
+        description="Only crops in this state", examples=["failed"])] = None,
+    limit: Annotated[int, Query(ge=1, le=200, examples=[48])] = 48,
+    offset: Annotated[int, Query(ge=0, le=10**9, examples=[0])] = 0,
+) -> AdminCropPage:
+    """Browse the gallery's crops (not deleted), newest first, to view or delete them; image
+    URLs are signed when searches need a key."""
+    camera_id = None
+    if camera is not None:
+        cam = crud.get_camera_by_name(session, name=camera)
+        if cam is None:
+            raise HTTPException(status_code=404, detail=f"no camera named {camera!r}")
+        camera_id = cam.id
+    crops, total = crud.list_crops(session, camera_id=camera_id, person_id=person_id,
+                                   status=CropStatus(status) if status else None, limit=limit,
+                                   offset=offset)
+    return AdminCropPage(total=total, crops=[_admin_crop(settings, c) for c in crops])
+
+
+def _admin_crop(settings: Settings, crop: Crop) -> AdminCrop:
+    return AdminCrop(crop_id=crop.id, status=crop.status.value, error=crop.error,
+                     camera=crop.camera.name if crop.camera else None,
+                     captured_at=crop.captured_at, person_id=crop.person_id,
+                     file_name=crop.original_name, width=crop.width, height=crop.height,
+                     added_at=crop.created_at, image_url=crop_url(settings, crop.id, "image"),
+                     thumbnail_url=crop_url(settings, crop.id, "thumbnail"))
+
+
 @router.delete("/crops/{crop_id}", response_model=DeleteResponse,
                responses={**_not_found("crop"), **STORAGE_ERRORS})
 def delete_crop(session: SessionDep, settings: SettingsDep, actor: AdminDep,
@@ -116,12 +167,9 @@ def delete_crop(session: SessionDep, settings: SettingsDep, actor: AdminDep,
     crop = crud.get_crop(session, crop_id=crop_id)
     if crop is None or crop.status.value == "deleted":
         raise HTTPException(status_code=404, detail=f"no crop with id {crop_id}")
-    ids = admin.delete_crops(session, settings, [crop])
-    crud.add_audit(session, actor=actor.name, action="crops.delete", target=f"crop:{crop_id}",
-                   client=actor.client)
-    session.commit()
-    admin.after_change(settings, deleted=ids)
-    return DeleteResponse(deleted=len(ids), crop_ids=ids)
+    with _change(session, settings, actor, "crops.delete", target=f"crop:{crop_id}") as change:
+        change.deleted = admin.delete_crops(session, settings, [crop])
+    return DeleteResponse(deleted=len(change.deleted), crop_ids=change.deleted)
 
 
 @router.delete("/crops", response_model=DeleteResponse, responses={
@@ -151,15 +199,13 @@ def delete_crops_by_range(
         camera_id = cam.id
     crops = crud.crops_to_delete(session, camera_id=camera_id, time_from=time_from,
                                  time_to=time_to)
-    ids = admin.delete_crops(session, settings, crops)
-    crud.add_audit(session, actor=actor.name, action="crops.delete_range",
-                   target=f"camera:{camera}" if camera else None, client=actor.client,
-                   detail={"time_from": time_from.isoformat() if time_from else None,
-                           "time_to": time_to.isoformat() if time_to else None,
-                           "deleted": len(ids)})
-    session.commit()
-    admin.after_change(settings, deleted=ids)
-    return DeleteResponse(deleted=len(ids), crop_ids=ids)
+    with _change(session, settings, actor, "crops.delete_range",
+                 target=f"camera:{camera}" if camera else None) as change:
+        change.deleted = admin.delete_crops(session, settings, crops)
+        change.detail = {"time_from": time_from.isoformat() if time_from else None,
+                         "time_to": time_to.isoformat() if time_to else None,
+                         "deleted": len(change.deleted)}
+    return DeleteResponse(deleted=len(change.deleted), crop_ids=change.deleted)
 
 
 @router.post("/reindex", response_model=JobOut, status_code=202, dependencies=[JsonBody],
@@ -175,15 +221,14 @@ def reindex(session: SessionDep, actor: AdminDep, engine: EngineDep, settings: S
     if problem:
         raise RequestValidationError([{"loc": ("body", "factory"), "msg": problem,
                                        "type": "value_error"}])
-    try:
-        job = crud.create_job(session, kind="reindex", params=params, created_by=actor.name)
-    except crud.JobConflict as exc:
-        active = f" (job {exc.job.id}, {exc.job.status.value})" if exc.job else ""
-        raise HTTPException(status_code=409,
-                            detail=f"a reindex is already queued or running{active}") from None
-    crud.add_audit(session, actor=actor.name, action="reindex", target=f"job:{job.id}",
-                   detail=params or None, client=actor.client)
-    session.commit()
+    with _change(session, settings, actor, "reindex", notify=False) as change:
+        try:
+            job = crud.create_job(session, kind="reindex", params=params, created_by=actor.name)
+        except crud.JobConflict as exc:
+            active = f" (job {exc.job.id}, {exc.job.status.value})" if exc.job else ""
+            raise HTTPException(status_code=409, detail="a reindex is already queued or "
+                                f"running{active}") from None
+        change.target, change.detail = f"job:{job.id}", params or None
     return JobOut.model_validate(job)
 
 
@@ -222,11 +267,9 @@ def create_camera(body: CameraIn, session: SessionDep, settings: SettingsDep,
     """Create a camera (uploads create unknown cameras too)."""
     if crud.get_camera_by_name(session, name=body.name) is not None:
         raise HTTPException(status_code=409, detail=f"a camera named {body.name!r} exists")
-    cam = crud.create_camera(session, name=body.name, description=body.description)
-    crud.add_audit(session, actor=actor.name, action="cameras.create", target=f"camera:{cam.id}",
-                   detail={"name": body.name}, client=actor.client)
-    session.commit()
-    admin.after_change(settings)
+    with _change(session, settings, actor, "cameras.create") as change:
+        cam = crud.create_camera(session, name=body.name, description=body.description)
+        change.target, change.detail = f"camera:{cam.id}", {"name": body.name}
     return _camera_out(cam, 0)
 
 
@@ -244,18 +287,16 @@ def rename_camera(body: CameraRename, session: SessionDep, settings: SettingsDep
     other = crud.get_camera_by_name(session, name=body.name)
     if other is not None and other.id != cam.id:
         raise HTTPException(status_code=409, detail=f"a camera named {body.name!r} exists")
-    cam.name = body.name
-    if body.description is not None:
-        cam.description = body.description
-    try:
-        session.flush()
-    except IntegrityError:
-        raise HTTPException(status_code=409,
-                            detail=f"a camera named {body.name!r} exists") from None
-    crud.add_audit(session, actor=actor.name, action="cameras.rename", target=f"camera:{cam.id}",
-                   detail={"from": old, "to": body.name}, client=actor.client)
-    session.commit()
-    admin.after_change(settings)
+    with _change(session, settings, actor, "cameras.rename", target=f"camera:{cam.id}") as change:
+        cam.name = body.name
+        if body.description is not None:
+            cam.description = body.description
+        try:
+            session.flush()
+        except IntegrityError:
+            raise HTTPException(status_code=409,
+                                detail=f"a camera named {body.name!r} exists") from None
+        change.detail = {"from": old, "to": body.name}
     count = dict((c.id, n) for c, n in crud.cameras_with_counts(session)).get(cam.id, 0)
     return _camera_out(cam, count)
 

@@ -1,17 +1,21 @@
 "use strict";
-// The admin page: upload crops, start a reindex and follow its job, show stats.
+// The admin page: upload crops, browse (view, delete) them, start a reindex and follow its
+// job, show stats.
 const $ = (id) => document.getElementById(id);
 const keyInput = $("api-key");
 keyInput.value = sessionStorage.getItem("tbps-key") || "";
 keyInput.addEventListener("change", () => {
   sessionStorage.setItem("tbps-key", keyInput.value);
   loadStats();
+  loadCrops(false);
+  loadCameraNames();
 });
 const headers = () => ({"X-API-Key": keyInput.value});
 
 async function call(path, options = {}) {
   const resp = await fetch(path, {...options, headers: {...headers(), ...(options.headers || {})}});
   const data = await resp.json();
+  if (!resp.ok && Array.isArray(data.detail)) throw new Error(data.message || data.detail[0].msg);
   if (!resp.ok) throw new Error(data.message || data.detail || `error ${resp.status}`);
   return data;
 }
@@ -63,7 +67,7 @@ function followJob(job) {
     try {
       const j = await call(`/admin/jobs/${job.id}`);
       show(j);
-      if (j.status === "succeeded" || j.status === "failed") { clearInterval(timer); loadStats(); }
+      if (j.status === "succeeded" || j.status === "failed") { clearInterval(timer); loadStats(); loadCrops(false); }
     } catch (err) { clearInterval(timer); $("job-status").textContent = err.message; }
   }, 500);
 }
@@ -73,12 +77,18 @@ $("upload-form").addEventListener("submit", async (event) => {
   const data = new FormData();
   for (const file of $("files").files) data.append("files", file);
   data.append("camera", $("camera").value);
-  data.append("captured_at", new Date($("captured_at").value).toISOString());
+  if ($("captured_at").value) {
+    data.append("captured_at", new Date($("captured_at").value).toISOString());
+  }
   if ($("person_id").value) data.append("person_id", $("person_id").value);
   const list = $("upload-results");
   list.replaceChildren();
+  $("upload-summary").textContent = "Uploading…";
   try {
     const body = await call("/admin/crops", {method: "POST", body: data});
+    $("upload-summary").textContent = `${body.added} added, ${body.duplicates} ` +
+      `${body.duplicates === 1 ? "duplicate" : "duplicates"} (already in the gallery, not ` +
+      `stored twice), ${body.rejected} refused`;
     for (const f of body.files) {
       const li = document.createElement("li");
       li.className = f.status;
@@ -87,14 +97,128 @@ $("upload-form").addEventListener("submit", async (event) => {
       list.append(li);
     }
     if (body.job) followJob(body.job);
+    loadCrops(false);
   } catch (err) {
+    $("upload-summary").textContent = "";
     const li = document.createElement("li"); li.className = "rejected"; li.textContent = err.message;
     list.append(li);
   }
 });
+
+// ---- the crops browser: GET /admin/crops, view one, DELETE /admin/crops/{id} ----
+const CROPS_PAGE = 48;
+let cropsShown = 0;
+
+function when(value) {
+  return value ? new Date(value).toLocaleString() : "no capture time";
+}
+
+function cropFilters(offset) {
+  const params = new URLSearchParams({limit: CROPS_PAGE, offset});
+  if ($("crops-camera").value.trim()) params.set("camera", $("crops-camera").value.trim());
+  if ($("crops-person").value.trim()) params.set("person_id", $("crops-person").value.trim());
+  if ($("crops-status").value) params.set("status", $("crops-status").value);
+  return params;
+}
+
+function viewCrop(crop) {
+  $("crop-view-title").textContent = `Crop ${crop.crop_id}`;
+  $("crop-view-img").src = crop.image_url;
+  $("crop-view-img").alt = `crop ${crop.crop_id}`;
+  const rows = [["camera", crop.camera || "none"], ["captured", when(crop.captured_at)],
+                ["person", crop.person_id || "none"], ["file", crop.file_name || ""],
+                ["size", `${crop.width}×${crop.height}`], ["status", crop.status],
+                ["error", crop.error], ["added", new Date(crop.added_at).toLocaleString()]];
+  $("crop-view-meta").replaceChildren(...rows.filter(([, v]) => v).map(([term, value]) => {
+    const div = document.createElement("div");
+    const dt = document.createElement("dt"); dt.textContent = term;
+    const dd = document.createElement("dd"); dd.textContent = value;
+    div.append(dt, dd);
+    return div;
+  }));
+  $("crop-view").showModal();
+}
+
+async function deleteCrop(crop, tile, button) {
+  if (button.dataset.armed !== "yes") {  // two clicks: the first asks, the second deletes
+    button.dataset.armed = "yes";
+    button.textContent = "Really delete?";
+    return;
+  }
+  button.disabled = true;
+  try {
+    await call(`/admin/crops/${crop.crop_id}`, {method: "DELETE"});
+    tile.remove();
+    cropsShown -= 1;
+    const total = Number($("crops-count").dataset.total) - 1;
+    showCropCount(total);
+    loadStats();
+  } catch (err) {
+    button.disabled = false;
+    button.textContent = `Delete failed: ${err.message}`;
+  }
+}
+
+function cropTile(crop) {
+  const tile = document.createElement("figure");
+  tile.className = "crop-tile";
+  tile.dataset.cropId = crop.crop_id;
+  const img = document.createElement("img");
+  img.src = crop.thumbnail_url; img.alt = `crop ${crop.crop_id}`; img.loading = "lazy";
+  img.addEventListener("click", () => viewCrop(crop));
+  const cap = document.createElement("figcaption");
+  cap.textContent = `#${crop.crop_id} · ${crop.camera || "no camera"} · ${when(crop.captured_at)}` +
+    (crop.person_id ? ` · person ${crop.person_id}` : "") +
+    (crop.status !== "indexed" ? ` · ${crop.status}` : "");
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  const view = document.createElement("button");
+  view.type = "button"; view.textContent = "View"; view.className = "view";
+  view.addEventListener("click", () => viewCrop(crop));
+  const del = document.createElement("button");
+  del.type = "button"; del.textContent = "Delete"; del.className = "delete danger";
+  del.title = "Delete this crop: its file goes, and it leaves search results at once";
+  del.addEventListener("click", () => deleteCrop(crop, tile, del));
+  actions.append(view, del);
+  tile.append(img, cap, actions);
+  return tile;
+}
+
+function showCropCount(total) {
+  $("crops-count").dataset.total = total;
+  $("crops-count").textContent = total ? `Showing ${cropsShown} of ${total.toLocaleString()} crops` +
+    ", newest first" : "No crops match.";
+  $("crops-more").hidden = cropsShown >= total;
+}
+
+async function loadCrops(append) {
+  const grid = $("crops-grid");
+  if (!append) { grid.replaceChildren(); cropsShown = 0; }
+  try {
+    const page = await call(`/admin/crops?${cropFilters(cropsShown)}`);
+    grid.append(...page.crops.map(cropTile));
+    cropsShown += page.crops.length;
+    showCropCount(page.total);
+  } catch (err) {
+    $("crops-count").textContent = err.message;
+    $("crops-more").hidden = true;
+  }
+}
+
+async function loadCameraNames() {
+  try {
+    const cams = await call("/admin/cameras");
+    $("camera-names").replaceChildren(...cams.map((c) => new Option(`${c.crop_count} crops`, c.name)));
+  } catch (err) { /* no key yet: the stats box says so */ }
+}
+
+$("crops-filter").addEventListener("submit", (event) => { event.preventDefault(); loadCrops(false); });
+$("crops-more").addEventListener("click", () => loadCrops(true));
 
 $("reindex").addEventListener("click", async () => {
   try { followJob(await call("/admin/reindex", {method: "POST"})); }
   catch (err) { $("job-status").textContent = err.message; }
 });
 loadStats();
+loadCrops(false);
+loadCameraNames();

@@ -40,21 +40,104 @@ function cameraLabel(name) {
   return info && info.description ? `${name} (${info.description})` : name;
 }
 
+// ---- the camera picker: type to find, chosen cameras as chips ----
+const chosenCameras = new Set();
+let activeOption = -1;
+
+function sharedDescription(cams) {  // a description every camera has says nothing per camera
+  const first = cams.length > 1 ? cams[0].description : null;
+  return first && cams.every((c) => c.description === first) ? first : null;
+}
+
+function cameraOptions() {
+  const needle = $("camera-search").value.trim().toLowerCase();
+  return [...cameraInfo.values()].filter((c) => !chosenCameras.has(c.name) &&
+    (c.name.toLowerCase().includes(needle) || (c.description || "").toLowerCase().includes(needle)))
+    .slice(0, 100);
+}
+
+function showCameraOptions(open = true) {
+  const list = $("camera-options");
+  const shared = sharedDescription([...cameraInfo.values()]);
+  const cams = open ? cameraOptions() : [];
+  activeOption = Math.min(activeOption, cams.length - 1);
+  list.replaceChildren(...cams.map((c, i) => {
+    const li = el("li", {id: `camera-option-${i}`, role: "option",
+                         title: c.description || ""}, el("span", {}, c.name),
+                  el("span", {className: "muted"}, plural(c.crop_count, "crop") +
+                     (c.description && c.description !== shared ? ` · ${c.description}` : "")));
+    li.dataset.camera = c.name;
+    li.setAttribute("aria-selected", String(i === activeOption));
+    li.addEventListener("mousedown", (e) => { e.preventDefault(); chooseCamera(c.name); });
+    return li;
+  }));
+  list.hidden = !cams.length;
+  $("camera-search").setAttribute("aria-expanded", String(!list.hidden));
+  if (activeOption >= 0) $("camera-search").setAttribute("aria-activedescendant", `camera-option-${activeOption}`);
+  else $("camera-search").removeAttribute("aria-activedescendant");
+}
+
+function showChips() {
+  $("camera-chips").replaceChildren(...[...chosenCameras].map((name) => {
+    const remove = el("button", {type: "button", title: `Remove ${name}`, textContent: "×"});
+    remove.setAttribute("aria-label", `Remove camera ${name}`);
+    remove.addEventListener("click", () => { chosenCameras.delete(name); showChips(); });
+    const chip = el("span", {className: "chip", title: cameraLabel(name)}, name, remove);
+    chip.dataset.camera = name;
+    return chip;
+  }));
+  showFilterCount();
+}
+
+function chooseCamera(name) {
+  chosenCameras.add(name);
+  $("camera-search").value = "";
+  activeOption = -1;
+  showChips();
+  showCameraOptions(document.activeElement === $("camera-search"));
+}
+
+function showFilterCount() {
+  const n = chosenCameras.size + (form.time_from.value ? 1 : 0) + (form.time_to.value ? 1 : 0);
+  $("filters-summary").textContent = n ? `Filters (${n})` : "Filters";
+}
+
+$("camera-search").addEventListener("input", () => { activeOption = 0; showCameraOptions(); });
+$("camera-search").addEventListener("focus", () => showCameraOptions());
+$("camera-search").addEventListener("blur", () => showCameraOptions(false));
+$("camera-search").addEventListener("keydown", (event) => {
+  const options = cameraOptions();
+  if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+    const step = event.key === "ArrowDown" ? 1 : -1;
+    activeOption = Math.max(0, Math.min(options.length - 1, activeOption + step));
+    showCameraOptions();
+  } else if (event.key === "Enter") {
+    const pick = options[Math.max(activeOption, 0)];
+    if (pick && (activeOption >= 0 || $("camera-search").value.trim())) chooseCamera(pick.name);
+  } else if (event.key === "Backspace" && !$("camera-search").value && chosenCameras.size) {
+    chosenCameras.delete([...chosenCameras].pop());
+    showChips();
+    showCameraOptions();
+  } else if (event.key === "Escape") {
+    showCameraOptions(false);
+  } else {
+    return;
+  }
+  event.preventDefault();
+  event.stopPropagation();
+});
+for (const id of ["time_from", "time_to"]) $(id).addEventListener("change", showFilterCount);
+
 // ---- the gallery's state ----
 async function loadCameras() {
   const resp = await fetch("/cameras/info", {headers: apiHeaders()});
   if (!resp.ok) return;
   const cams = await resp.json();
   cameraInfo = new Map(cams.map((c) => [c.name, c]));
-  const select = $("cameras");
-  const chosen = new Set([...select.selectedOptions].map((o) => o.value));
-  select.replaceChildren(...cams.map((c) => {
-    const option = new Option(c.description ? `${c.name} · ${c.description}` : c.name, c.name,
-                              false, chosen.has(c.name));
-    option.title = `${plural(c.crop_count, "crop")}` + (c.description ? ` · ${c.description}` : "");
-    return option;
-  }));
-  select.size = Math.min(Math.max(select.options.length, 1), 4);
+  const shared = sharedDescription(cams);
+  $("camera-note").textContent = shared ? `Every camera: ${shared}` : "";
+  $("camera-note").hidden = !shared;
+  if (document.activeElement === $("camera-search")) showCameraOptions();
 }
 
 function eta(seconds) {
@@ -118,6 +201,33 @@ function stripeParts(parts) {
     .sort(([a], [b]) => a.localeCompare(b, undefined, {numeric: true}));
 }
 
+// Stripes named by the body region each mostly covers (a standing person's crop, top to
+// bottom); for other stripe counts, by position. The stripe's own name goes in the tooltip.
+const REGIONS = {
+  1: ["whole body"],
+  2: ["upper body", "lower body"],
+  3: ["head and shoulders", "torso", "legs and feet"],
+  4: ["head and shoulders", "upper body", "lower body", "legs and feet"],
+};
+
+function partLabel(name, parts) {
+  if (name === "global") return "whole body (global)";
+  const stripes = stripeParts(parts);
+  const i = stripes.findIndex(([n]) => n === name);
+  const k = stripes.length;
+  if (i < 0) return name;
+  if (REGIONS[k]) return REGIONS[k][i];
+  return i === 0 ? `top band (1 of ${k})` : i === k - 1 ? `bottom band (${k} of ${k})`
+    : `band ${i + 1} of ${k}`;
+}
+
+function partTooltip(name, parts) {
+  if (name === "global") return "the whole-body block of the model's vector";
+  const stripes = stripeParts(parts);
+  const i = stripes.findIndex(([n]) => n === name);
+  return `${name}: stripe ${i + 1} of ${stripes.length}, top to bottom`;
+}
+
 function matchColour(value) {  // value: 0 (no match) .. 1 (a perfect match)
   const v = Math.max(0, Math.min(1, value));
   return `hsl(${Math.round(20 + v * 110)}, ${Math.round(25 + v * 55)}%, ${Math.round(80 - v * 40)}%)`;
@@ -155,7 +265,7 @@ function bodyFigure(parts) {
     band.setAttribute("fill", matchColour(score * k));
     band.dataset.part = name;
     const title = document.createElementNS(SVG, "title");
-    title.textContent = `${name.replace("_", " ")} (${i === 0 ? "top" : i === k - 1 ? "bottom" : "middle"}): ${score.toFixed(3)}`;
+    title.textContent = `${partLabel(name, parts)} (${partTooltip(name, parts)}): ${score.toFixed(3)}`;
     band.append(title);
     group.append(band);
   });
@@ -167,7 +277,7 @@ function bodyFigure(parts) {
     frame.setAttribute("fill", "none"); frame.setAttribute("stroke-width", 2);
     frame.setAttribute("stroke", matchColour(parts.global));
     const title = document.createElementNS(SVG, "title");
-    title.textContent = `global: ${parts.global.toFixed(3)}`;
+    title.textContent = `whole body (global): ${parts.global.toFixed(3)}`;
     frame.append(title);
     svg.append(frame);
   }
@@ -177,12 +287,13 @@ function bodyFigure(parts) {
 // ---- cards ----
 function hitCard(hit, caption) {
   const index = shown.push(hit) - 1;
-  const card = el("figure", {className: "hit", tabIndex: 0});
+  const card = el("figure", {className: "hit", tabIndex: index === 0 ? 0 : -1});
   card.dataset.cropId = hit.crop_id;
   card.dataset.index = index;
   const img = el("img", {src: hit.thumbnail_url, alt: `crop ${hit.crop_id}`, loading: "lazy"});
   card.append(el("div", {className: "pics"}, img, bodyFigure(hit.parts)), caption);
   card.addEventListener("click", () => showDetail(index));
+  card.addEventListener("focus", () => rove(card));
   return card;
 }
 
@@ -241,7 +352,10 @@ function showCrop(crop, hit) {
   const rows = hit ? Object.entries(hit.parts).map(([name, score]) => {
     const bar = el("meter", {min: 0, max: name === "global" ? 1 : 1 / Math.max(stripeParts(hit.parts).length, 1),
                               value: Math.max(score, 0)});
-    return el("tr", {}, el("td", {}, name), el("td", {}, score.toFixed(4)), el("td", {}, bar));
+    const row = el("tr", {}, el("td", {title: partTooltip(name, hit.parts)}, partLabel(name, hit.parts)),
+                   el("td", {}, score.toFixed(4)), el("td", {}, bar));
+    row.dataset.part = name;
+    return row;
   }) : [];
   $("detail-parts").tBodies[0].replaceChildren(...rows);
   $("detail-parts").hidden = !hit;
@@ -304,6 +418,32 @@ $("detail").addEventListener("close", () => {
 });
 
 // ---- keyboard ----
+// The results are one tab stop (a roving tabindex): Tab or the down arrow from the search box
+// lands on the last result visited (the first at first), Shift+Tab goes back to the box.
+function rove(card) {
+  for (const other of results.querySelectorAll(".hit[tabindex='0']")) other.tabIndex = -1;
+  card.tabIndex = 0;
+}
+
+function resultStop() {
+  return results.querySelector(".hit[tabindex='0']") || results.querySelector(".hit");
+}
+
+$("description").addEventListener("keydown", (event) => {
+  const stop = resultStop();
+  if (stop && ((event.key === "Tab" && !event.shiftKey) || event.key === "ArrowDown")) {
+    stop.focus();
+    event.preventDefault();
+    event.stopPropagation();  // the page's arrow keys must not move on from the result
+  }
+});
+results.addEventListener("keydown", (event) => {
+  if (event.key === "Tab" && event.shiftKey && event.target.closest(".hit")) {
+    $("description").focus();
+    event.preventDefault();
+  }
+});
+
 function columns() {
   const cards = [...results.children];
   if (!cards.length) return 1;
@@ -338,7 +478,7 @@ document.addEventListener("keydown", (event) => {
 function requestBody() {
   const body = {description: form.description.value, top_k: Number(form.top_k.value),
                 group_by: form.group_by.value};
-  const cameras = [...$("cameras").selectedOptions].map((o) => o.value);
+  const cameras = [...chosenCameras];
   if (cameras.length) body.cameras = cameras;
   if (form.time_from.value) body.time_from = new Date(form.time_from.value).toISOString();
   if (form.time_to.value) body.time_to = new Date(form.time_to.value).toISOString();
@@ -416,7 +556,8 @@ form.addEventListener("submit", (event) => {
 });
 moreButton.addEventListener("click", () => runSearch(lastBody, true));
 $("clear-filters").addEventListener("click", () => {
-  for (const o of $("cameras").options) o.selected = false;
+  chosenCameras.clear();
   form.time_from.value = ""; form.time_to.value = "";
+  showChips();
 });
 loadStatus();

@@ -48,7 +48,7 @@ def test_index_applies_the_image_limit_settings(tbps, image_folder, monkeypatch)
     get_settings.cache_clear()
     code, out = tbps("index")
     assert code == 0 and "6 crops indexed, 1 failed" in out
-    assert "failed: oversized: 96x192 pixels (limit 4608)" in out
+    assert "failed: oversized: 96x192 pixels; the limit is 4608 pixels" in out
 
 
 def test_index_on_ray_records_the_build_and_its_vectors_equal_the_local_indexers(

@@ -24,7 +24,7 @@ def test_jpegs_and_other_formats_match_the_reader_and_bad_files_fail_with_reason
     reasons = dict(out.failed)
     assert set(reasons) == {3, 4, 6}
     assert reasons[4] == "empty file" and "truncated" in reasons[3]
-    assert reasons[6] == "unreadable: not an image"
+    assert reasons[6].startswith("unreadable: not an image")
     paths = []
     for crop_id in out.ids:
         path = tmp_path / f"{crop_id}.img"

@@ -91,8 +91,9 @@ def test_the_indexer_gives_the_encoders_own_vectors_bit_for_bit(request, files, 
 def test_the_read_options_limits_are_the_ones_applied(files):
     """A limit just below a crop fails it, saying the limit; just at its size passes it."""
     items = [(0, files[0])]  # 48x96
-    for limits, reason in ((ImageLimits(max_pixels=48 * 96 - 1), "48x96 pixels (limit 4607)"),
-                           (ImageLimits(max_bytes=files[0].stat().st_size - 1), "bytes (limit")):
+    size = files[0].stat().st_size
+    for limits, reason in ((ImageLimits(max_pixels=48 * 96 - 1), "48x96 pixels; the limit is 4607"),
+                           (ImageLimits(max_bytes=size - 1), f"bytes; the limit is {size - 1}")):
         batch = next(iter(read_batches(items, PRE, workers=0, limits=limits)))
         assert batch.ids == [] and reason in batch.failed[0][1], batch.failed
     at_size = ImageLimits(max_bytes=files[0].stat().st_size, max_pixels=48 * 96)

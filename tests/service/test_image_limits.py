@@ -24,10 +24,10 @@ FORM = {"camera": "cam-0", "captured_at": "2026-06-01T08:00:00Z"}
 def _lowered(settings: Settings, setting: str) -> tuple[Settings, str]:
     """Settings one unit below ``BIG`` on ``setting``, and what the indexer then says."""
     if setting == "max_image_pixels":
-        value, reason = 48 * 96, "oversized: 96x192 pixels (limit 4608)"
+        value, reason = 48 * 96, "oversized: 96x192 pixels; the limit is 4608 pixels"
     else:
         value = len(BIG) - 1
-        reason = f"oversized: {len(BIG)} bytes (limit {value})"
+        reason = f"oversized: {len(BIG)} bytes; the limit is {value} bytes"
     return settings.model_copy(update={setting: value}), reason
 
 

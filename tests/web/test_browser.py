@@ -136,15 +136,33 @@ def _wait(driver, condition, timeout=60):
     return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
 
 
+def _open_filters(driver):
+    from selenium.webdriver.common.by import By
+
+    if driver.find_element(By.ID, "filters").get_attribute("open") is None:
+        driver.find_element(By.ID, "filters-summary").click()
+
+
+def _pick_camera(driver, camera):
+    """Type into the camera picker until the camera is offered, choose it: a chip."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    _open_filters(driver)
+    field = driver.find_element(By.ID, "camera-search")
+    field.send_keys(camera)
+    _wait(driver, lambda d: d.find_elements(
+        By.CSS_SELECTOR, f'#camera-options li[data-camera="{camera}"]'))
+    field.send_keys(Keys.ENTER)
+    _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'.chip[data-camera="{camera}"]'))
+
+
 def _search(driver, base, description, camera=None):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
 
     driver.get(base + "/")
     if camera:
-        _wait(driver, lambda d: camera in [o.text for o in
-                                           d.find_elements(By.CSS_SELECTOR, "#cameras option")])
-        Select(driver.find_element(By.ID, "cameras")).select_by_value(camera)
+        _pick_camera(driver, camera)
     box = driver.find_element(By.ID, "description")
     box.clear()
     box.send_keys(description)
@@ -163,7 +181,7 @@ def test_search_upload_and_find_it(server, browser, tmp_path):
     hits[0].click()
     _wait(browser, lambda d: d.find_element(By.ID, "detail").is_displayed())
     parts = browser.find_elements(By.CSS_SELECTOR, "#detail-parts tbody tr")
-    assert parts and parts[0].text.split()[0] in ("global", "stripe_1", "local")
+    assert parts and parts[0].get_attribute("data-part") in ("global", "stripe_1", "local")
     browser.find_element(By.ID, "detail-close").click()
 
     crop = tmp_path / "visitor.png"
@@ -208,6 +226,7 @@ def _submit(driver, description=None, top_k=None):
         box.clear()
         box.send_keys(description)
     if top_k is not None:
+        _open_filters(driver)
         field = driver.find_element(By.ID, "top_k")
         field.clear()
         field.send_keys(str(top_k))
@@ -263,8 +282,12 @@ def test_results_explain_the_score_page_with_more_and_open_by_keyboard(rich_serv
     meta = browser.find_element(By.ID, "detail-meta").text
     assert f"cam-{'abc'[i % 3]}" in meta and f"shot{i:02d}.png" in meta and "2026" in meta
     rows = browser.find_elements(By.CSS_SELECTOR, "#detail-parts tbody tr")
-    assert [r.text.split()[0] for r in rows] == ["global", "stripe_1", "stripe_2", "stripe_3",
-                                                  "stripe_4"]
+    assert [r.get_attribute("data-part") for r in rows] == ["global", "stripe_1", "stripe_2",
+                                                             "stripe_3", "stripe_4"]
+    labels = [r.find_element(By.TAG_NAME, "td") for r in rows]  # body regions; stripe: tooltip
+    assert [td.text for td in labels] == ["whole body (global)", "head and shoulders",
+                                          "upper body", "lower body", "legs and feet"]
+    assert labels[2].get_attribute("title").startswith("stripe_2: stripe 2 of 4")
     sightings = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#sightings-list li"))
     person = i // 4
     assert [s.get_attribute("title") for s in sightings] == [
@@ -312,14 +335,117 @@ window.fetch = (url, options) => String(url).includes(`/persons/${person}/sighti
 """
 
 
+def _active(driver):
+    return driver.execute_script(
+        "const a = document.activeElement; return a.id || a.dataset.cropId || a.tagName")
+
+
+def test_results_are_one_tab_or_arrow_from_the_box_and_the_page_fits_narrow(rich_server,
+                                                                            browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(rich_server + "/")
+    box = browser.find_element(By.ID, "description")
+    box.send_keys("a person in a red shirt", Keys.ENTER)
+    cards = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .hit"))
+    ids = _ids(cards)
+    assert _active(browser) == "description"
+    ActionChains(browser).send_keys(Keys.TAB).perform()  # one Tab: the first result
+    assert _active(browser) == str(ids[0])
+    ActionChains(browser).send_keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT).perform()
+    assert _active(browser) == str(ids[2])
+    ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+    assert _active(browser) == "description"  # the results are one tab stop
+    ActionChains(browser).send_keys(Keys.ARROW_DOWN).perform()  # back where the user was
+    assert _active(browser) == str(ids[2])
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    _wait(browser, lambda d: d.find_element(By.ID, "detail").is_displayed())
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+
+    def header_rows(d):  # distinct tops of the header's items: 1 when it does not wrap
+        return d.execute_script(
+            "return new Set([...document.querySelectorAll('header > *, #search-form > *')]"
+            ".filter((e) => e.offsetParent).map((e) => Math.round(e.getBoundingClientRect()"
+            ".top + e.getBoundingClientRect().height / 2))).size")
+
+    assert header_rows(browser) == 1  # 1280 px: one row
+    browser.set_window_size(800, 900)
+    _wait(browser, lambda d: d.execute_script("return window.innerWidth") <= 800)
+    assert header_rows(browser) == 1
+    assert browser.execute_script(
+        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    admin = browser.find_element(By.LINK_TEXT, "Admin")
+    right = browser.execute_script("return arguments[0].getBoundingClientRect().right", admin)
+    assert admin.is_displayed() and right <= browser.execute_script("return window.innerWidth")
+
+
+def test_camera_picker_searches_and_shows_chips(rich_server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(rich_server + "/")
+    _pick_camera(browser, "cam-c")
+    field = browser.find_element(By.ID, "camera-search")
+    field.send_keys("cam")  # chosen cameras are not offered again
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#camera-options li")) == 2)
+    field.send_keys(Keys.ARROW_DOWN, Keys.ENTER)
+    chips = [c.get_attribute("data-camera") for c in
+             browser.find_elements(By.CSS_SELECTOR, "#camera-chips .chip")]
+    assert chips[0] == "cam-c" and len(chips) == 2
+    assert browser.find_element(By.ID, "filters-summary").text == "Filters (2)"
+    browser.find_element(By.CSS_SELECTOR, '.chip[data-camera="cam-c"] button').click()
+    assert [c.get_attribute("data-camera") for c in browser.find_elements(
+        By.CSS_SELECTOR, "#camera-chips .chip")] == chips[1:]
+    cards = _submit(browser, "a person in a red shirt", top_k=24)
+    assert cards and all(chips[1] in c.text for c in cards)
+
+
+def test_admin_crops_browser_filters_views_and_deletes(rich_server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(rich_server + "/admin")
+    browser.find_element(By.ID, "api-key").send_keys(ADMIN_KEY, Keys.TAB)
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#crops-grid .crop-tile"))
+          == N_RICH)
+    browser.find_element(By.ID, "crops-camera").send_keys("cam-a")
+    browser.find_element(By.ID, "crops-show").click()
+    _wait(browser, lambda d: "of 8 crops" in d.find_element(By.ID, "crops-count").text)
+    tiles = browser.find_elements(By.CSS_SELECTOR, "#crops-grid .crop-tile")
+    assert len(tiles) == 8 and all("cam-a" in t.text for t in tiles)
+    crop_id = int(tiles[0].get_attribute("data-crop-id"))
+    tiles[0].find_element(By.CSS_SELECTOR, "button.view").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "crop-view").is_displayed())
+    assert browser.find_element(By.ID, "crop-view-title").text == f"Crop {crop_id}"
+    assert browser.execute_script("return document.getElementById('crop-view-img').naturalWidth"
+                                  ) == 40
+    browser.find_element(By.ID, "crop-view-close").click()
+    delete = tiles[0].find_element(By.CSS_SELECTOR, "button.delete")
+    delete.click()  # asks first
+    assert delete.text == "Really delete?" and len(
+        browser.find_elements(By.CSS_SELECTOR, "#crops-grid .crop-tile")) == 8
+    delete.click()
+    _wait(browser, lambda d: "of 7 crops" in d.find_element(By.ID, "crops-count").text)
+    assert not browser.find_elements(By.CSS_SELECTOR, f'.crop-tile[data-crop-id="{crop_id}"]')
+    assert httpx.get(f"{rich_server}/crops/{crop_id}/image").status_code == 404
+    page = httpx.get(f"{rich_server}/admin/crops", headers={"X-API-Key": ADMIN_KEY}).json()
+    assert page["total"] == N_RICH - 1
+    browser.set_window_size(800, 900)  # the stats tiles and the crops fit: no sideways scroll
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#stats [data-stat]"))
+    assert browser.execute_script(
+        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+        " && [...document.querySelectorAll('#stats > div')].every((t) => t.scrollWidth <= "
+        "t.clientWidth)")
+
+
 def test_filter_by_camera_and_time_group_by_person_and_no_results(rich_server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     browser.get(rich_server + "/")
-    _wait(browser, lambda d: "cam-b" in [o.get_attribute("value") for o in
-                                         d.find_elements(By.CSS_SELECTOR, "#cameras option")])
-    Select(browser.find_element(By.ID, "cameras")).select_by_value("cam-b")
+    _pick_camera(browser, "cam-b")
     browser.execute_script(SET_LOCAL_TIME, "time_from", (T0 + timedelta(minutes=60)).isoformat())
     browser.execute_script(SET_LOCAL_TIME, "time_to", (T0 + timedelta(minutes=180)).isoformat())
     cards = _submit(browser, "a person in a red shirt", top_k=24)
