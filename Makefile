@@ -17,7 +17,7 @@ UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3
 BUILD_CONSTRAINTS := build-constraints.txt
 UV_VERSION := 0.13.9
 
-.PHONY: setup setup-gpu run test lint lock clean
+.PHONY: setup setup-gpu run test test-fast lint lock clean
 
 # Reinstalls when the lock or the project metadata changes. The lock is installed with pip in
 # hash-checking mode (so a changed file on the registry is refused), then tbps itself, editable,
@@ -41,10 +41,14 @@ setup-gpu: setup
 run: setup
 	$(BIN)/tbps demo
 
-## make test: the whole suite (SQLite and the PostgreSQL on 127.0.0.1:5432)
+## make test: the whole suite (SQLite and the PostgreSQL on 127.0.0.1:5432), slowest 25 printed
 test: setup
 	bash scripts/ensure_test_deps.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
+
+## make test-fast: the inner loop, SQLite only, no browser/Ray/end-to-end/kill -9 processes
+test-fast: setup
+	$(BIN)/python -m pytest -q --durations=10 -m "not slow and not postgres"
 
 ## make lock: re-resolve pyproject.toml: requirements-test.lock (runtime, scale and test extras),
 ## then requirements.lock (runtime and scale, at the versions of the first)

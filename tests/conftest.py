@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from service.config import Settings
 from tests.tcp_proxy import TcpProxy
@@ -155,13 +156,71 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
         left.close()
 
 
-@pytest.fixture
-def migrated_settings(settings: Settings, database_url: str) -> Settings:
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per test run; each test that wants one gets a copy."""
     from service.db import migrate
 
-    s = settings.model_copy(update={"database_url": database_url})
-    migrate(s.resolved_database_url)
-    return s
+    path = tmp_path_factory.mktemp("migrated") / "migrated.sqlite3"
+    migrate(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(pg_server_url: str) -> Iterator[str]:
+    """A second PostgreSQL database for the session, migrated once; each test that wants a
+    migrated database gets it emptied (``_empty_postgres``). -> its URL."""
+    name = make_url(pg_server_url).database + "_migrated"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _empty_postgres(url: str) -> None:
+    """Truncate every table (ids restart at 1) when the schema is the migrations' head, else
+    drop it and migrate again (a test may drop tables). Other connections left by earlier
+    tests are closed first so that no lock of theirs holds the TRUNCATE up."""
+    from alembic.script import ScriptDirectory
+
+    from service.db import alembic_config, migrate
+
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        tables = conn.execute(text("SELECT tablename FROM pg_tables "
+                                   "WHERE schemaname = 'public'")).scalars().all()
+        at_head = "alembic_version" in tables and conn.execute(
+            text("SELECT version_num FROM alembic_version")).scalars().all() == [head]
+        if at_head:
+            names = ", ".join(f'"{t}"' for t in tables if t != "alembic_version")
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        else:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    if not at_head:
+        migrate(url)
+
+
+@pytest.fixture
+def migrated_settings(settings: Settings, database_url: str,
+                      request: pytest.FixtureRequest) -> Settings:
+    """Settings on an empty database at the latest migration, migrated once per test run: a
+    copy of the SQLite file, or the session's migrated PostgreSQL database truncated
+    (tests/service/test_db.py runs the migrations themselves)."""
+    if database_url.startswith("sqlite"):
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"),
+                        make_url(database_url).database)
+        return settings.model_copy(update={"database_url": database_url})
+    url = request.getfixturevalue("migrated_postgres")
+    _empty_postgres(url)
+    return settings.model_copy(update={"database_url": url})
 
 
 @pytest.fixture(scope="session")
@@ -172,3 +231,13 @@ def tiny_encoder():
 
     model = create_model("tiny-clip")
     return TorchEncoder(model, "untrained-tiny-clip-seed0", device="cpu")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the PostgreSQL server carries the ``postgres`` marker, so that
+    ``make test-fast`` (``-m "not slow and not postgres"``) can leave those copies out."""
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_postgres = params is not None and params.params.get("database_url") == "postgres"
+        if on_postgres or "pg_server_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)

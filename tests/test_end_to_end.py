@@ -27,6 +27,9 @@ def _run(args, env):
     return proc.stdout
 
 
+pytestmark = pytest.mark.slow  # real processes that import torch
+
+
 @pytest.fixture
 def env(tmp_path):
     e = {k: v for k, v in os.environ.items() if not k.startswith("TBPS_")}

@@ -8,7 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.local_ray import ray_descendants, stop_processes
+
+pytestmark = pytest.mark.slow  # starts a Ray cluster
 
 
 def test_a_failed_starts_processes_are_found_and_stopped_and_others_are_left(tmp_path):

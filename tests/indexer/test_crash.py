@@ -39,6 +39,7 @@ with session_scope(url) as session:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_killed_full_build_keeps_the_live_index_and_resumes(migrated_settings, tmp_path,
                                                             tiny_encoder):

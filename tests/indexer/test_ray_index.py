@@ -58,6 +58,7 @@ def local_vectors(checkpoint: Path, crops: list[CropItem]) -> dict[int, np.ndarr
     return out
 
 
+@pytest.mark.slow
 def test_ray_vectors_equal_the_local_indexers(local_ray, tiny_checkpoint, crops) -> None:
     dataset = encode_dataset(crops, options(tiny_checkpoint), batch_size=4, actors=2)
     seen: dict[int, np.ndarray] = {}
@@ -73,6 +74,7 @@ def test_ray_vectors_equal_the_local_indexers(local_ray, tiny_checkpoint, crops)
     assert [f[0] for f in failures] == [999]
 
 
+@pytest.mark.slow
 def test_build_with_ray_publishes_a_searchable_version(local_ray, tiny_checkpoint, crops,
                                                        index_backend) -> None:
     from models.factory import load_encoder

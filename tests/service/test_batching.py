@@ -28,12 +28,14 @@ def _backend(settings):
 
 def _gathered(batcher: MicroBatcher, items: list, timeout: float = 30) -> list:
     """Submit every item from its own thread while one slot is held open, so that all of
-    them wait in the queue; then release the slot: they run as one batch."""
+    them wait in the queue (or have already run in full batches of ``max_batch``); then
+    release the slot: the rest run as one batch."""
     with ThreadPoolExecutor(len(items)) as pool, batcher.coming():
         futures = [pool.submit(batcher.submit, item) for item in items]
         deadline = time.monotonic() + timeout
-        while batcher.pending < len(items) and time.monotonic() < deadline:
+        while batcher.pending + batcher.items < len(items) and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert time.monotonic() < deadline, "the items never all reached the queue"
     return [f.result() for f in futures]
 
 
@@ -169,6 +171,10 @@ class _Adapter:
     @property
     def pending(self) -> int:
         return self.engine.batcher.pending
+
+    @property
+    def items(self) -> int:
+        return self.engine.batcher.items
 
     def coming(self):
         return self.engine.batcher.coming()

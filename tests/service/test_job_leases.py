@@ -123,6 +123,7 @@ def _stop_mid_job(sup: WorkerSupervisor, url: str) -> int:
     raise AssertionError("every reindex finished before it could be stopped")
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_worker_mid_job_requeues_it_and_the_next_job_runs(worker_env):
     url = worker_env.resolved_database_url
     sup = WorkerSupervisor([sys.executable, "-m", "service.cli", "worker"], poll_s=0.1).start()

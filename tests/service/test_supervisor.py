@@ -68,6 +68,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_kill_9_of_serve_with_worker_takes_its_worker_along(worker_environment, tmp_path):
     port, log = _free_port(), tmp_path / "serve.log"
     with log.open("w") as out:
@@ -95,6 +96,7 @@ def test_kill_9_of_serve_with_worker_takes_its_worker_along(worker_environment, 
         server.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_a_failed_start_stops_the_worker_it_spawned(migrated_settings, worker_environment,
                                                     monkeypatch, tmp_path):
     monkeypatch.setenv("TBPS_DATABASE_URL", migrated_settings.resolved_database_url)

@@ -25,9 +25,9 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ADMIN_KEY = "browser-test-key-0123456789"
 TBPS = [sys.executable, "-m", "service.cli"]
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-    reason="needs Debian's chromium and chromium-driver (bash scripts/ensure_test_deps.sh)")
+    reason="needs Debian's chromium and chromium-driver (bash scripts/ensure_test_deps.sh)")]
 
 
 def _free_port() -> int:
