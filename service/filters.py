@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 from pydantic import AfterValidator, BeforeValidator, Field
@@ -26,8 +26,11 @@ from pydantic.fields import FieldInfo
 from indexer.filters import Condition, InSet, Range, SearchFilter
 from service.orm import Crop
 
-if TYPE_CHECKING:
-    from service.catalog import Catalog
+
+class Catalog(Protocol):
+    """What a filter's condition may ask of the catalog (``service.catalog.Catalog``)."""
+
+    cameras: dict[str, int]  # name -> cameras.id
 
 __all__ = ["CROP_COLUMNS", "FILTERS", "CropColumn", "FilterRejected", "FilterSpec",
            "UTCDateTime", "json_integer", "search_filter", "to_epoch"]
