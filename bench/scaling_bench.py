@@ -33,8 +33,9 @@ import numpy as np
 
 from bench.envinfo import environment, format_table, machine_line, peak_rss_mib
 from bench.search_bench import build, ground_truth, recall, synthetic
-from indexer.backends.base import Rows, SearchFilter
+from indexer.backends.base import Rows
 from indexer.build import choose_spec
+from indexer.filters import InSet, Range, SearchFilter
 
 log = logging.getLogger("scaling_bench")
 CAMERAS = 100
@@ -56,8 +57,9 @@ def metadata(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, CAMERAS, n), T0 + rng.uniform(0, 30 * DAY, n)
 
 
-FILTER = SearchFilter(camera_ids=frozenset(range(0, CAMERAS, 5)), time_from=T0 + 5 * DAY,
-                      time_to=T0 + 20 * DAY)  # 20 of 100 cameras, half the month: ~10%
+FILTER = SearchFilter((InSet("camera_id", frozenset(range(0, CAMERAS, 5))),
+                       Range("ts", T0 + 5 * DAY, T0 + 20 * DAY)))  # 20 of 100 cameras, half
+# the month: ~10%
 
 
 def milvus_factory(faiss_factory: str) -> str:
@@ -119,8 +121,9 @@ def run_milvus(work: Path, full: np.ndarray, cameras: np.ndarray, times: np.ndar
         backend = MilvusBackend(root=work / "mwork", uri=uri, prefix="bench")
         started = time.perf_counter()
         batches = (Rows(np.arange(lo, min(lo + 20_000, len(full)), dtype=np.int64),
-                        np.asarray(full[lo:lo + 20_000], np.float32), cameras[lo:lo + 20_000],
-                        times[lo:lo + 20_000]) for lo in range(0, len(full), 20_000))
+                        np.asarray(full[lo:lo + 20_000], np.float32),
+                        {"camera_id": cameras[lo:lo + 20_000], "ts": times[lo:lo + 20_000]})
+                   for lo in range(0, len(full), 20_000))
         version = backend.build(batches, total=len(full), encoder=model_spec(),
                                 factory=factory)
         backend.publish(version)
@@ -209,7 +212,8 @@ def gallery(work: Path, n: int, q: int) -> tuple[np.ndarray, np.ndarray, dict[st
     full = np.load(work / "vectors.npy", mmap_mode="r")
     cameras, times = metadata(n)
     truths = {"unfiltered": ground_truth(full, queries, 10),
-              "filtered": filtered_truth(full, queries, FILTER.mask(cameras, times))}
+              "filtered": filtered_truth(full, queries,
+                                         FILTER.mask({"camera_id": cameras, "ts": times}))}
     np.savez(cached, queries=queries, **truths)
     return full, queries, truths
 
@@ -239,7 +243,7 @@ def main() -> None:
         work = args.work or Path(tmp)
         full, queries, truths = gallery(work, args.n, args.queries)
         cameras, times = metadata(args.n)
-        keep = FILTER.mask(cameras, times)
+        keep = FILTER.mask({"camera_id": cameras, "ts": times})
         results = []
         for name in args.backends.split(","):
             if name == "faiss":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from indexer.backends.base import BuildBusy, IndexBackend, Rows
 from indexer.build import DEFAULT_FACTORY
+from indexer.filters import attribute_arrays
 from indexer.manifest import Manifest
 from indexer.pipeline import (
     LoggedProgress,
@@ -51,19 +52,18 @@ Items = Sequence[tuple[int, Path]]
 # called after each published chunk: (crop ids now searchable, failures, the new base version
 # when the chunk created the index, else None)
 ChunkDone = Callable[[np.ndarray, list[tuple[int, str]], str | None], None]
-# crop ids (N,) -> (camera ids (N,) int64, -1 unknown; times (N,) float64 epoch seconds, NaN
-# unknown): what a backend that filters inside its engine stores with each row. The caller
-# (the service) reads them from its tables; None: rows carry vectors only.
-Attributes = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# crop ids (N,) -> {attribute name: (N,) values} (names from ``indexer.filters.ATTRIBUTES``:
+# camera id, capture time, height ..., unknown as each attribute says): what a backend that
+# filters inside its engine stores with each row. The caller (the service) reads them from its
+# tables; None: rows carry vectors only.
+Attributes = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 
 
 def with_attributes(rows: Rows, attributes: Attributes | None) -> Rows:
-    """``rows`` with each crop's camera and time from ``attributes`` (as given when None)."""
+    """``rows`` with each crop's attributes from ``attributes`` (as given when None)."""
     if attributes is None or not len(rows):
         return rows
-    cameras, times = attributes(rows.ids)
-    return Rows(rows.ids, rows.vectors, np.asarray(cameras, np.int64),
-                np.asarray(times, np.float64))
+    return Rows(rows.ids, rows.vectors, attribute_arrays(len(rows), attributes(rows.ids)))
 
 
 class StaleIndex(RuntimeError):

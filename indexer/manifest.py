@@ -17,6 +17,8 @@ from typing import Any
 from models.encoder import Encoder, EncoderSpec
 
 DEFAULT_FACTORY = "Flat"
+# what Milvus versions built before manifests named their rows' attributes stored
+LEGACY_MILVUS_ATTRIBUTES = ("camera_id", "ts")
 
 
 def normalise_factory(factory: str | None) -> str:
@@ -65,6 +67,7 @@ class Manifest:
     backend: str = "faiss"
     created_at: str = ""
     version: str | None = None
+    attributes: tuple[str, ...] = ()  # per-row attributes the engine stores (filters in it)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept as read
 
     # ---- the questions asked of a manifest ----
@@ -88,16 +91,20 @@ class Manifest:
     # ---- (de)serialisation ----
     @classmethod
     def new(cls, *, encoder: dict[str, Any], count: int, dim: int, factory: str,
-            first_stage: FirstStage | None, backend: str = "faiss") -> Manifest:
+            first_stage: FirstStage | None, backend: str = "faiss",
+            attributes: tuple[str, ...] = ()) -> Manifest:
         return cls(checkpoint_sha256=str(encoder.get("checkpoint_sha256", "")), dim=int(dim),
                    count=int(count), factory=factory, encoder=dict(encoder),
-                   first_stage=first_stage, backend=backend,
+                   first_stage=first_stage, backend=backend, attributes=tuple(attributes),
                    created_at=datetime.now(UTC).isoformat())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         known = {f.name for f in fields(cls)} - {"extra"}
         stage = data.get("first_stage")
+        backend = str(data.get("backend", "faiss"))
+        attributes = data.get("attributes",
+                              LEGACY_MILVUS_ATTRIBUTES if backend == "milvus" else ())
         return cls(
             checkpoint_sha256=str(data.get("checkpoint_sha256", "")),
             dim=int(data.get("dim", 0)), count=int(data.get("count", 0)),
@@ -106,7 +113,7 @@ class Manifest:
             first_stage=FirstStage.from_dict(stage) if stage else None,
             metric=str(data.get("metric", "inner_product")),
             vectors_dtype=str(data.get("vectors_dtype", "float16")),
-            backend=str(data.get("backend", "faiss")),
+            backend=backend, attributes=tuple(attributes),
             created_at=str(data.get("created_at", "")), version=data.get("version"),
             extra={k: v for k, v in data.items() if k not in known})
 
@@ -114,6 +121,7 @@ class Manifest:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         out["first_stage"] = self.first_stage.to_dict() if self.first_stage else None
         out["encoder"] = dict(self.encoder)
+        out["attributes"] = list(self.attributes)
         return {**self.extra, **out}
 
     def to_json(self) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import numpy as np
 
 from indexer.backends.base import IndexBackend, Rows
 from indexer.encode import encode_batch
+from indexer.filters import ATTRIBUTES, attribute_arrays
 from indexer.limits import ImageLimits
 from indexer.reader import CropFiles, collate
 
@@ -36,8 +37,7 @@ class CropItem:
 
     id: int
     path: Path
-    camera_id: int = -1
-    timestamp: float = float("nan")  # seconds since the epoch, NaN unknown
+    attributes: Mapping[str, float] = field(default_factory=dict)  # indexer.filters names
 
 
 @dataclass
@@ -72,17 +72,19 @@ class EncodeCrops:
                                                                        np.float32)]),
                 "error": np.asarray([""] * len(decoded.ids) + [r for _, r in decoded.failed],
                                     dtype=object),
-                "camera_id": batch["camera_id"][order], "ts": batch["ts"][order]}
+                **{name: batch[name][order] for name in ATTRIBUTES if name in batch}}
 
 
 def encode_dataset(items: Sequence[CropItem], encoder_options: dict[str, Any], *,
                    batch_size: int = 64, actors: int | None = None,
                    limits: ImageLimits = ImageLimits()) -> Any:
-    """The lazy Ray Dataset of encoded crops (columns id, vector, error, camera_id, ts);
+    """The lazy Ray Dataset of encoded crops (columns id, vector, error, and one per
+    attribute of ``indexer.filters.ATTRIBUTES``: camera_id, ts ...);
     ``limits``: the reader's (the service passes ``Settings.image_limits``)."""
     import ray
 
-    rows = [{"id": c.id, "path": str(c.path), "camera_id": c.camera_id, "ts": c.timestamp}
+    rows = [{"id": c.id, "path": str(c.path),
+             **{name: c.attributes.get(name, attr.unknown) for name, attr in ATTRIBUTES.items()}}
             for c in items]
     gpus = int(ray.cluster_resources().get("GPU", 0))
     size = actors or gpus or max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -105,7 +107,8 @@ def encoded_rows(dataset: Any, *, total: int, progress: Progress | None = None,
         failed = [(int(i), str(e)) for i, e in zip(batch["id"][~ok], batch["error"][~ok],
                                                     strict=True)]
         rows = Rows(batch["id"][ok].astype(np.int64), batch["vector"][ok].astype(np.float32),
-                    batch["camera_id"][ok].astype(np.int64), batch["ts"][ok].astype(np.float64))
+                    attribute_arrays(int(ok.sum()), {name: batch[name][ok] for name in ATTRIBUTES
+                                                     if name in batch}))
         done += len(batch["id"])
         if progress:
             progress(done, total)

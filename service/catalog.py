@@ -1,8 +1,9 @@
 """The searchable crops' filter columns, held in memory as arrays.
 
-Filters (camera, time range) are evaluated here with numpy, so a filtered search needs no
-database round trip before the index search: the allowed ids go straight into the index's
-exact id filter, and the one metadata query per request fetches the hits' rows afterwards.
+Filters (``service.filters``: camera, time range, height ...) are evaluated here with numpy,
+so a filtered search needs no database round trip before the index search: the allowed ids go
+straight into the index's exact id filter, and the one metadata query per request fetches the
+hits' rows afterwards.
 
 Every process that adds, deletes or renames rewrites ``catalog.stamp`` in the data dir after
 its commit (``touch_stamp``; deletions also ``catalog.full.stamp``), so API processes see each
@@ -15,21 +16,19 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from indexer.filters import ATTRIBUTES, SearchFilter
+from service.filters import CROP_COLUMNS, to_epoch
 from service.orm import Camera, Crop, CropStatus
 
-
-def to_epoch(value: datetime) -> float:
-    """Seconds since the epoch; naive datetimes are UTC (how the database stores them)."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
+__all__ = ["Catalog", "extend_catalog", "load_catalog", "read_stamp", "stamp_paths", "to_epoch",
+           "touch_stamp"]
 
 
 @dataclass
@@ -37,12 +36,21 @@ class Catalog:
     """Every crop that is not deleted, sorted by id; one row per crop in each array."""
 
     ids: np.ndarray  # (N,) int64, ascending
-    camera_ids: np.ndarray  # (N,) int64, -1 when unknown
-    times: np.ndarray  # (N,) float64 epoch seconds, NaN when unknown
+    columns: dict[str, np.ndarray]  # attribute (CROP_COLUMNS) -> (N,), unknown as it says
     persons: np.ndarray  # (N,) int64 code into person_names, -1 when unknown
     person_names: list[str]
     cameras: dict[str, int] = field(default_factory=dict)  # name -> id
     generation: int = 0  # which load this is, in the process that holds it
+
+    @property
+    def camera_ids(self) -> np.ndarray:
+        """(N,) int64, -1 when unknown."""
+        return self.columns["camera_id"]
+
+    @property
+    def times(self) -> np.ndarray:
+        """(N,) float64 epoch seconds, NaN when unknown."""
+        return self.columns["ts"]
 
     @property
     def size(self) -> int:
@@ -56,31 +64,21 @@ class Catalog:
         pos = np.minimum(np.searchsorted(self.ids, crop_ids), self.size - 1)
         return np.where(self.ids[pos] == crop_ids, pos, -1)
 
-    def filter_mask(self, *, cameras: list[str] | None, time_from: datetime | None,
-                    time_to: datetime | None) -> np.ndarray | None:
-        """(N,) bool of crops passing the filters, or None when there is no filter."""
-        if cameras is None and time_from is None and time_to is None:
-            return None
-        mask = np.ones(self.size, dtype=bool)
-        if cameras is not None:
-            wanted = [self.cameras[name] for name in cameras if name in self.cameras]
-            mask &= np.isin(self.camera_ids, np.asarray(wanted, dtype=np.int64))
-        if time_from is not None:
-            mask &= self.times >= to_epoch(time_from)  # NaN compares False: unknown times drop
-        if time_to is not None:
-            mask &= self.times <= to_epoch(time_to)
-        return mask
+    def filter_mask(self, flt: SearchFilter | None) -> np.ndarray | None:
+        """(N,) bool of crops passing the filter, or None when there is no filter."""
+        return None if flt is None or flt.empty else flt.mask(self.columns)
 
 
-_COLUMNS = (Crop.id, Crop.camera_id, Crop.captured_at, Crop.person_id)
+_COLUMNS = (Crop.id, Crop.person_id, *(c.column.label(c.attribute) for c in CROP_COLUMNS))
 
 
 def load_catalog(session: Session) -> Catalog:
     """One query for the crops' filter columns, one for the cameras."""
     rows = session.execute(select(*_COLUMNS).where(Crop.status != CropStatus.deleted)
                            .order_by(Crop.id)).all()
-    return _merge(Catalog(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
-                          np.zeros(0, np.int64), []), rows, _cameras(session))
+    empty = {c.attribute: np.zeros(0, ATTRIBUTES[c.attribute].dtype) for c in CROP_COLUMNS}
+    return _merge(Catalog(np.zeros(0, np.int64), empty, np.zeros(0, np.int64), []), rows,
+                  _cameras(session))
 
 
 def extend_catalog(session: Session, catalog: Catalog, *, since: datetime) -> Catalog:
@@ -104,12 +102,11 @@ def _merge(catalog: Catalog, rows: list, cameras: dict[str, int]) -> Catalog:
     n = len(rows)
     ids = np.concatenate([catalog.ids, np.fromiter((r.id for r in rows), np.int64, n)])
     order = np.argsort(ids, kind="stable")
-    cams = np.fromiter((r.camera_id if r.camera_id is not None else -1 for r in rows), np.int64, n)
-    times = np.fromiter((to_epoch(r.captured_at) if r.captured_at else np.nan for r in rows),
-                        np.float64, n)
-    return Catalog(ids=ids[order],
-                   camera_ids=np.concatenate([catalog.camera_ids, cams])[order],
-                   times=np.concatenate([catalog.times, times])[order],
+    columns = {c.attribute: np.concatenate([
+        catalog.columns[c.attribute],
+        np.fromiter((c.value(getattr(r, c.attribute)) for r in rows),
+                    ATTRIBUTES[c.attribute].dtype, n)])[order] for c in CROP_COLUMNS}
+    return Catalog(ids=ids[order], columns=columns,
                    persons=np.concatenate([catalog.persons,
                                            np.asarray(persons, np.int64)])[order],
                    person_names=list(names), cameras=cameras)

@@ -227,22 +227,41 @@ def _search_args_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _search_filters(args: argparse.Namespace) -> tuple[dict, str | None]:
+    """The filter flags (``service.filters.FILTERS``) as the API's filter values, checked as
+    the API checks them -> (values, None) or ({}, what is wrong)."""
+    from pydantic import ValidationError
+
+    from service.filters import FILTERS
+    from service.schemas import SearchOptions
+
+    given = {name: getattr(args, name) for spec in FILTERS for name in spec.cli
+             if getattr(args, name, None) is not None}
+    try:
+        return SearchOptions.model_validate(given).filter_values(), None
+    except ValidationError as exc:
+        flags = {name: flag.flag for spec in FILTERS for name, flag in spec.cli.items()}
+        return {}, "; ".join(f"{flags.get(str(e['loc'][0]), 'filter') if e['loc'] else 'filter'}"
+                             f": {e['msg']}" for e in exc.errors())
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from models.factory import load_encoder
     from service.config import get_settings
     from service.db import session_scope
+    from service.filters import FilterRejected
     from service.index_backend import backend_from_settings
     from service.query_vector import DEFAULT_TEXT_WEIGHT
     from service.search import (
         IndexNotReady,
         SearchEngine,
         SearchQuery,
-        UnknownCamera,
         UnknownExamples,
     )
     from service.urls import crop_url
 
-    problem = _search_args_problem(args)
+    filters, bad_filter = _search_filters(args)
+    problem = _search_args_problem(args) or bad_filter
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -255,7 +274,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     engine = SearchEngine(load_encoder(**settings.encoder_options),
                           backend_from_settings(settings, for_search=True), settings.data_dir)
     query = SearchQuery(description=args.description.strip() if args.description else None,
-                        top_k=args.top_k, cameras=tuple(args.camera) if args.camera else None,
+                        top_k=args.top_k, filters=filters,
                         like=tuple(args.like) if args.like else None,
                         text_weight=(DEFAULT_TEXT_WEIGHT if args.text_weight is None
                                      else args.text_weight))
@@ -266,7 +285,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"error: {exc} (data dir {settings.data_dir.resolve()}, TBPS_DATA_DIR)",
               file=sys.stderr)
         return 1
-    except (UnknownCamera, UnknownExamples) as exc:
+    except (FilterRejected, UnknownExamples) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -497,7 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with a description and --like: the description's weight, 0-1 (default "
                    "as the API's text_weight: 0.5, not yet tuned)")
     p.add_argument("--top-k", type=int, default=10, help="number of hits (default 10)")
-    p.add_argument("--camera", action="append", help="only this camera (repeatable)")
+    from service.filters import FILTERS
+
+    for spec in FILTERS:  # the filters' flags: --camera, --min-height ...
+        for name, flag in spec.cli.items():
+            p.add_argument(flag.flag, dest=name, **flag.options)
     p.add_argument("--json", action="store_true", help="print hits as JSON")
     p.set_defaults(func=cmd_search)
 

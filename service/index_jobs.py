@@ -61,7 +61,7 @@ Index = IndexBackend | Path | str
 
 
 def attributes_for(session: Session, backend: IndexBackend) -> Attributes | None:
-    """Each crop's camera and time from the crops table, for a backend that stores them to
+    """Each crop's filter attributes from the crops table, for a backend that stores them to
     filter inside its engine (Milvus); None for one that filters by the catalog's ids."""
     return records.crop_attributes(session) if backend.filters_in_engine else None
 
@@ -288,16 +288,16 @@ def build_full_on_ray(session: Session, encoder: Encoder, encoder_options: dict[
                       batch_size: int = 64, actors: int | None = None,
                       limits: ImageLimits = ImageLimits()) -> BuildReport:
     """``build_full`` on Ray Data (``indexer.ray_index``; ``address`` None: a local Ray): the
-    same crops, each with its camera and time, encoded by actors that load the encoder from
+    same crops, each with its filter attributes, encoded by actors that load the encoder from
     ``encoder_options``; published, then recorded as ``build_full`` records its build."""
     from indexer.ray_index import CropItem, build_with_ray
 
     backend = as_backend(index)
     pairs = records.indexable_items(session, crops_dir)
     ids = np.asarray([cid for cid, _ in pairs], np.int64)
-    cameras, times = records.crop_attributes(session)(ids)
-    items = [CropItem(int(i), path, int(c), float(t))
-             for (i, path), c, t in zip(pairs, cameras, times, strict=True)]
+    columns = records.crop_attributes(session)(ids)
+    items = [CropItem(int(i), path, {name: values[row] for name, values in columns.items()})
+             for row, (i, path) in enumerate(pairs)]
     ray_report = build_with_ray(backend, items, encoder_options, encoder.spec.to_dict(),
                                 address=address, factory=factory, batch_size=batch_size,
                                 actors=actors, progress=progress, limits=limits)

@@ -10,8 +10,9 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from indexer.filters import ATTRIBUTES
 from indexer.manifest import Manifest
-from service.catalog import to_epoch
+from service.filters import CROP_COLUMNS
 from service.orm import Crop, CropStatus, IndexStatus, IndexVersion
 
 CHUNK = 5000  # ids per IN (...) clause, well under SQLite's variable limit
@@ -35,19 +36,21 @@ def indexable_items(session: Session, crops_dir: Path,
 
 
 def crop_attributes(session: Session):
-    """An ``indexer.jobs.Attributes`` over the crops table: crop ids -> (camera ids, -1
-    unknown; capture times in epoch seconds, NaN unknown), for engines that filter inside."""
+    """An ``indexer.jobs.Attributes`` over the crops table: crop ids -> {attribute: (N,)
+    values} for every column of ``service.filters.CROP_COLUMNS`` (camera id, capture time,
+    height ...; unknown as each attribute says), for engines that filter inside."""
 
-    def read(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        found: dict[int, tuple[int, float]] = {}
+    def read(ids: np.ndarray) -> dict[str, np.ndarray]:
+        found: dict[int, tuple] = {}
         for chunk in _chunks([int(i) for i in ids]):
-            stmt = select(Crop.id, Crop.camera_id, Crop.captured_at).where(Crop.id.in_(chunk))
-            found |= {int(cid): (-1 if cam is None else int(cam),
-                                 np.nan if when is None else to_epoch(when))
-                      for cid, cam, when in session.execute(stmt)}
-        pairs = [found.get(int(i), (-1, np.nan)) for i in ids]
-        return (np.fromiter((c for c, _ in pairs), np.int64, len(pairs)),
-                np.fromiter((t for _, t in pairs), np.float64, len(pairs)))
+            stmt = select(Crop.id, *(c.column for c in CROP_COLUMNS)).where(Crop.id.in_(chunk))
+            found |= {int(row[0]): tuple(c.value(v) for c, v in zip(CROP_COLUMNS, row[1:],
+                                                                     strict=True))
+                      for row in session.execute(stmt)}
+        missing = tuple(c.value(None) for c in CROP_COLUMNS)
+        rows = [found.get(int(i), missing) for i in ids]
+        return {c.attribute: np.asarray([r[j] for r in rows], ATTRIBUTES[c.attribute].dtype)
+                for j, c in enumerate(CROP_COLUMNS)}
 
     return read
 

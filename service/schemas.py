@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -14,39 +13,17 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from service.filters import FILTERS, UTCDateTime, json_integer
 from service.query_vector import DEFAULT_TEXT_WEIGHT, MAX_EXAMPLES
 
 MAX_DESCRIPTION = 512
 
-
-def _aware(value: datetime) -> datetime:
-    """Times without a zone are UTC (SQLite returns them so); every time leaves as UTC. A time
-    that has no UTC equivalent (9999-12-31T23:59:59-14:00) is a validation error, not a 500."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("time is out of range once converted to UTC (years 1-9999)") from None
-
-
-_EPOCH = re.compile(r"\s*[-+]?\d+(\.\d*)?\s*")
-
-
-def _not_epoch(value: object) -> object:
-    """ISO 8601 only: pydantic would read 0, -1 or "1780000000" as unix times (1970, 1969)."""
-    if isinstance(value, int | float) or (isinstance(value, str) and _EPOCH.fullmatch(value)):
-        raise ValueError("give an ISO 8601 time such as 2026-05-01T08:00:00Z, not a number "
-                         "(epoch seconds are not read as times)")
-    return value
-
-
-UTCDateTime = Annotated[datetime, BeforeValidator(_not_epoch), AfterValidator(_aware)]
 
 # names and ids: no control characters (C0, DEL, C1), a visible first and last character once
 # surrounding spaces go: not a space nor an invisible one (zero-width spaces and joiners, the
@@ -80,14 +57,6 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=L
                   BeforeValidator(_visible_edges), AfterValidator(str.strip)]
 
 
-def _json_integer(value: object) -> object:
-    """Numbers only: "5" and true are refused (lax ints would take them); 5.0 is an integer
-    in JSON Schema and stays accepted."""
-    if isinstance(value, bool | str):
-        raise ValueError("give a JSON number, not a string or a boolean")
-    return value
-
-
 _SEARCH_EXAMPLE = {"description": "a woman in a red coat with a black backpack", "top_k": 10,
                    "cameras": ["gate-3"], "time_from": "2026-05-01T08:00:00Z",
                    "time_to": "2026-05-01T18:00:00Z", "group_by": "crop", "cursor": None}
@@ -97,10 +66,7 @@ _LIKE_EXAMPLE = {"like": [42, 97], "description": "carrying a black backpack",
                  "text_weight": 0.5, "top_k": 10}
 
 
-class SearchOptions(BaseModel):
-    """A search's description (optional here), filters and paging: the fields `POST /search`
-    and `POST /search/image` share."""
-
+class _Ranking(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     description: (Annotated[str, Field(min_length=1, max_length=MAX_DESCRIPTION)]
@@ -108,24 +74,25 @@ class SearchOptions(BaseModel):
             "a man in a blue jacket and black trousers"],
         description="What the person looks like, in plain words. Required unless `like` (or "
         "an image) is given.")
-    text_weight: Annotated[float, BeforeValidator(_json_integer)] = Field(
+    text_weight: Annotated[float, BeforeValidator(json_integer)] = Field(
         DEFAULT_TEXT_WEIGHT, ge=0, le=1, examples=[0.5],
         description="With both a description and examples (`like` or an image): the query is "
         "`text_weight * text + (1 - text_weight) * examples`, each unit-normalised per part. "
         "0.5 is not yet tuned on dev. Ignored without both.")
-    top_k: Annotated[int, BeforeValidator(_json_integer)] = Field(
+    top_k: Annotated[int, BeforeValidator(json_integer)] = Field(
         10, ge=1, le=100, examples=[10],
         description="Hits (or persons) per page, 1-100 (a JSON number, not a string or bool).")
-    cameras: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
-        None, max_length=100, description="Only crops from these cameras (by name; GET "
-        "/cameras lists them). An unknown name or an empty list is refused (422). Omit for "
-        "every camera.", examples=[["gate-3", "lobby"]])
-    time_from: UTCDateTime | None = Field(None, description="Only crops captured at or after this "
-                                       "time (ISO 8601; no zone means UTC).",
-                                       examples=["2026-05-01T08:00:00Z"])
-    time_to: UTCDateTime | None = Field(None, description="Only crops captured at or before this "
-                                     "time (ISO 8601; no zone means UTC).",
-                                     examples=["2026-05-01T18:00:00Z"])
+
+
+# every filter's request fields, from its spec (service.filters.FILTERS)
+_Filtered = create_model("_Filtered", __base__=_Ranking,
+                         **{name: fld for spec in FILTERS for name, fld in spec.fields.items()})
+
+
+class SearchOptions(_Filtered):  # type: ignore[misc, valid-type]
+    """A search's description (optional here), filters and paging: the fields `POST /search`
+    and `POST /search/image` share."""
+
     group_by: Literal["crop", "person"] = Field(
         "crop", description="`crop`: ranked crops in `hits`. `person`: one entry per person/"
         "track in `persons`, with its best crops and time span.", examples=["person"])
@@ -143,26 +110,22 @@ class SearchOptions(BaseModel):
                              "'a man in a red jacket'")
         return value
 
-    @field_validator("cameras")
-    @classmethod
-    def _camera_names(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and not value:
-            raise ValueError("cameras is empty, which would match nothing: omit it to search "
-                             "every camera")
-        if value is not None and any(not name or len(name) > 128 for name in value):
-            raise ValueError("camera names are 1-128 characters")
-        return value
-
     @model_validator(mode="after")
-    def _ordered_range(self) -> SearchOptions:
-        if self.time_from and self.time_to:
-            start, end = _aware(self.time_from), _aware(self.time_to)
-            if start > end:
-                raise ValueError("time_from is after time_to")
+    def _filter_checks(self) -> SearchOptions:
+        for spec in FILTERS:
+            if spec.check is not None:
+                spec.check(self.filter_values())
         return self
 
+    def filter_values(self) -> dict[str, Any]:
+        """The filters' fields that are set: request field -> value."""
+        return {name: getattr(self, name) for spec in FILTERS for name in spec.fields
+                if getattr(self, name) is not None}
 
-CropIdValue = Annotated[int, Field(ge=1, le=2**62), BeforeValidator(_json_integer)]
+
+# in a JSON body: at most 2**53, the largest integer a JSON number (a double) holds exactly;
+# above it a client's or a schema validator's double rounds across the bound (2**62 did)
+CropIdValue = Annotated[int, Field(ge=1, le=2**53), BeforeValidator(json_integer)]
 ExampleIds = Annotated[list[CropIdValue], Field(min_length=1, max_length=MAX_EXAMPLES)]
 
 

@@ -1,11 +1,13 @@
 """Search logic: one text encoding, one index search (exactly filtered), one metadata query for
 the hits. No FastAPI imports here.
 
-Filters are exact: the in-memory catalog (``service.catalog``) turns camera and time filters
-into the set of allowed crop ids. When few crops are excluded the search fetches ``k + excluded``
-and drops them (the top k of the rest are inside); otherwise it passes the allowed ids to the
-index's id selector; a backend that filters inside its engine (Milvus) gets the filters
-themselves (camera ids, time range: a Milvus expression) and the catalog checks its answer.
+Filters are exact: the in-memory catalog (``service.catalog``) turns the request's filters
+(``service.filters``: camera, time range, height ...) into the set of allowed crop ids. When
+few crops are excluded the search fetches ``k + excluded`` and drops them (the top k of the
+rest are inside); otherwise it passes the allowed ids to the
+index's id selector; a backend that filters inside its engine (Milvus) gets the filter itself
+(a Milvus expression) when its version stores every attribute the filter reads, and the
+catalog checks its answer.
 Either way a filtered search returns ``top_k`` hits whenever that many match.
 
 A search by example (``like``: crop ids) builds its query from the examples' vectors read from
@@ -29,7 +31,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +45,8 @@ from indexer.backends import CorruptIndex, IndexBackend, IndexView, SearchFilter
 from models.encoder import Encoder, part_scores
 from service import crud
 from service.batching import MicroBatcher
-from service.catalog import Catalog, extend_catalog, load_catalog, read_stamp, to_epoch
+from service.catalog import Catalog, extend_catalog, load_catalog, read_stamp
+from service.filters import search_filter
 from service.orm import as_utc
 from service.query_batch import Probe, Probed, run_probes
 from service.query_vector import DEFAULT_TEXT_WEIGHT, example_query
@@ -74,10 +77,6 @@ class CursorExpired(BadCursor):
     """The index changed since the cursor was issued."""
 
 
-class UnknownCamera(ValueError):
-    """A camera filter names a camera the gallery does not have."""
-
-
 class UnknownExamples(LookupError):
     """Example crop ids that are not searchable: unknown, deleted, or not indexed (yet)."""
 
@@ -93,9 +92,7 @@ class SearchQuery:
 
     description: str | None
     top_k: int = 10
-    cameras: tuple[str, ...] | None = None
-    time_from: datetime | None = None
-    time_to: datetime | None = None
+    filters: Mapping[str, Any] = field(default_factory=dict)  # request field -> value (set ones)
     group_by: str = "crop"
     cursor: str | None = None
     like: tuple[int, ...] | None = None
@@ -104,8 +101,8 @@ class SearchQuery:
 
     def fingerprint(self) -> str:
         """Identifies the result set a cursor pages through (everything but top_k/cursor)."""
-        key = [self.description, sorted(self.cameras) if self.cameras is not None else None,
-               _iso(self.time_from), _iso(self.time_to), self.group_by]
+        key = [self.description, {k: _plain(v) for k, v in sorted(self.filters.items())},
+               self.group_by]
         if self.like is not None or self.image is not None:  # text-only cursors stay valid
             image = hashlib.sha256(self.image).hexdigest() if self.image is not None else None
             key += [sorted(self.like or ()), self.text_weight, image]
@@ -145,8 +142,11 @@ class SearchResult:
     next_cursor: str | None = None
 
 
-def _iso(value: datetime | None) -> str | None:
-    return as_utc(value).isoformat() if value is not None else None
+def _plain(value: Any) -> Any:
+    """A filter value as JSON: times as UTC ISO strings, lists sorted (their order is moot)."""
+    if isinstance(value, datetime):
+        return as_utc(value).isoformat()
+    return sorted(value) if isinstance(value, list | tuple) else value
 
 
 def encode_cursor(*, version: str, fingerprint: str, seen: int, key: list, max_id: int) -> str:
@@ -165,7 +165,7 @@ def decode_cursor(cursor: str, *, fingerprint: str, version: str) -> tuple[int, 
     if not _issued_shape(data):
         raise BadCursor("cursor is not one this service issued; pass next_cursor unchanged")
     if data["f"] != fingerprint:
-        raise BadCursor("cursor belongs to another query: keep description, cameras, time range "
+        raise BadCursor("cursor belongs to another query: keep description, filters "
                         "and group_by unchanged between pages")
     if data["v"] != version:
         raise CursorExpired(f"the index changed since this cursor was issued (now {version}); "
@@ -331,9 +331,8 @@ class SearchEngine:
         started = time.perf_counter()
         live = self.check_ready()
         catalog = self.catalog(session)
-        _check_cameras(catalog, query.cameras)
-        fmask = catalog.filter_mask(cameras=list(query.cameras) if query.cameras is not None
-                                    else None, time_from=query.time_from, time_to=query.time_to)
+        flt = search_filter(query.filters, catalog)  # FilterRejected: an unknown camera
+        fmask = catalog.filter_mask(flt)
         in_index = self._in_index(live, catalog)
         mask = in_index if fmask is None else in_index & fmask  # (N,) searchable and matching
         examples = self._examples(live, catalog, in_index, query)  # (1, D) or None
@@ -346,8 +345,9 @@ class SearchEngine:
             seen, key, max_id = decode_cursor(query.cursor, fingerprint=fingerprint,
                                               version=version)
             mask = mask & (catalog.ids <= max_id)
-        pushed = (_engine_filter(catalog, query, live.count, in_index, fmask, mask)
-                  if fmask is not None and self.backend.filters_in_engine else None)
+        pushed = (_engine_filter(flt, live.count, in_index, fmask, mask)
+                  if flt is not None and fmask is not None and self.backend.filters_in_engine
+                  and flt.attributes <= set(live.manifest.attributes) else None)
         ranker = _Ranker(live, catalog, mask, pushed)
         first_k = (_person_pool(seen, query.top_k) if query.group_by == "person"
                    else seen + query.top_k)
@@ -429,24 +429,11 @@ def _unknown_message(gone: list[int], pending: list[int]) -> str:
     return "like: " + "; ".join(said) + "; pick examples from search results"
 
 
-def _check_cameras(catalog: Catalog, cameras: tuple[str, ...] | None) -> None:
-    unknown = sorted(set(cameras or ()) - set(catalog.cameras))
-    if unknown:
-        known = ", ".join(sorted(catalog.cameras)[:20]) or "none yet"
-        raise UnknownCamera(f"no camera named {', '.join(map(repr, unknown))}; the gallery's "
-                            f"cameras are: {known} (GET /cameras)")
-
-
-def _engine_filter(catalog: Catalog, query: SearchQuery, count: int, in_index: np.ndarray,
-                   fmask: np.ndarray, mask: np.ndarray) -> tuple[SearchFilter, int]:
-    """The query's filters in the engine's terms (camera ids, epoch seconds), and how many
-    index rows that pass them may still fall outside ``mask`` (rows the catalog no longer
-    holds, rows after a cursor's snapshot): fetched beyond k, so the answer stays exact."""
-    cameras = None if query.cameras is None else frozenset(
-        catalog.cameras[name] for name in query.cameras if name in catalog.cameras)
-    flt = SearchFilter(camera_ids=cameras,
-                       time_from=to_epoch(query.time_from) if query.time_from else None,
-                       time_to=to_epoch(query.time_to) if query.time_to else None)
+def _engine_filter(flt: SearchFilter, count: int, in_index: np.ndarray, fmask: np.ndarray,
+                   mask: np.ndarray) -> tuple[SearchFilter, int]:
+    """The filter for the engine, and how many index rows that pass it may still fall outside
+    ``mask`` (rows the catalog no longer holds, rows after a cursor's snapshot): fetched
+    beyond k, so the answer stays exact."""
     extra = (count - int(in_index.sum())) + int((in_index & fmask).sum()) - int(mask.sum())
     return flt, extra
 
@@ -455,7 +442,7 @@ class _Ranker:
     """The index search for one request: top k among the allowed crops, exactly.
 
     Cheapest first: no exclusions: a plain search; the filters pushed into an engine that
-    stores each row's camera and time (``pushed``: the filter and its overfetch); few
+    stores the attributes it reads (``pushed``: the filter and its overfetch); few
     exclusions: fetch k + excluded and drop them; else the allowed ids as an id filter. The
     first search comes with the query's encoding (``probe``/``attach``: batched with other
     requests); a later one with another k (persons: every match) is made here."""

@@ -13,8 +13,9 @@ always the model's full inner product. Filters are exact: the result is the top 
 rows that pass, never a post-filtered top k.
 
 Two ways to filter, because engines differ:
-- ``SearchFilter`` (camera ids, time range): applied inside the engine by backends with
-  ``filters_in_engine`` (they store each row's camera and time, given in ``Rows``);
+- ``SearchFilter`` (conditions on per-crop attributes: camera, time, height ...;
+  ``indexer.filters``): applied inside the engine by backends with ``filters_in_engine``
+  (they store each row's attributes, given in ``Rows``; the manifest names them);
 - ``allowed_ids``: an array of crop ids the caller computed (the service's catalog), applied
   by every backend (FAISS: an id selector).
 
@@ -24,14 +25,15 @@ others register themselves in ``indexer.backends`` (see ``register_backend``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from indexer.filters import ATTRIBUTES, SearchFilter
 from indexer.manifest import Manifest
 
 __all__ = ["PAD_SCORE", "BackendUnavailable", "BuildBusy", "CorruptIndex", "Hits", "IndexBackend",
@@ -64,23 +66,25 @@ class Rows:
     """Vectors to store, one row per crop.
 
     ``vectors`` are the encoder's exported vectors (float32, or float16 when read back from
-    storage), L2-normalised per part. ``camera_ids`` and ``timestamps`` are for backends that
-    filter inside the engine; others ignore them.
+    storage), L2-normalised per part. ``attributes`` (name -> (N,) array, names from
+    ``indexer.filters.ATTRIBUTES``: camera id, time, height ...) are for backends that filter
+    inside the engine; others ignore them.
     """
 
     ids: np.ndarray  # (N,) int64 crop ids, unique
     vectors: np.ndarray  # (N, D) float32
-    camera_ids: np.ndarray | None = None  # (N,) int64, -1 unknown
-    timestamps: np.ndarray | None = None  # (N,) float64 seconds since the epoch (UTC), NaN unknown
+    attributes: Mapping[str, np.ndarray] = field(default_factory=dict)  # name -> (N,)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
         if np.ndim(self.ids) != 1 or np.ndim(self.vectors) != 2 or len(self.vectors) != n:
             raise ValueError(f"rows: ids {np.shape(self.ids)} and vectors "
                              f"{np.shape(self.vectors)} do not match")
-        for name in ("camera_ids", "timestamps"):
-            value = getattr(self, name)
-            if value is not None and np.shape(value) != (n,):
+        for name, value in self.attributes.items():
+            if name not in ATTRIBUTES:
+                raise ValueError(f"rows: unknown attribute {name!r}; known: "
+                                 f"{', '.join(ATTRIBUTES)}")
+            if np.shape(value) != (n,):
                 raise ValueError(f"rows: {name} {np.shape(value)} does not match {n} ids")
 
     def __len__(self) -> int:
@@ -96,36 +100,8 @@ class Rows:
 
     def select(self, mask: np.ndarray) -> Rows:
         """The rows where ``mask`` (N,) bool is True."""
-        pick = (lambda a: None if a is None else a[mask])  # noqa: E731
-        return Rows(self.ids[mask], self.vectors[mask], pick(self.camera_ids),
-                    pick(self.timestamps))
-
-
-@dataclass(frozen=True)
-class SearchFilter:
-    """Which rows a search may return: all conditions hold (None: no condition).
-    Times are inclusive bounds in seconds since the epoch; a row with an unknown time fails
-    any time condition."""
-
-    camera_ids: frozenset[int] | None = None
-    time_from: float | None = None
-    time_to: float | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self.camera_ids is None and self.time_from is None and self.time_to is None
-
-    def mask(self, camera_ids: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
-        """(N,) bool for rows with these cameras (N,) and times (N,): the reference semantics
-        that engine-side filters must reproduce."""
-        keep = np.ones(len(camera_ids), dtype=bool)
-        if self.camera_ids is not None:
-            keep &= np.isin(camera_ids, np.fromiter(self.camera_ids, np.int64))
-        if self.time_from is not None:
-            keep &= timestamps >= self.time_from  # NaN compares False
-        if self.time_to is not None:
-            keep &= timestamps <= self.time_to
-        return keep
+        return Rows(self.ids[mask], self.vectors[mask],
+                    {name: value[mask] for name, value in self.attributes.items()})
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,7 +150,7 @@ class IndexBackend(Protocol):
     """Versions of an index: build, publish, add, remove, search, rollback, check."""
 
     name: str  # "faiss", "milvus": the TBPS_INDEX_BACKEND value
-    filters_in_engine: bool  # search applies SearchFilter itself (rows carry camera and time)
+    filters_in_engine: bool  # search applies SearchFilter itself (rows carry attributes)
     work_dir: Path  # local folder of the build lock
     builds_dir: Path  # local folder of resumable builds' shards (".building-<tag>" folders)
 

@@ -2,8 +2,10 @@
 
 A version is a pair of collections named ``<prefix>_v<time>_<hex>``:
 - the version itself: crop id (INT64 primary key), the full vector (FLOAT_VECTOR D, FLAT
-  index: exact inner product), camera id (INT64, -1 unknown), time (DOUBLE seconds, unknown
-  stored as ``UNKNOWN_TIME``);
+  index: exact inner product), and one field per filter attribute
+  (``indexer.filters.ATTRIBUTES``: camera id INT64, -1 unknown; time DOUBLE seconds, unknown
+  stored as ``UNKNOWN_TIME``; height INT64 ...), named in the manifest's ``attributes``
+  (versions built before a new attribute keep their fields; the service filters those by ids);
 - ``<version>_fs`` for approximate specs: the same rows with the first stage's slice (the
   global part) under the stage's Milvus index (IVF_SQ8, HNSW ...).
 Search filters are Milvus boolean expressions evaluated inside the engine (``filters_in_engine``).
@@ -44,8 +46,9 @@ import numpy as np
 
 from indexer.backends.base import BackendUnavailable, NoIndex, Rows, SearchFilter
 from indexer.backends.locking import build_lock
-from indexer.backends.milvus_spec import UNKNOWN_TIME, index_params, milvus_first_stage
+from indexer.backends.milvus_spec import index_params, milvus_first_stage
 from indexer.backends.milvus_view import MilvusView, split_version
+from indexer.filters import ATTRIBUTES, attribute_arrays
 from indexer.manifest import FirstStage, Manifest
 
 log = logging.getLogger(__name__)
@@ -133,14 +136,15 @@ class MilvusBackend:
         name = f"{self.prefix}_v{time.strftime('%Y%m%d%H%M%S')}_{secrets.token_hex(3)}"
         self._write_meta(name, manifest="{}", generation=0, complete=False)
         self._create_version(name, dim, stage)
-        written = self._insert_all(name, stage, batches)
+        written = self._insert_all(name, stage, batches)  # every attribute of ATTRIBUTES
         if written != total:
             raise ValueError(f"build {name}: {written} rows given, {total} expected")
         self._seal(name, stage, written)
         factory_name = "Flat" if stage is None else (
             stage.factory if stage.input == "global" else f"full:{stage.factory}")
         manifest = Manifest.new(encoder=encoder, count=written, dim=dim, factory=factory_name,
-                                first_stage=stage, backend=self.name).replace(
+                                first_stage=stage, backend=self.name,
+                                attributes=tuple(ATTRIBUTES)).replace(
                                     vectors_dtype="float32")
         self._write_meta(name, manifest=manifest.to_json(), generation=0, complete=True)
         log.info("built Milvus version %s: %d rows, %s", name, written, factory_name)
@@ -169,10 +173,11 @@ class MilvusBackend:
         base = self._aliased(self.live_alias)
         if base is None:
             raise NoIndex("no live Milvus index version to add to")
-        stage = self.manifest(base).first_stage
+        manifest = self.manifest(base)
         for lo in range(0, len(rows), INSERT_CHUNK):
             chunk = rows.select(np.arange(len(rows))[lo:lo + INSERT_CHUNK])
-            for collection, data in _collections_rows(base, stage, chunk):
+            for collection, data in _collections_rows(base, manifest.first_stage, chunk,
+                                                      manifest.attributes):
                 self.client.upsert(collection, data)
         return self._bump(base)
 
@@ -305,8 +310,8 @@ class MilvusBackend:
             schema = MilvusClient.create_schema(auto_id=False)
             schema.add_field("id", DataType.INT64, is_primary=True)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=width)
-            schema.add_field("camera_id", DataType.INT64)
-            schema.add_field("ts", DataType.DOUBLE)
+            for attr in ATTRIBUTES.values():
+                schema.add_field(attr.name, getattr(DataType, attr.milvus_type))
             index = self.client.prepare_index_params()
             index.add_index("vector", metric_type="IP", **index_params(collection_stage))
             self.client.create_collection(collection, schema=schema, index_params=index,
@@ -322,7 +327,8 @@ class MilvusBackend:
             seen |= ids
             for lo in range(0, len(batch), INSERT_CHUNK):
                 chunk = batch.select(np.arange(len(batch))[lo:lo + INSERT_CHUNK])
-                for collection, data in _collections_rows(name, stage, chunk):
+                for collection, data in _collections_rows(name, stage, chunk,
+                                                          tuple(ATTRIBUTES)):
                     self.client.insert(collection, data)
                 written += len(chunk)
         return written
@@ -419,23 +425,21 @@ def _collection_names(base: str, stage: FirstStage | None) -> list[str]:
     return [base] + ([f"{base}_fs"] if stage else [])
 
 
-def _collections_rows(base: str, stage: FirstStage | None,
-                      rows: Rows) -> list[tuple[str, list[dict[str, Any]]]]:
-    """The insert payloads for a version's collections: full vectors, and the stage's slice."""
+def _collections_rows(base: str, stage: FirstStage | None, rows: Rows,
+                      names: tuple[str, ...]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The insert payloads for a version's collections: full vectors, and the stage's slice;
+    each row with the attributes ``names`` (the version's fields; unknown when not given)."""
     vectors = np.ascontiguousarray(rows.vectors, dtype=np.float32)  # (N, D)
-    cameras = (np.full(len(rows), -1, np.int64) if rows.camera_ids is None
-               else np.asarray(rows.camera_ids, np.int64))
-    times = (np.full(len(rows), np.nan) if rows.timestamps is None
-             else np.asarray(rows.timestamps, np.float64))
-    times = np.where(np.isnan(times), UNKNOWN_TIME, times)
-    out = [(base, _payload(rows.ids, vectors, cameras, times))]
+    columns = {name: ATTRIBUTES[name].stored(values).tolist()
+               for name, values in attribute_arrays(len(rows), rows.attributes, names).items()}
+    out = [(base, _payload(rows.ids, vectors, columns))]
     if stage is not None:
         sliced = np.ascontiguousarray(vectors[:, stage.start:stage.stop])  # (N, G)
-        out.append((f"{base}_fs", _payload(rows.ids, sliced, cameras, times)))
+        out.append((f"{base}_fs", _payload(rows.ids, sliced, columns)))
     return out
 
 
-def _payload(ids: np.ndarray, vectors: np.ndarray, cameras: np.ndarray,
-             times: np.ndarray) -> list[dict[str, Any]]:
-    return [{"id": int(i), "vector": v, "camera_id": int(c), "ts": float(t)}
-            for i, v, c, t in zip(ids, vectors, cameras, times, strict=True)]
+def _payload(ids: np.ndarray, vectors: np.ndarray,
+             columns: dict[str, list]) -> list[dict[str, Any]]:
+    return [{"id": int(i), "vector": v, **{name: col[r] for name, col in columns.items()}}
+            for r, (i, v) in enumerate(zip(ids, vectors, strict=True))]

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from indexer.backends.base import SearchFilter
 from indexer.build import FLAT_MAX, auto_nlist, global_slice, normalise_factory
+from indexer.filters import UNKNOWN_TIME, SearchFilter
 from indexer.manifest import FirstStage
 
-UNKNOWN_TIME = -9007199254740992.0  # -2**53: Milvus stores no NaN; no real crop time is this
+__all__ = ["CANDIDATES", "UNKNOWN_TIME", "filter_expression", "index_params",
+           "milvus_first_stage", "milvus_index_type", "search_params"]
 CANDIDATES = 256  # first-stage rows re-ranked per query, as the FAISS backend
 HNSW_BUILD = {"M": 32, "efConstruction": 200}
 MILVUS_TYPES = ("IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW")
@@ -86,18 +87,13 @@ def _pq_m(dim: int) -> int:
 
 def filter_expression(flt: SearchFilter | None, allowed_ids: np.ndarray | None) -> str | None:
     """The Milvus boolean expression for a filter ("" when none); None when no row can pass
-    (an empty camera set or id list), which Milvus would reject as an expression."""
+    (an empty set or id list), which Milvus would reject as an expression."""
     terms: list[str] = []
-    if flt is not None and flt.camera_ids is not None:
-        if not flt.camera_ids:
+    if flt is not None:
+        expr = flt.expression()
+        if expr is None:
             return None
-        terms.append(f"camera_id in {sorted(int(c) for c in flt.camera_ids)}")
-    if flt is not None and (flt.time_from is not None or flt.time_to is not None):
-        terms.append(f"ts > {UNKNOWN_TIME:.1f}")  # an unknown time fails any time condition
-        if flt.time_from is not None:
-            terms.append(f"ts >= {float(flt.time_from):.6f}")
-        if flt.time_to is not None:
-            terms.append(f"ts <= {float(flt.time_to):.6f}")
+        terms += [expr] if expr else []
     if allowed_ids is not None:
         if len(allowed_ids) == 0:
             return None

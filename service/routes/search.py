@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, HTTPException, Path, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from pydantic import StringConstraints, ValidationError
+from pydantic import ValidationError
 
 from service import crud, persons
 from service.config import Settings
 from service.deps import Actor, EngineDep, JsonBody, SearcherDep, SessionDep, SettingsDep
+from service.filters import FILTERS, FilterRejected
 from service.schemas import (
     MAX_DESCRIPTION,
     CameraInfo,
@@ -20,7 +23,6 @@ from service.schemas import (
     SearchRequest,
     SearchResponse,
     Sighting,
-    UTCDateTime,
 )
 from service.search import (
     BadCursor,
@@ -28,7 +30,6 @@ from service.search import (
     Hit,
     IndexNotReady,
     SearchQuery,
-    UnknownCamera,
     UnknownExamples,
 )
 from service.storage import ImageRejected, check_image
@@ -82,6 +83,24 @@ def search(body: SearchRequest, request: Request, session: SessionDep, engine: E
     return _answer(request, session, engine, settings, actor, query, detail)
 
 
+def _filter_form() -> Callable[..., dict[str, Any]]:
+    """A dependency taking every filter's fields (``service.filters.FILTERS``) as form fields
+    (a list field: repeat it), documented as the JSON fields are; -> the ones given."""
+    params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                annotation=Annotated[spec.form_type(name), Form(
+                                    description=info.description, examples=info.examples)])
+              for spec in FILTERS for name, (_, info) in spec.fields.items()]
+
+    def given(**values: Any) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if v is not None}
+
+    given.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return given
+
+
+FilterForm = Annotated[dict[str, Any], Depends(_filter_form())]
+
+
 @router.post("/search/image", response_model=SearchResponse, responses={
     **SEARCH_ERRORS, 413: {"model": ErrorResponse, "description": "The photo is larger than "
                            "TBPS_MAX_UPLOAD_BYTES"},
@@ -92,15 +111,11 @@ def search_image(
     actor: SearcherDep,
     image: Annotated[UploadFile, File(description="A photo of the person (JPEG, PNG, BMP or "
                                       "WebP, within the upload limits); encoded, never stored")],
+    filters: FilterForm,
     description: Annotated[str | None, Form(min_length=1, max_length=MAX_DESCRIPTION,
                                             examples=["carrying a black backpack"])] = None,
     text_weight: Annotated[float | None, Form(ge=0, le=1, examples=[0.5])] = None,
     top_k: Annotated[int | None, Form(ge=1, le=100, examples=[10])] = None,
-    cameras: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=128)]]
-                       | None, Form(description="Repeat the field for each camera",
-                                    examples=[["gate-3"]])] = None,
-    time_from: Annotated[UTCDateTime | None, Form(examples=["2026-05-01T08:00:00Z"])] = None,
-    time_to: Annotated[UTCDateTime | None, Form(examples=["2026-05-01T18:00:00Z"])] = None,
     group_by: Annotated[Literal["crop", "person"] | None, Form(examples=["crop"])] = None,
     cursor: Annotated[str | None, Form(max_length=2048, examples=[None])] = None,
 ) -> SearchResponse:
@@ -108,8 +123,7 @@ def search_image(
     gallery), optionally with a description: the photo goes through the image tower and is
     never stored. The form fields mean what they mean for `POST /search`; same response."""
     fields = {"description": description, "text_weight": text_weight, "top_k": top_k,
-              "cameras": cameras, "time_from": time_from, "time_to": time_to,
-              "group_by": group_by, "cursor": cursor}
+              **filters, "group_by": group_by, "cursor": cursor}
     try:
         options = SearchOptions.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
@@ -131,9 +145,8 @@ def search_image(
 
 def _query(options: SearchOptions, **by: Any) -> SearchQuery:
     return SearchQuery(description=options.description, top_k=options.top_k,
-                       cameras=tuple(options.cameras) if options.cameras is not None else None,
-                       time_from=options.time_from, time_to=options.time_to,
-                       group_by=options.group_by, cursor=options.cursor,
+                       filters=options.filter_values(), group_by=options.group_by,
+                       cursor=options.cursor,
                        text_weight=options.text_weight, **by)
 
 
@@ -150,8 +163,8 @@ def _answer(request: Request, session: SessionDep, engine: EngineDep, settings: 
         raise HTTPException(status_code=400, detail=str(exc)) from None
     except UnknownExamples as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
-    except UnknownCamera as exc:  # a validation error like the schema's own (detail + message)
-        raise RequestValidationError([{"loc": ("body", "cameras"), "msg": str(exc),
+    except FilterRejected as exc:  # a validation error like the schema's own (detail + message)
+        raise RequestValidationError([{"loc": ("body", exc.field), "msg": str(exc),
                                        "type": "value_error"}]) from None
     request.app.state.metrics.search_seconds.observe(result.took_ms / 1000)
     if audited(settings, actor):

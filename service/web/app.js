@@ -482,6 +482,7 @@ function requestBody() {
   if (cameras.length) body.cameras = cameras;
   if (form.time_from.value) body.time_from = new Date(form.time_from.value).toISOString();
   if (form.time_to.value) body.time_to = new Date(form.time_to.value).toISOString();
+  if (form.min_height.value) body.min_height = Number(form.min_height.value);
   return body;
 }
 
@@ -490,6 +491,7 @@ function filtersText(body) {
   if (body.cameras) bits.push(`cameras ${body.cameras.join(", ")}`);
   if (body.time_from) bits.push(`from ${when(body.time_from)}`);
   if (body.time_to) bits.push(`to ${when(body.time_to)}`);
+  if (body.min_height) bits.push(`at least ${body.min_height} px high`);
   return bits.join(", ");
 }
 
@@ -557,7 +559,7 @@ form.addEventListener("submit", (event) => {
 moreButton.addEventListener("click", () => runSearch(lastBody, true));
 $("clear-filters").addEventListener("click", () => {
   chosenCameras.clear();
-  form.time_from.value = ""; form.time_to.value = "";
+  form.time_from.value = ""; form.time_to.value = ""; form.min_height.value = "";
   showChips();
 });
 loadStatus();

@@ -16,6 +16,7 @@ from tests.indexer.backend_data import (
     make_rows,
     queries,
     two_stage_top,
+    where,
 )
 
 
@@ -40,8 +41,7 @@ def built(backend, rows: Rows, factory: str | None = None) -> str:
 def stored(backend, rows: Rows) -> Rows:
     """The rows as the backend keeps them (FAISS: float16), the exact reference's input."""
     dtype = np.dtype(backend.manifest().vectors_dtype)
-    return Rows(rows.ids, rows.vectors.astype(dtype).astype(np.float32), rows.camera_ids,
-                rows.timestamps)
+    return Rows(rows.ids, rows.vectors.astype(dtype).astype(np.float32), rows.attributes)
 
 
 def search(backend, rows: Rows, q: np.ndarray, k: int, flt: SearchFilter | None):
@@ -49,15 +49,17 @@ def search(backend, rows: Rows, q: np.ndarray, k: int, flt: SearchFilter | None)
     for a backend that filters by ids only (FAISS)."""
     if flt is None or backend.filters_in_engine:
         return backend.search(q, k, filter=flt)
-    return backend.search(q, k, allowed_ids=rows.ids[flt.mask(rows.camera_ids, rows.timestamps)])
+    return backend.search(q, k, allowed_ids=rows.ids[flt.mask(rows.attributes)])
 
 
 FILTERS = [
     None,
-    SearchFilter(camera_ids=frozenset({1, 3})),
-    SearchFilter(time_from=T0 + 600, time_to=T0 + 6000),
-    SearchFilter(camera_ids=frozenset({2}), time_from=T0 + 1200),
-    SearchFilter(time_to=T0 + 3000),
+    where(cameras={1, 3}),
+    where(time_from=T0 + 600, time_to=T0 + 6000),
+    where(cameras={2}, time_from=T0 + 1200),
+    where(time_to=T0 + 3000),
+    where(min_height=120),
+    where(cameras={0, 2}, min_height=60, time_to=T0 + 5000),
 ]
 
 
@@ -78,8 +80,8 @@ def test_exact_search_is_the_exact_top_k_among_the_rows_that_pass(backend, flt) 
 def test_unknown_times_fail_every_time_condition(backend) -> None:
     rows = make_rows(100)
     built(backend, rows)
-    unknown = set(rows.ids[np.isnan(rows.timestamps)].tolist())
-    hits = search(backend, rows, queries(2), 100, SearchFilter(time_to=T0 + 1e9))
+    unknown = set(rows.ids[np.isnan(rows.attributes["ts"])].tolist())
+    hits = search(backend, rows, queries(2), 100, where(time_to=T0 + 1e9))
     returned = set(hits.ids[hits.ids >= 0].tolist())
     assert returned and not returned & unknown
 
@@ -87,11 +89,11 @@ def test_unknown_times_fail_every_time_condition(backend) -> None:
 def test_too_few_rows_pad_and_an_empty_camera_set_matches_nothing(backend) -> None:
     rows = make_rows(50)
     built(backend, rows)
-    flt = SearchFilter(camera_ids=frozenset({0}))
+    flt = where(cameras={0})
     hits = search(backend, rows, queries(1), 60, flt)
-    n = int(flt.mask(rows.camera_ids, rows.timestamps).sum())
+    n = int(flt.mask(rows.attributes).sum())
     assert (hits.ids[0, n:] == -1).all() and (hits.ids[0, :n] >= 0).all()
-    none = search(backend, rows, queries(1), 5, SearchFilter(camera_ids=frozenset()))
+    none = search(backend, rows, queries(1), 5, where(cameras=set()))
     assert (none.ids == -1).all()
 
 
@@ -103,7 +105,7 @@ def test_allowed_ids_restrict_the_answer(backend) -> None:
     assert set(hits.ids.ravel().tolist()) <= set(allowed.tolist())
 
 
-@pytest.mark.parametrize("flt", [None, SearchFilter(camera_ids=frozenset({0, 1}))])
+@pytest.mark.parametrize("flt", [None, where(cameras={0, 1})])
 def test_two_stage_search_reranks_the_global_candidates_on_full_vectors(backend, flt) -> None:
     rows = make_rows(600, seed=3)
     built(backend, rows, factory="IVF8,Flat")  # 8 lists, all probed: exact first stage
@@ -128,7 +130,7 @@ def test_add_and_remove_change_the_pointer_and_the_answer(backend) -> None:
     after_remove = backend.remove(np.array([top]))
     assert after_remove != before
     assert top not in backend.search(q, 20).ids[0].tolist()
-    twin = Rows(np.array([10_000]), q.copy(), np.array([2]), np.array([T0]))
+    twin = Rows(np.array([10_000]), q.copy(), {"camera_id": np.array([2]), "ts": np.array([T0])})
     after_add = backend.add(twin)
     assert after_add not in (before, after_remove)
     hits = backend.search(q, 1)
@@ -150,7 +152,7 @@ def test_add_replaces_a_row_with_the_same_id(backend) -> None:
     rows = make_rows(40)
     built(backend, rows)
     q = queries(1)
-    backend.add(Rows(rows.ids[:1], q.copy(), rows.camera_ids[:1], rows.timestamps[:1]))
+    backend.add(Rows(rows.ids[:1], q.copy(), rows.select(np.arange(len(rows)) < 1).attributes))
     view = backend.open()
     assert view.count == 40
     np.testing.assert_allclose(view.vectors(rows.ids[:1]), q, atol=1e-3)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from indexer.backends import IndexBackend, NoIndex, Rows, SearchFilter, create_backend
+from indexer.filters import InSet
 
 ENCODER = {"name": "synthetic", "dim": 8, "checkpoint_sha256": "sha-a", "parts": []}
 
@@ -58,4 +59,5 @@ def test_a_filter_the_engine_cannot_apply_is_refused(backend):
         pytest.skip("this backend filters inside its engine")
     backend.publish(backend.build([unit_rows([1, 2])], total=2, encoder=ENCODER))
     with pytest.raises(ValueError, match="allowed_ids"):
-        backend.search(unit_rows([1]).vectors, 1, filter=SearchFilter(camera_ids=frozenset({1})))
+        backend.search(unit_rows([1]).vectors, 1,
+                       filter=SearchFilter((InSet("camera_id", frozenset({1})),)))

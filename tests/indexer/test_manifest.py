@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from indexer.backends import BackendUnavailable, Rows, SearchFilter, create_backend
+from indexer.filters import InSet, Range
 from indexer.manifest import FirstStage, Manifest
 from models.encoder import EncoderSpec
 
@@ -36,16 +37,19 @@ def test_manifest_reads_an_old_dict_and_answers_built_by():
 def test_rows_refuse_mismatched_shapes():
     with pytest.raises(ValueError, match="do not match"):
         Rows(np.arange(3), np.zeros((2, 4), np.float32))
-    with pytest.raises(ValueError, match="camera_ids"):
-        Rows(np.arange(2), np.zeros((2, 4), np.float32), camera_ids=np.arange(3))
-    rows = Rows(np.arange(4), np.eye(4, dtype=np.float32), np.array([1, 2, 1, 2]))
-    assert rows.select(rows.camera_ids == 1).ids.tolist() == [0, 2]
+    with pytest.raises(ValueError, match="camera_id"):
+        Rows(np.arange(2), np.zeros((2, 4), np.float32), {"camera_id": np.arange(3)})
+    with pytest.raises(ValueError, match="unknown attribute 'colour'"):
+        Rows(np.arange(2), np.zeros((2, 4), np.float32), {"colour": np.arange(2)})
+    rows = Rows(np.arange(4), np.eye(4, dtype=np.float32), {"camera_id": np.array([1, 2, 1, 2])})
+    picked = rows.select(rows.attributes["camera_id"] == 1)
+    assert picked.ids.tolist() == [0, 2] and picked.attributes["camera_id"].tolist() == [1, 1]
 
 
 def test_search_filter_reference_semantics():
-    f = SearchFilter(camera_ids=frozenset({1}), time_from=10.0, time_to=20.0)
+    f = SearchFilter((InSet("camera_id", frozenset({1})), Range("ts", 10.0, 20.0)))
     cams, times = np.array([1, 1, 2, 1]), np.array([10.0, np.nan, 15.0, 21.0])
-    assert f.mask(cams, times).tolist() == [True, False, False, False]
+    assert f.mask({"camera_id": cams, "ts": times}).tolist() == [True, False, False, False]
     assert SearchFilter().empty and not f.empty
 
 

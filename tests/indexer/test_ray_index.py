@@ -37,7 +37,8 @@ def crops(tmp_path: Path) -> list[CropItem]:
     for i in range(10):
         path = tmp_path / f"c{i}.png"
         path.write_bytes(make_image(i))
-        items.append(CropItem(100 + i, path, camera_id=i % 3, timestamp=1.7e9 + i))
+        items.append(CropItem(100 + i, path, {"camera_id": i % 3, "ts": 1.7e9 + i,
+                                                     "height": 96}))
     bad = tmp_path / "cut.jpg"
     bad.write_bytes(make_image(50, fmt="JPEG")[:200])
     return items + [CropItem(999, bad)]
@@ -66,7 +67,8 @@ def test_ray_vectors_equal_the_local_indexers(local_ray, tiny_checkpoint, crops)
     for rows, failed in encoded_rows(dataset.materialize(), total=len(crops)):
         seen |= dict(zip(rows.ids.tolist(), rows.vectors, strict=True))
         failures += failed
-        assert set(rows.camera_ids.tolist()) <= {0, 1, 2}
+        assert set(rows.attributes["camera_id"].tolist()) <= {0, 1, 2}
+        assert set(rows.attributes["height"].tolist()) == {96}
     local = local_vectors(tiny_checkpoint, crops)
     assert sorted(seen) == sorted(local) == list(range(100, 110))
     for crop_id, vector in local.items():
@@ -99,8 +101,8 @@ def test_the_actor_applies_the_image_limits_it_is_given(tiny_checkpoint, crops) 
 
     good = crops[:3]
     batch = {"id": np.array([c.id for c in good]), "path": np.array([str(c.path) for c in good]),
-             "camera_id": np.array([c.camera_id for c in good]),
-             "ts": np.array([c.timestamp for c in good])}
+             "camera_id": np.array([c.attributes["camera_id"] for c in good]),
+             "ts": np.array([c.attributes["ts"] for c in good])}
     out = EncodeCrops(options(tiny_checkpoint), ImageLimits(max_pixels=48 * 96 - 1))(batch)
     assert sorted(out["id"].tolist()) == [100, 101, 102]
     assert all(str(e).startswith("oversized: 48x96 pixels") for e in out["error"])

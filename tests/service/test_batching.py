@@ -105,8 +105,9 @@ def _queries(cursor: str) -> list[SearchQuery]:
         SearchQuery("a person in a red shirt", top_k=5),
         SearchQuery("a person in a red shirt", top_k=3),  # same text, another k
         SearchQuery("a man with a blue bag", top_k=12),
-        SearchQuery("someone", top_k=4, cameras=("cam-1",)),
-        SearchQuery("someone", top_k=4, cameras=("cam-0", "cam-2"), time_from=day),
+        SearchQuery("someone", top_k=4, filters={"cameras": ["cam-1"]}),
+        SearchQuery("someone", top_k=4, filters={"cameras": ["cam-0", "cam-2"],
+                                                 "time_from": day}),
         SearchQuery("a woman walking", top_k=2, group_by="person"),
         SearchQuery("a person in a red shirt", top_k=4, cursor=cursor),
     ]

@@ -7,6 +7,7 @@ import numpy as np
 from service import crud
 from service.catalog import extend_catalog, load_catalog
 from service.db import session_scope
+from service.filters import search_filter
 from service.orm import CropStatus
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
@@ -38,11 +39,14 @@ def test_full_and_incremental_loads_agree(migrated_settings):
         full = load_catalog(s)
     for name in ("ids", "camera_ids", "times"):
         assert np.array_equal(getattr(grown, name), getattr(full, name), equal_nan=True), name
+    for name, column in full.columns.items():
+        assert np.array_equal(grown.columns[name], column, equal_nan=True), name
     assert grown.ids.tolist() == sorted([*ids, new])
     assert set(grown.cameras) == set(full.cameras) == {"a", "b"}
     names = [grown.person_names[c] if c >= 0 else None for c in grown.persons]
     assert names == [full.person_names[c] if c >= 0 else None for c in full.persons]
-    mask = grown.filter_mask(cameras=["b"], time_from=T0 + timedelta(hours=4), time_to=None)
+    mask = grown.filter_mask(search_filter({"cameras": ["b"], "time_from": T0 + timedelta(hours=4)},
+                                           grown))
     assert grown.ids[mask].tolist() == [new]
     with session_scope(url) as s:
         assert crud.get_crop(s, crop_id=ids[1]).status == CropStatus.pending

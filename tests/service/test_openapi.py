@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import unicodedata
 import zlib
+from datetime import UTC, datetime
 
 import pytest
 import schemathesis
@@ -101,9 +103,10 @@ def _auth(case) -> dict[str, str]:
 def _meaningful(case):
     """Valid data the schema cannot describe: uploaded files are real images (the schema says
     "bytes", the service decodes them), a cursor is one the service issued (none here), a
-    camera filter names cameras the gallery has and an index factory is one FAISS can build.
-    Refusing random bytes (422), unknown cursors (400), unknown or no cameras (422) and
-    factories FAISS cannot build (422) is tested in test_admin/test_search."""
+    camera filter names cameras the gallery has, a time range is in order, a description is not
+    blank, and an index factory is one FAISS can build. Refusing random bytes (422), unknown
+    cursors (400), unknown or no cameras (422), reversed ranges and blank descriptions (422)
+    and factories FAISS cannot build (422) is tested in test_admin/test_search."""
     body = case.body if isinstance(case.body, dict) else None
     if body and case.operation.label == "POST /admin/crops" and "files" in body:
         files = body["files"] if isinstance(body["files"], list) else [body["files"]]
@@ -118,7 +121,23 @@ def _meaningful(case):
         body.pop("cursor", None)
         if body.get("cameras") is not None:
             body["cameras"] = ["cam-a"]
+        if isinstance(body.get("description"), str) and _blank(body["description"]):
+            body["description"] = "a person"  # a blank one is a 422 (test_search)
+        if body.get("time_from") and body.get("time_to"):  # a reversed range is a 422
+            body["time_from"], body["time_to"] = sorted([body["time_from"], body["time_to"]],
+                                                        key=_instant)
     return case
+
+
+def _blank(text: str) -> bool:
+    """What the service calls a blank description: only spaces, control and format chars."""
+    return all(unicodedata.category(c) in ("Cc", "Cf") or c.isspace() for c in text)
+
+
+def _instant(value: str) -> datetime:
+    """An ISO time as the service reads it (no zone: UTC)."""
+    when = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _summary(exc: BaseException) -> str:

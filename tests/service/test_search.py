@@ -219,7 +219,7 @@ def test_favicon_is_served(api):
 def test_an_engine_that_filters_holds_each_crops_camera_and_time(api, gallery):
     """Milvus stores camera and time with each row (the service's filters become its
     expressions): its own filter must select exactly the crops the database says."""
-    from indexer.backends import SearchFilter
+    from indexer.filters import InSet, Range, SearchFilter
     from service.catalog import to_epoch
     from service.db import session_scope
     from service.index_backend import backend_from_settings
@@ -234,9 +234,10 @@ def test_an_engine_that_filters_holds_each_crops_camera_and_time(api, gallery):
     since = to_epoch(T0 + timedelta(hours=6))
     live = backend.open()
     query = live.vectors(live.live_ids()[:1])
-    for flt, want in [(SearchFilter(camera_ids=frozenset({camera})),
+    for flt, want in [(SearchFilter((InSet("camera_id", frozenset({camera})),)),
                        {i for i, c, _ in crops if c == camera}),
-                      (SearchFilter(time_from=since), {i for i, _, t in crops if t >= since})]:
+                      (SearchFilter((Range("ts", since),)),
+                       {i for i, _, t in crops if t >= since})]:
         hits = live.search(query, 20, filter=flt)
         assert set(hits.ids[0][hits.ids[0] >= 0].tolist()) == want
 
