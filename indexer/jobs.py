@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from indexer.backends.base import BuildBusy, IndexBackend, Rows
-from indexer.build import DEFAULT_FACTORY
 from indexer.manifest import Manifest
 from indexer.pipeline import (
     LoggedProgress,
@@ -31,6 +30,7 @@ from indexer.pipeline import (
     encode_items,
     encode_to_shards,
 )
+from indexer.spec import DEFAULT_FACTORY
 from indexer.writer import Shard, ShardWriter
 from models.encoder import Encoder
 

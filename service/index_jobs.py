@@ -28,8 +28,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from indexer.backends import CorruptIndex, IndexBackend, NoIndex, create_backend
-from indexer.backends.base import BuildBusy
-from indexer.build import DEFAULT_FACTORY, choose_spec
+from indexer.backends.base import BuildBusy, split_pointer
 from indexer.jobs import (
     COMPACT_GENERATIONS,
     Attributes,
@@ -47,7 +46,7 @@ from indexer.jobs import (
 )
 from indexer.limits import ImageLimits
 from indexer.pipeline import Progress, ReadOptions, StageTimes
-from indexer.store import split_pointer
+from indexer.spec import DEFAULT_FACTORY, choose_spec
 from models.encoder import Encoder
 from service import index_records as records
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
-from indexer.build import FACTORY_PATTERN
+from indexer.spec import FACTORY_PATTERN
 from service import admin, crud
 from service.deps import AdminDep, EngineDep, JsonBody, SessionDep, SettingsDep
 from service.index_backend import index_spec_problem
