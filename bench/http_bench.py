@@ -86,8 +86,8 @@ def make_gallery(url: str, n: int) -> None:
 def publish_version(index_dir: Path, vectors: Path, spec_name: str, encoder_spec: dict) -> str:
     """A version over the synthetic vectors (ids 1..N), built with the indexer's functions."""
     from indexer.backends.faiss_backend import write_first_stage
-    from indexer.build import choose_spec, normalise_factory
-    from indexer.store import IndexStore, new_version_name
+    from indexer.backends.faiss_store import IndexStore, new_version_name
+    from indexer.spec import choose_spec, normalise_factory
     from indexer.writer import write_arrays
 
     store, version = IndexStore(index_dir), new_version_name()

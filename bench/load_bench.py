@@ -235,7 +235,7 @@ def drain(base: str, timeout: float) -> dict[str, Any]:
 
 def reconcile(env: dict[str, str], acknowledged: set[int]) -> dict[str, Any]:
     """Every acknowledged upload in the DB, indexed and in the live index; no stray file."""
-    from indexer.store import IndexStore
+    from indexer.backends.faiss_store import IndexStore
     from service import crud
     from service.config import Settings
     from service.db import session_scope

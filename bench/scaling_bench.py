@@ -34,8 +34,8 @@ import numpy as np
 from bench.envinfo import environment, format_table, machine_line, peak_rss_mib
 from bench.search_bench import build, ground_truth, recall, synthetic
 from indexer.backends.base import Rows
-from indexer.build import choose_spec
 from indexer.filters import InSet, Range, SearchFilter
+from indexer.spec import choose_spec
 
 log = logging.getLogger("scaling_bench")
 CAMERAS = 100
@@ -172,11 +172,11 @@ def milvus_stages(client: Any, version: str, manifest: Any,
     """Where one search's time goes: the first-stage search alone and the full-vector fetch
     of its candidates alone (p50 / p99 ms over ``queries``), each at the backend's Strong
     consistency and at Bounded (no wait for the newest time tick)."""
+    from indexer.backends.base import split_pointer
     from indexer.backends.milvus_spec import search_params
-    from indexer.backends.milvus_view import split_version
 
     stage = manifest.first_stage
-    base = split_version(version)[0]
+    base = split_pointer(version)[0]
     if stage is None:
         return {}
     out: dict[str, dict[str, float]] = {}

@@ -140,8 +140,8 @@ def recall(got: np.ndarray, truth: np.ndarray) -> float:
 def build(folder: Path, vectors: Path, factory: str, encoder_spec: dict):
     """A published version of ``vectors`` (hard-linked, not copied) with this spec."""
     from indexer.backends.faiss_backend import write_first_stage
-    from indexer.build import choose_spec
-    from indexer.store import IndexStore
+    from indexer.backends.faiss_store import IndexStore
+    from indexer.spec import choose_spec
 
     store = IndexStore(folder)
     staging = store.staging_dir("v")
@@ -187,7 +187,7 @@ def _pcts(ms: list[float]) -> dict[str, float]:
 
 # ---- data sets ----
 def real_dataset(index_dir: Path, encoder, q: int, work: Path):
-    from indexer.store import IndexStore
+    from indexer.backends.faiss_store import IndexStore
 
     live = IndexStore(index_dir).load(use_gpu=False)
     vectors = work / "real.npy"
@@ -206,7 +206,7 @@ def captions(q: int, seed: int = 0) -> list[str]:
 
 def specs_for(n: int, requested: list[str]) -> list[str]:
     """"auto" -> the spec chosen for n; "{nlist}" -> the automatic number of lists."""
-    from indexer.build import auto_nlist, choose_spec
+    from indexer.spec import auto_nlist, choose_spec
 
     out = []
     for s in requested:
@@ -219,7 +219,7 @@ def specs_for(n: int, requested: list[str]) -> list[str]:
 def run_dataset(name: str, vectors: Path, queries: np.ndarray, texts: list[str], encoder,
                 encoder_spec: dict, specs: list[str], work: Path, grid: list[tuple[int, int]],
                 flat_queries: int) -> list[dict]:
-    from indexer.build import global_slice
+    from indexer.spec import global_slice
 
     full = np.load(vectors, mmap_mode="r")
     truth = ground_truth(full, queries, 10)

@@ -21,9 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.backends.base import BuildBusy, IndexBackend, Rows
-from indexer.build import DEFAULT_FACTORY
 from indexer.filters import attribute_arrays
-from indexer.manifest import Manifest
 from indexer.pipeline import (
     LoggedProgress,
     Progress,
@@ -32,6 +30,7 @@ from indexer.pipeline import (
     encode_items,
     encode_to_shards,
 )
+from indexer.spec import DEFAULT_FACTORY
 from indexer.writer import Shard, ShardWriter
 from models.encoder import Encoder
 
@@ -40,8 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ADD_CHUNK", "COMPACT_GENERATIONS", "DEFAULT_FACTORY", "FIRST_CHUNK", "SHARD_SIZE",
            "Attributes", "BuildBusy", "BuildReport", "ChunkDone", "StaleIndex", "add_in_chunks",
            "build_from_shards", "chunk_bounds", "compact_live", "diff_ids", "encode_gallery",
-           "needs_full", "require_same_model", "resumable_writer", "resume_unfinished", "sha_tag",
-           "with_attributes"]
+           "resumable_writer", "resume_unfinished", "sha_tag", "with_attributes"]
 
 SHARD_SIZE = 4096
 FIRST_CHUNK = 32  # crops in the first published generation: searchable within seconds
@@ -218,21 +216,6 @@ def compact_live(backend: IndexBackend, factory: str | None = None,
 
 
 # ---- the questions asked before a job ----
-def needs_full(manifest: Manifest, encoder: Encoder, factory: str | None) -> bool:
-    """A full build is needed: another checkpoint built the index, or another spec is asked."""
-    if not manifest.built_by(encoder):
-        log.info("the live index was built by another checkpoint: full build")
-        return True
-    return not manifest.same_factory(factory)
-
-
-def require_same_model(manifest: Manifest, pointer: str, encoder: Encoder) -> None:
-    if not manifest.built_by(encoder):
-        raise StaleIndex(f"the live index {pointer} was built by checkpoint "
-                         f"{manifest.checkpoint_sha256}; run `tbps index --full` with the "
-                         "current one")
-
-
 def diff_ids(live_ids: np.ndarray, db_ids: np.ndarray,
              statuses: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Index vs gallery -> (crops to add, crop ids to remove, crops in the index that the

@@ -380,15 +380,3 @@ def list_audit(session: Session, *, limit: int, offset: int = 0,
 def count_audit(session: Session, *, action: str) -> int:
     stmt = select(func.count(AuditEntry.id)).where(AuditEntry.action == action)
     return int(session.scalar(stmt) or 0)
-
-
-def record_index_version(session: Session, *, version: str, path: str, count: int, dim: int,
-                         factory: str, checkpoint_sha256: str) -> IndexVersion:
-    """The new live version; the previous live one is retired."""
-    for row in session.scalars(select(IndexVersion).where(IndexVersion.status == IndexStatus.live)):
-        row.status = IndexStatus.retired
-    row = IndexVersion(version=version, path=path, status=IndexStatus.live, count=count, dim=dim,
-                       factory=factory, checkpoint_sha256=checkpoint_sha256,
-                       published_at=utcnow())
-    session.add(row)
-    return row

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from indexer.backends import BackendUnavailable, IndexBackend, create_backend
-from indexer.build import FLAT_MAX, factory_problem
+from indexer.spec import FLAT_MAX
 from models.encoder import EncoderSpec
 from service.config import Settings
 
@@ -37,4 +37,6 @@ def index_spec_problem(settings: Settings, factory: str, spec: EncoderSpec) -> s
         except ValueError as exc:
             return str(exc)
         return None
+    from indexer.backends.faiss_build import factory_problem
+
     return factory_problem(factory, spec.parts, spec.dim)

@@ -10,8 +10,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from indexer.backends import BuildBusy, IndexBackend, IndexView, NoIndex
+from indexer.backends.base import split_pointer
 from indexer.pipeline import ReadOptions
-from indexer.store import split_pointer
 from models.encoder import Encoder
 from service import crud
 from service import index_records as records

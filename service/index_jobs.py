@@ -6,8 +6,12 @@ the crops (id, path), hands them to the indexer (``indexer.jobs``) and records t
 - ``build_full``: encode every crop into resumable shards, build a new version beside the live
   one, swap it in atomically (the old one stays as PREVIOUS for ``rollback``).
 - ``sync``: the incremental default of ``tbps index``: adds pending crops, drops deleted ones;
-  falls back to ``build_full`` when there is no index or it was built by another checkpoint.
+  a full build when there is no index or it was built by another checkpoint.
 - ``add_crops`` / ``remove_crops``: make given crops searchable / gone at once, no rebuild.
+
+The first three are goals of one loop (``_run``): the state of the catalog and the live index
+is read (``read_state``), ``service.index_plan.plan`` turns it into steps (full / first / mark /
+remove / add / compact), and the loop runs them; no job calls another.
 - ``rollback``: make the previous version live again.
 
 ``service.index_check.check`` verifies that the database and the index agree, and repairs.
@@ -20,7 +24,8 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +33,8 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from indexer.backends import CorruptIndex, IndexBackend, NoIndex, create_backend
-from indexer.backends.base import BuildBusy
-from indexer.build import DEFAULT_FACTORY, choose_spec
+from indexer.backends.base import BuildBusy, split_pointer
 from indexer.jobs import (
-    COMPACT_GENERATIONS,
     Attributes,
     BuildReport,
     StaleIndex,
@@ -40,22 +43,21 @@ from indexer.jobs import (
     compact_live,
     diff_ids,
     encode_gallery,
-    needs_full,
-    require_same_model,
     resumable_writer,
     resume_unfinished,
 )
 from indexer.limits import ImageLimits
 from indexer.pipeline import Progress, ReadOptions, StageTimes
-from indexer.store import split_pointer
+from indexer.spec import DEFAULT_FACTORY
 from models.encoder import Encoder
 from service import index_records as records
+from service.index_plan import Goal, IndexState, Step, plan
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_FACTORY", "BuildBusy", "BuildReport", "NoIndex", "StaleIndex", "add_crops",
-           "as_backend", "build_full", "build_full_on_ray", "compact", "first_build",
-           "gallery_diff", "remove_crops", "rollback", "sync"]
+           "as_backend", "build_full", "build_full_on_ray", "compact", "gallery_diff",
+           "read_state", "remove_crops", "rollback", "sync"]
 
 Index = IndexBackend | Path | str
 
@@ -73,39 +75,182 @@ def as_backend(index: Index) -> IndexBackend:
     return index
 
 
-# ---- full builds ----
+# ---- the job loop: read the state, plan, run the steps ----
+@dataclass(frozen=True)
+class _Job:
+    """What every step of one job works with."""
+
+    session: Session
+    encoder: Encoder
+    crops_dir: Path
+    backend: IndexBackend
+    progress: Progress | None = None
+    options: ReadOptions | None = None
+    factory: str | None = None
+    shard_size: int | None = None
+
+
 def build_full(session: Session, encoder: Encoder, crops_dir: Path, index: Index, *,
                factory: str | None = None, progress: Progress | None = None,
                options: ReadOptions | None = None, shard_size: int | None = None) -> BuildReport:
-    """Encode every indexable crop, write a new version beside the live one and swap it in.
+    """Encode every indexable crop, write a new version beside the live one and swap it in,
+    then add the crops uploaded meanwhile. Resumable: shards finished by a killed run with
+    the same checkpoint are reused. ``factory`` None chooses the spec by size."""
+    return _run(_Job(session, encoder, Path(crops_dir), as_backend(index), progress, options,
+                     factory, shard_size), "full")
 
-    Resumable: shards finished by a killed run with the same checkpoint are reused. The
-    live index keeps serving until the swap; ``factory`` None chooses the spec by size.
+
+def sync(session: Session, encoder: Encoder, crops_dir: Path, index: Index, *,
+         factory: str | None = None, progress: Progress | None = None,
+         options: ReadOptions | None = None) -> BuildReport:
+    """Bring the index up to date with the database without a rebuild when possible: add
+    pending crops (and indexed ones missing from the index), drop deleted ones. A full build
+    when there is no index, it was built by another checkpoint or spec, a killed full build
+    is left to resume, or the live version is corrupt or gone."""
+    return _run(_Job(session, encoder, Path(crops_dir), as_backend(index), progress, options,
+                     factory), "sync")
+
+
+def add_crops(session: Session, encoder: Encoder, crops_dir: Path, index: Index,
+              crop_ids: Iterable[int], *, progress: Progress | None = None,
+              options: ReadOptions | None = None) -> BuildReport:
+    """Encode these crops and publish them as new generations of the live index (no rebuild).
+
+    Chunks start at ``FIRST_CHUNK`` crops and double up to ``ADD_CHUNK``, so that the first
+    ones are searchable within seconds of the start. Crops already indexed are re-encoded and
+    replaced; deleted crops are skipped. With no index yet, the whole gallery is published
+    this way (a first build, searchable from its first chunk on). Raises ``StaleIndex`` when
+    the live index was built by another checkpoint. A live index that is corrupt or whose
+    folder is gone is rebuilt in full, these crops with the rest.
     """
-    started, times, backend = time.perf_counter(), StageTimes(), as_backend(index)
+    return _run(_Job(session, encoder, Path(crops_dir), as_backend(index), progress, options),
+                "add", [int(i) for i in crop_ids])
+
+
+def _run(job: _Job, goal: Goal, crop_ids: list[int] | None = None) -> BuildReport:
+    """Plan from the state and run the steps, one at a time; after a full build (crops added
+    while it ran) or a first build that found an index (another process built it), plan
+    again from the new state."""
+    started, total, rebuilt = time.perf_counter(), BuildReport(None), False
+    steps = plan(read_state(job, goal, crop_ids), goal)
+    while steps:
+        step = steps.pop(0)
+        done = STEPS[step.action](job, step)
+        if done is None:  # the first index was built meanwhile: catch up with it
+            goal, steps = "sync", plan(read_state(job, "sync"), "sync")
+            continue
+        _merge(total, done)
+        if step.action == "full":  # no progress: the job's own is done at the swap
+            goal, rebuilt, job = "sync", True, replace(job, progress=None, factory=None)
+            steps = plan(read_state(job, "sync"), "sync", rebuilt=True)
+    total.version, total.seconds = job.backend.current_version(), time.perf_counter() - started
+    if rebuilt:
+        log.info("published index %s: %d crops, %d failed, %d resumed, %.1fs", total.version,
+                 total.indexed, len(total.failed), total.resumed, total.seconds)
+    return total
+
+
+def _merge(total: BuildReport, part: BuildReport) -> None:
+    total.indexed += part.indexed
+    total.failed += part.failed
+    total.removed += part.removed
+    total.resumed += part.resumed
+    total.full = total.full or part.full
+    for stage, seconds in part.stages.items():
+        total.stages[stage] = total.stages.get(stage, 0.0) + seconds
+
+
+def read_state(job: _Job, goal: Goal, crop_ids: list[int] | None = None) -> IndexState:
+    """The live index against the catalog: what ``plan`` needs for ``goal`` (a sync also
+    cleans what a killed full build left, ``resume_unfinished``)."""
+    backend, session = job.backend, job.session
+    if goal == "full":
+        return IndexState()
+    resumable = goal == "sync" and resume_unfinished(backend, job.encoder)
+    live = backend.current_version()
+    if live is None:
+        gallery = len(records.indexable_items(session, job.crops_dir)) if goal == "add" else 0
+        return IndexState(resumable=resumable, gallery=gallery)
+    refused = unusable(backend, live)
+    if refused is not None:
+        return IndexState(live, refused, resumable)
+    manifest = backend.manifest(live)
+    state = IndexState(live, None, resumable,
+                       None if manifest.built_by(job.encoder) else manifest.checkpoint_sha256,
+                       not manifest.same_factory(job.factory), split_pointer(live)[1])
+    if goal == "add":
+        return replace(state, to_add=tuple(crop_ids or ()))
+    if resumable or state.built_by_other or state.other_factory:
+        return state  # a full build: no diff needed
+    to_add, to_remove, settled = gallery_diff(session, backend.open(live).live_ids())
+    return replace(state, to_add=tuple(to_add.tolist()), to_remove=tuple(to_remove.tolist()),
+                   settled=tuple(settled.tolist()))
+
+
+# ---- the steps ----
+def _full(job: _Job, step: Step) -> BuildReport:
+    """A new version of every indexable crop beside the live one, swapped in. The live index
+    keeps serving until the swap."""
+    started, times, backend, session = time.perf_counter(), StageTimes(), job.backend, job.session
     with backend.lock():
-        writer = resumable_writer(backend, encoder)
-        items = records.indexable_items(session, crops_dir)
-        resumed = encode_gallery(encoder, items, writer, progress=progress, times=times,
-                                 options=options or ReadOptions(),
-                                 **({"shard_size": shard_size} if shard_size else {}))
-        keep = {cid for cid, _ in records.indexable_items(session, crops_dir)}  # drops deletes
+        writer = resumable_writer(backend, job.encoder)
+        items = records.indexable_items(session, job.crops_dir)
+        resumed = encode_gallery(job.encoder, items, writer, progress=job.progress, times=times,
+                                 options=job.options or ReadOptions(),
+                                 **({"shard_size": job.shard_size} if job.shard_size else {}))
+        keep = {cid for cid, _ in records.indexable_items(session, job.crops_dir)}  # deletes
         shards = writer.read_shards()
         mark = time.perf_counter()
-        version, ids = build_from_shards(backend, shards, keep, encoder, factory,
+        version, ids = build_from_shards(backend, shards, keep, job.encoder, job.factory,
                                          attributes_for(session, backend))
         times.add("index", mark)
         failed = [f for shard in shards for f in shard.failed if f[0] in keep]
         _go_live(session, backend, version, ids, failed)
         shutil.rmtree(writer.folder)
         backend.prune()
-    caught_up = sync(session, encoder, crops_dir, backend, options=options, rebuild=False)
-    report = BuildReport(backend.current_version(), len(ids) + caught_up.indexed,
-                         failed + caught_up.failed, time.perf_counter() - started,
-                         caught_up.removed, resumed, True, dict(times.seconds))
-    log.info("published index %s: %d crops, %d failed, %d resumed, %.1fs", report.version,
-             report.indexed, len(report.failed), resumed, report.seconds)
+    return BuildReport(version, len(ids), failed, time.perf_counter() - started,
+                       resumed=resumed, full=True, stages=dict(times.seconds))
+
+
+def _first(job: _Job, step: Step) -> BuildReport | None:
+    """The first index of a gallery, searchable from its first chunk on: a base version of the
+    first crops, then a generation per chunk. A killed run leaves the chunks published so far
+    live; ``sync`` adds the rest. None: another process built an index meanwhile."""
+    with job.backend.lock():
+        if job.backend.current_version() is not None:
+            return None
+        items = records.indexable_items(job.session, job.crops_dir)
+        report = _add_in_chunks(job.session, job.encoder, job.backend, items, job.progress,
+                                job.options)
+    report.full = True
     return report
+
+
+def _mark(job: _Job, step: Step) -> BuildReport:
+    """Crops the index holds that the catalog calls pending or failed are indexed."""
+    records.mark_indexed(job.session, list(step.ids))
+    job.session.commit()
+    return BuildReport(None)
+
+
+def _remove(job: _Job, step: Step) -> BuildReport:
+    job.backend.remove(np.asarray(step.ids, dtype=np.int64))
+    return BuildReport(None, removed=len(step.ids))
+
+
+def _add(job: _Job, step: Step) -> BuildReport:
+    items = records.indexable_items(job.session, job.crops_dir, step.ids)
+    return _add_in_chunks(job.session, job.encoder, job.backend, items, job.progress,
+                          job.options)
+
+
+def _compact(job: _Job, step: Step) -> BuildReport:
+    return BuildReport(compact(job.session, job.backend))
+
+
+STEPS: dict[str, Callable[[_Job, Step], BuildReport | None]] = {
+    "full": _full, "first": _first, "mark": _mark, "remove": _remove, "add": _add,
+    "compact": _compact}
 
 
 def _record_live(session: Session, backend: IndexBackend, count: int | None = None) -> None:
@@ -135,7 +280,6 @@ def _record_created(session: Session, backend: IndexBackend, version: str, count
                         manifest=backend.manifest(version), count=count)
 
 
-# ---- incremental ----
 def unusable(backend: IndexBackend, pointer: str) -> str | None:
     """Why the version ``pointer`` cannot be added to (corrupt, or its folder is gone), or
     None when it can."""
@@ -144,64 +288,6 @@ def unusable(backend: IndexBackend, pointer: str) -> str | None:
     except CorruptIndex as exc:
         return str(exc)
     return None
-
-
-def add_crops(session: Session, encoder: Encoder, crops_dir: Path, index: Index,
-              crop_ids: Iterable[int], *, progress: Progress | None = None,
-              options: ReadOptions | None = None, rebuild: bool = True) -> BuildReport:
-    """Encode these crops and publish them as new generations of the live index (no rebuild).
-
-    Chunks start at ``FIRST_CHUNK`` crops and double up to ``ADD_CHUNK``, so that the first
-    ones are searchable within seconds of the start. Crops already indexed are re-encoded and
-    replaced; deleted crops are skipped. With no index yet, the whole gallery is published
-    this way (``first_build``). Raises ``StaleIndex`` when the live index was built by another
-    checkpoint (build a full one). A live index that is corrupt or whose folder is gone is
-    rebuilt in full (``rebuild``; else ``CorruptIndex``), these crops with the rest.
-    """
-    backend = as_backend(index)
-    current = backend.current_version()
-    if current is None:
-        return first_build(session, encoder, crops_dir, backend, progress=progress,
-                           options=options)
-    refused = unusable(backend, current)
-    if refused is not None:
-        return _rebuild(session, encoder, crops_dir, backend, refused, rebuild, progress,
-                        options)
-    require_same_model(backend.manifest(current), current, encoder)
-    items = records.indexable_items(session, crops_dir, crop_ids)
-    return _add_in_chunks(session, encoder, backend, items, progress, options)
-
-
-def _rebuild(session: Session, encoder: Encoder, crops_dir: Path, backend: IndexBackend,
-             refused: str, rebuild: bool, progress: Progress | None,
-             options: ReadOptions | None) -> BuildReport:
-    """A full build in place of an unusable live version (not twice in a row: a build that
-    comes out unusable again stops here)."""
-    if not rebuild:
-        raise CorruptIndex(f"{refused}; a full rebuild just published it: check the model "
-                           "and the disk, then `tbps index --full`")
-    log.warning("%s: building a full index instead", refused)
-    return build_full(session, encoder, crops_dir, backend, progress=progress, options=options)
-
-
-def first_build(session: Session, encoder: Encoder, crops_dir: Path, index: Index, *,
-                progress: Progress | None = None,
-                options: ReadOptions | None = None) -> BuildReport:
-    """The first index of a gallery, searchable from its first chunk on: a base version of the
-    first crops, then a generation per chunk. A killed run leaves the chunks published so far
-    live; ``sync`` adds the rest. Galleries too large for exact search are compacted into the
-    spec chosen for their size at the end."""
-    backend, report = as_backend(index), None
-    with backend.lock():
-        if backend.current_version() is None:  # else another process built it meanwhile
-            items = records.indexable_items(session, crops_dir)
-            report = _add_in_chunks(session, encoder, backend, items, progress, options)
-    if report is None:
-        return sync(session, encoder, crops_dir, backend, progress=progress, options=options)
-    report.full = True
-    if report.indexed and not choose_spec(report.indexed).exact:
-        report.version = compact(session, backend)
-    return report
 
 
 def _add_in_chunks(session: Session, encoder: Encoder, backend: IndexBackend,
@@ -231,39 +317,6 @@ def gallery_diff(session: Session,
                  live_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (crops to add, crop ids to remove, crops in the index that the DB calls pending)."""
     return diff_ids(live_ids, *records.crop_statuses(session))
-
-
-def sync(session: Session, encoder: Encoder, crops_dir: Path, index: Index, *,
-         factory: str | None = None, progress: Progress | None = None,
-         options: ReadOptions | None = None, rebuild: bool = True) -> BuildReport:
-    """Bring the index up to date with the database without a rebuild when possible:
-    add pending crops (and indexed ones missing from the index), drop deleted ones. A live
-    version that is corrupt or gone is rebuilt (``rebuild``; else ``CorruptIndex``)."""
-    backend = as_backend(index)
-    if resume_unfinished(backend, encoder):
-        log.info("resuming the unfinished full build of a killed run")
-        return build_full(session, encoder, crops_dir, backend, factory=factory,
-                          progress=progress, options=options)
-    current = backend.current_version()
-    refused = unusable(backend, current) if current is not None else None
-    if refused is not None:
-        return _rebuild(session, encoder, crops_dir, backend, refused, rebuild, progress,
-                        options)
-    if current is None or needs_full(backend.manifest(current), encoder, factory):
-        return build_full(session, encoder, crops_dir, backend, factory=factory,
-                          progress=progress, options=options)
-    started = time.perf_counter()
-    to_add, to_remove, in_index_pending = gallery_diff(session, backend.open(current).live_ids())
-    records.mark_indexed(session, in_index_pending.tolist())
-    session.commit()
-    if len(to_remove):
-        backend.remove(to_remove)
-    report = add_crops(session, encoder, crops_dir, backend, to_add.tolist(),
-                       progress=progress, options=options, rebuild=rebuild)
-    report.removed, report.seconds = len(to_remove), time.perf_counter() - started
-    if split_pointer(backend.current_version() or "")[1] > COMPACT_GENERATIONS:
-        compact(session, backend)
-    return report
 
 
 def compact(session: Session, index: Index, *, factory: str | None = None) -> str | None:

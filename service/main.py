@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from indexer.backends import BackendUnavailable
-from indexer.gpu import limit_threads
+from indexer.backends.faiss_gpu import limit_threads
 from models.factory import load_encoder
 from service import __version__, db
 from service.admission import Admission

@@ -292,12 +292,6 @@ class ErrorResponse(BaseModel):
                         examples=["no crop with id 12"])
 
 
-class ServerError(BaseModel):
-    detail: str = Field(..., description="What went wrong.",
-                        examples=["internal error; quote error id 3f2a9c0d1e"])
-    error_id: str = Field(..., description="Find it in the server log.", examples=["3f2a9c0d1e"])
-
-
 BAD_BODY = {400: {"model": ErrorResponse, "description": "The body could not be parsed"}}
 JSON_BODY = {**BAD_BODY, 415: {"model": ErrorResponse, "description": "The body is not sent "
                                "as application/json"}}

@@ -82,12 +82,6 @@ def run_add(session: Session, settings: Settings, encoder: Encoder, params: dict
     return f"index {report.version}: {report.indexed} crops added, {len(report.failed)} failed"
 
 
-def remove_from_index(settings: Settings, crop_ids: list[int]) -> None:
-    """Hide deleted crops in the index too (the catalog already drops them from results)."""
-    if crop_ids:
-        index_jobs.remove_crops(backend_from_settings(settings), crop_ids)
-
-
 RUNNERS = {"reindex": ("encoded", run_reindex), "add": ("encoded", run_add)}
 
 

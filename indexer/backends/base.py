@@ -37,9 +37,16 @@ from indexer.filters import ATTRIBUTES, SearchFilter
 from indexer.manifest import Manifest
 
 __all__ = ["PAD_SCORE", "BackendUnavailable", "BuildBusy", "CorruptIndex", "Hits", "IndexBackend",
-           "IndexView", "NoIndex", "Rows", "SearchFilter"]
+           "IndexView", "NoIndex", "Rows", "SearchFilter", "split_pointer"]
 
 PAD_SCORE = np.float32(-np.finfo(np.float32).max)  # score of an id -1 padding slot
+
+
+def split_pointer(pointer: str) -> tuple[str, int]:
+    """A live pointer ``"<base>+<generation>"`` -> (base, generation); a bare base is
+    generation 0 (every backend names its versions so)."""
+    base, _, gen = pointer.partition("+")
+    return base, int(gen or 0)
 
 
 class NoIndex(FileNotFoundError):

@@ -1,5 +1,5 @@
-"""The FAISS backend: versions as files under a folder (``indexer.store``), searched in process
-(``indexer.loaded``), first stages built by ``indexer.build``.
+"""The FAISS backend: versions as files under a folder (``faiss_store``), searched in process
+(``faiss_loaded``), first stages built by ``faiss_build`` (GPU when there is one: ``faiss_gpu``).
 
 Camera and time filters are not stored with the vectors: callers pass the crop ids that pass
 (``allowed_ids``, from the service's catalog), applied exactly with an id selector.
@@ -18,12 +18,13 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer.backends.base import CorruptIndex, Hits, NoIndex, Rows, SearchFilter
+from indexer.backends.base import CorruptIndex, Hits, NoIndex, Rows, SearchFilter, split_pointer
+from indexer.backends.faiss_build import build_first_stage, nlist_of
+from indexer.backends.faiss_loaded import LoadedIndex
+from indexer.backends.faiss_store import IndexStore, new_version_name
 from indexer.backends.locking import build_lock
-from indexer.build import IndexSpec, build_first_stage, choose_spec, first_stage_of, nlist_of
-from indexer.loaded import LoadedIndex
 from indexer.manifest import Manifest
-from indexer.store import IndexStore, new_version_name, split_pointer
+from indexer.spec import IndexSpec, choose_spec, first_stage_of
 
 log = logging.getLogger(__name__)
 

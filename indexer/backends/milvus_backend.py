@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from indexer.backends.base import BackendUnavailable, NoIndex, Rows, SearchFilter
+from indexer.backends.base import BackendUnavailable, NoIndex, Rows, SearchFilter, split_pointer
 from indexer.backends.locking import build_lock
 from indexer.backends.milvus_spec import index_params, milvus_first_stage
-from indexer.backends.milvus_view import MilvusView, split_version
+from indexer.backends.milvus_view import MilvusView
 from indexer.filters import ATTRIBUTES, attribute_arrays
 from indexer.manifest import FirstStage, Manifest
 
@@ -151,7 +151,7 @@ class MilvusBackend:
         return name
 
     def publish(self, version: str, *, keep_previous: bool = False) -> None:
-        base = split_version(version)[0]
+        base = split_pointer(version)[0]
         self.manifest(base)  # NoIndex unless complete
         old = self._aliased(self.live_alias)
         self._point(self.live_alias, base)
@@ -397,7 +397,7 @@ class MilvusBackend:
             if base is None:
                 raise NoIndex("no live Milvus index version")
             return base
-        return split_version(version)[0]
+        return split_pointer(version)[0]
 
     def _version_collections(self) -> list[str]:
         head = f"{self.prefix}_v"

@@ -1,6 +1,6 @@
 """Milvus index specs and filter expressions: plain functions, no server needed.
 
-A spec is named like the FAISS one (``indexer.build.choose_spec``) so a manifest reads the same
+A spec is named like the FAISS one (``indexer.spec.choose_spec``) so a manifest reads the same
 in both backends: "Flat" is exact search over the full vectors; anything else is a first stage
 over the global part ("full:" prefix: over the whole vector) whose candidates are re-ranked on
 the full vectors. Milvus index types are given by name (``IVF_SQ8``, ``IVF_FLAT``, ``IVF_PQ``,
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from indexer.build import FLAT_MAX, auto_nlist, global_slice, normalise_factory
 from indexer.filters import UNKNOWN_TIME, SearchFilter
 from indexer.manifest import FirstStage
+from indexer.spec import FLAT_MAX, auto_nlist, global_slice, normalise_factory
 
 __all__ = ["CANDIDATES", "UNKNOWN_TIME", "filter_expression", "index_params",
            "milvus_first_stage", "milvus_index_type", "search_params"]

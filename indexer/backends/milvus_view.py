@@ -22,12 +22,6 @@ CHECK_SAMPLE = 64  # rows compared between the two collections by ``check``
 NORM_TOLERANCE = 1e-2  # stored float32 parts are unit norm up to the encoder's rounding
 
 
-def split_version(pointer: str) -> tuple[str, int]:
-    """``"<base>+<generation>"`` -> (base, generation); a bare base is generation 0."""
-    base, _, generation = pointer.partition("+")
-    return base, int(generation or 0)
-
-
 def count_rows(client: Any, collection: str) -> int:
     rows = client.query(collection, filter="", output_fields=["count(*)"])
     return int(rows[0]["count(*)"])

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from indexer.build import FACTORY_PATTERN
+from indexer.spec import FACTORY_PATTERN
 from service import admin, crud
 from service.config import Settings
 from service.deps import Actor, AdminDep, EngineDep, JsonBody, SessionDep, SettingsDep

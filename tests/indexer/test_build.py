@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from indexer.backends.faiss_backend import write_first_stage
-from indexer.build import FLAT_MAX, IndexSpec, choose_spec, global_slice, normalise_factory
-from indexer.store import IndexStore
+from indexer.backends.faiss_store import IndexStore
+from indexer.spec import FLAT_MAX, IndexSpec, choose_spec, global_slice, normalise_factory
 from indexer.writer import write_arrays
 from models.encoder import EncoderSpec, Part
 

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from indexer.backends.faiss_store import IndexStore
 from indexer.pipeline import ReadOptions
-from indexer.store import IndexStore
 from service import crud
 from service.db import session_scope
 from service.index_jobs import build_full

@@ -3,8 +3,9 @@ import pytest
 from PIL import Image
 
 from indexer import jobs
+from indexer.backends.base import split_pointer
+from indexer.backends.faiss_store import IndexStore
 from indexer.pipeline import ReadOptions
-from indexer.store import IndexStore, split_pointer
 from service import crud
 from service.db import session_scope
 from service.index_check import check

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from indexer.backends.faiss_store import IndexStore
 from indexer.jobs import sha_tag
 from indexer.pipeline import ReadOptions
-from indexer.store import IndexStore
 from service.db import session_scope
 from service.index_check import check
 from service.index_jobs import build_full, sync

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from indexer.store import IndexStore, split_pointer
+from indexer.backends.base import split_pointer
+from indexer.backends.faiss_store import IndexStore
 
 
 def _vectors(n, d=16, seed=0):

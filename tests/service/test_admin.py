@@ -159,7 +159,7 @@ def test_reindex_is_a_job_and_a_second_one_is_409(api, gallery, tiny_encoder):
 
 
 def test_reindex_takes_every_spec_choose_spec_takes(api, gallery, tiny_encoder):
-    from indexer.build import choose_spec
+    from indexer.spec import choose_spec
 
     full = api.post("/admin/reindex", json={"factory": "full:IVF4,Flat"})
     assert full.status_code == 202, full.json()

@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 from fastapi.testclient import TestClient
 
-from indexer.store import IndexStore, split_pointer
+from indexer.backends.base import split_pointer
+from indexer.backends.faiss_store import IndexStore
 from service import crud, index_jobs
 from service.db import session_scope
 from service.index_backend import backend_from_settings

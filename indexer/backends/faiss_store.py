@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from indexer.backends.base import NoIndex
+from indexer.backends.base import NoIndex, split_pointer
+from indexer.backends.faiss_loaded import LoadedIndex, load_index
 from indexer.files import fsync_dir, fsync_tree, write_arrays
-from indexer.loaded import LoadedIndex, load_index
 from indexer.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IndexStore", "LoadedIndex", "new_version_name", "split_pointer"]
+__all__ = ["IndexStore", "LoadedIndex", "new_version_name"]
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -55,12 +55,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def new_version_name() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-
-
-def split_pointer(pointer: str) -> tuple[str, int]:
-    """"<base>+<gen>" -> (base, gen); a bare "<base>" is generation 0."""
-    base, _, gen = pointer.partition("+")
-    return base, int(gen or 0)
 
 
 class IndexStore:

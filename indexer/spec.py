@@ -1,31 +1,22 @@
-"""Index specs: gallery size (or a FAISS factory string) in, a first-stage index out.
+"""Index specs: gallery size (or a FAISS factory string) in, the spec a backend builds.
 
-- "Flat": exact ``IndexFlatIP`` over the full vectors; the default up to ``FLAT_MAX``.
-- anything else: a two-stage spec. The factory string builds an approximate inner-product index
+- "Flat": exact search over the full vectors; the default up to ``FLAT_MAX``.
+- anything else: a two-stage spec. The factory string names an approximate inner-product index
   over the *global* slice of each vector (``EncoderSpec.parts`` with group "global"); its
-  candidates are re-ranked exactly on the full stored vectors (see ``indexer.loaded``).
+  candidates are re-ranked exactly on the full stored vectors. The FAISS backend builds it
+  (``indexer.backends.faiss_build``); Milvus maps it to its own index (``milvus_spec``).
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import faiss
-import numpy as np
-
-from indexer import gpu
 from indexer.manifest import DEFAULT_FACTORY, FirstStage, normalise_factory
 
-log = logging.getLogger(__name__)
-
-__all__ = ["DEFAULT_FACTORY", "FACTORY_PATTERN", "IndexSpec", "auto_nlist", "build_first_stage",
-           "choose_spec", "factory_problem", "first_stage_of", "global_slice", "nlist_of",
-           "normalise_factory"]
-
+__all__ = ["DEFAULT_FACTORY", "FACTORY_PATTERN", "FLAT_MAX", "IndexSpec", "auto_nlist",
+           "choose_spec", "first_stage_of", "global_slice", "normalise_factory"]
 # Measured on real model vectors topped up to gallery sizes (bench/results/
 # search_cpu_real_sizes.json, docs/results.md "Speed (issue 13)"): exact search took 1.3 ms
 # p50 at 4.5k crops but 55 ms at 30k, where IVF1024_HNSW32,SQ8 took 9 ms at recall@10 0.988
@@ -33,12 +24,6 @@ FLAT_MAX = 20_000
 REAL_MEASURED_MAX = 100_000  # up to here nprobe 64 / 512 candidates: recall@10 0.988-0.997
 # what ``choose_spec`` takes: a factory string, optionally "full:"-prefixed (request schemas)
 FACTORY_PATTERN = r"^(full:)?[A-Za-z0-9_,.]+$"
-TRAIN_MAX = 131_072  # rows sampled to train a quantizer
-TRAIN_NITER = 10  # k-means iterations: the exact re-rank absorbs a slightly coarser quantizer
-ADD_CHUNK = 65_536
-# largest number a factory string may hold (lists, links, codes): a larger one would have FAISS
-# allocate gigabytes when the string is merely checked (auto_nlist stops at 65,536)
-FACTORY_NUMBER_MAX = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -100,27 +85,6 @@ def global_slice(parts: list[dict[str, Any]] | tuple, dim: int) -> tuple[int, in
     return int(chosen["start"]), int(chosen["stop"])
 
 
-def build_first_stage(full: np.ndarray, spec: IndexSpec, start: int, stop: int, *,
-                      seed: int = 0) -> faiss.Index:
-    """Train on a sample and fill an approximate index over ``full[:, start:stop]`` (rows
-    become ids 0..N-1). ``full`` may be a float16 memmap; it is read chunk by chunk."""
-    dim = stop - start
-    index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None:
-            ivf.cp.niter = TRAIN_NITER
-        gpu.use_gpu_for_training(index)
-        rng = np.random.default_rng(seed)
-        pick = np.sort(rng.choice(len(full), min(len(full), TRAIN_MAX), replace=False))
-        sample = np.asarray(full[pick, start:stop], dtype=np.float32)  # (T, G)
-        log.info("training %s on %d of %d vectors", spec.factory, len(sample), len(full))
-        index.train(sample)
-    for lo in range(0, len(full), ADD_CHUNK):
-        index.add(np.ascontiguousarray(full[lo : lo + ADD_CHUNK, start:stop], dtype=np.float32))
-    return index
-
-
 def first_stage_of(spec: IndexSpec, parts: list | tuple, dim: int,
                    nlist: int = 0) -> FirstStage | None:
     """The manifest's ``first_stage`` entry (None for exact search)."""
@@ -129,28 +93,3 @@ def first_stage_of(spec: IndexSpec, parts: list | tuple, dim: int,
     start, stop = global_slice(parts, dim) if spec.input == "global" else (0, dim)
     return FirstStage(**spec.to_dict(), start=start, stop=stop, nlist=nlist)
 
-
-def factory_problem(factory: str, parts: list | tuple, dim: int) -> str | None:
-    """Why FAISS cannot build the first stage ``factory`` names (a ``choose_spec`` string)
-    over vectors of ``dim`` with these ``parts``, or None. It builds the empty index, untrained
-    (milliseconds), so that a bad string is refused before any crop is encoded."""
-    spec = choose_spec(0, factory)
-    if spec.exact:
-        return None
-    big = [n for n in map(int, re.findall(r"\d+", spec.factory)) if n > FACTORY_NUMBER_MAX]
-    if big:
-        return f"{big[0]} in {spec.factory!r} is over {FACTORY_NUMBER_MAX}, the largest allowed"
-    first = first_stage_of(spec, parts, dim)
-    width = first.stop - first.start
-    try:
-        faiss.index_factory(width, spec.factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:  # FAISS: "Error in <function> at <file>:<line>: <reason>"
-        reason = re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "", str(exc))
-        return (f"{spec.factory!r} is not a FAISS index that can be built over the "
-                f"{width}-dimensional {spec.input} vectors: {reason}")
-    return None
-
-
-def nlist_of(index: faiss.Index) -> int:
-    ivf = faiss.try_extract_index_ivf(index)
-    return int(ivf.nlist) if ivf is not None else 0

@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 import torch
 
-from indexer import gpu
+from indexer.backends import faiss_gpu as gpu
 from indexer.backends.base import PAD_SCORE, Hits, SearchFilter
 from indexer.manifest import FirstStage, Manifest
 
