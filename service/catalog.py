@@ -69,7 +69,8 @@ class Catalog:
         return None if flt is None or flt.empty else flt.mask(self.columns)
 
 
-_COLUMNS = (Crop.id, Crop.person_id, *(c.column.label(c.attribute) for c in CROP_COLUMNS))
+_COLUMNS = (Crop.id, Crop.person_id, *(getattr(Crop, c.column).label(c.attribute)
+                                        for c in CROP_COLUMNS))
 
 
 def load_catalog(session: Session) -> Catalog:

@@ -24,7 +24,6 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic.fields import FieldInfo
 
 from indexer.filters import Condition, InSet, Range, SearchFilter
-from service.orm import Crop
 
 
 class Catalog(Protocol):
@@ -90,14 +89,14 @@ class CropColumn:
     value (None: the attribute's unknown)."""
 
     attribute: str
-    column: Any  # a Crop column
+    column: str  # the name of a service.orm.Crop column (no ORM import: the CLI's flags)
     value: Callable[[Any], float]
 
 
 CROP_COLUMNS: tuple[CropColumn, ...] = (
-    CropColumn("camera_id", Crop.camera_id, lambda v: -1 if v is None else int(v)),
-    CropColumn("ts", Crop.captured_at, lambda v: np.nan if v is None else to_epoch(v)),
-    CropColumn("height", Crop.height, lambda v: -1 if v is None else int(v)),
+    CropColumn("camera_id", "camera_id", lambda v: -1 if v is None else int(v)),
+    CropColumn("ts", "captured_at", lambda v: np.nan if v is None else to_epoch(v)),
+    CropColumn("height", "height", lambda v: -1 if v is None else int(v)),
 )
 
 

@@ -43,7 +43,8 @@ def crop_attributes(session: Session):
     def read(ids: np.ndarray) -> dict[str, np.ndarray]:
         found: dict[int, tuple] = {}
         for chunk in _chunks([int(i) for i in ids]):
-            stmt = select(Crop.id, *(c.column for c in CROP_COLUMNS)).where(Crop.id.in_(chunk))
+            columns = (getattr(Crop, c.column) for c in CROP_COLUMNS)
+            stmt = select(Crop.id, *columns).where(Crop.id.in_(chunk))
             found |= {int(row[0]): tuple(c.value(v) for c, v in zip(CROP_COLUMNS, row[1:],
                                                                      strict=True))
                       for row in session.execute(stmt)}
