@@ -166,11 +166,9 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def migrated_postgres(pg_server_url: str) -> Iterator[str]:
-    """A second PostgreSQL database for the session, migrated once; each test that wants a
-    migrated database gets it emptied (``_empty_postgres``). -> its URL."""
-    name = make_url(pg_server_url).database + "_migrated"
+def _session_database(pg_server_url: str, suffix: str) -> Iterator[str]:
+    """One more PostgreSQL database for the session, dropped at its end. -> its URL."""
+    name = make_url(pg_server_url).database + suffix
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -180,7 +178,22 @@ def migrated_postgres(pg_server_url: str) -> Iterator[str]:
     admin.dispose()
 
 
-def _empty_postgres(url: str) -> None:
+@pytest.fixture(scope="session")
+def migrated_postgres(pg_server_url: str) -> Iterator[str]:
+    """A second PostgreSQL database for the session, migrated once; each test that wants a
+    migrated database gets it emptied (``empty_postgres``). -> its URL."""
+    yield from _session_database(pg_server_url, "_migrated")
+
+
+@pytest.fixture(scope="session")
+def shared_postgres(pg_server_url: str) -> Iterator[str]:
+    """A third PostgreSQL database for the session, for the galleries built once per test
+    module (tests/service/conftest.py ``shared_gallery``): emptying ``migrated_postgres``
+    for a test of the same module must not empty a shared gallery. -> its URL."""
+    yield from _session_database(pg_server_url, "_shared")
+
+
+def empty_postgres(url: str) -> None:
     """Truncate every table (ids restart at 1) when the schema is the migrations' head, else
     drop it and migrate again (a test may drop tables). Other connections left by earlier
     tests are closed first so that no lock of theirs holds the TRUNCATE up."""
@@ -219,7 +232,7 @@ def migrated_settings(settings: Settings, database_url: str,
                         make_url(database_url).database)
         return settings.model_copy(update={"database_url": database_url})
     url = request.getfixturevalue("migrated_postgres")
-    _empty_postgres(url)
+    empty_postgres(url)
     return settings.model_copy(update={"database_url": url})
 
 
@@ -238,6 +251,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ``make test-fast`` (``-m "not slow and not postgres"``) can leave those copies out."""
     for item in items:
         params = getattr(item, "callspec", None)
-        on_postgres = params is not None and params.params.get("database_url") == "postgres"
+        on_postgres = params is not None and "postgres" in (
+            params.params.get("database_url"), params.params.get("shared_gallery"))
         if on_postgres or "pg_server_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)

@@ -173,14 +173,14 @@ def test_reindex_takes_every_spec_choose_spec_takes(api, gallery, tiny_encoder):
     ("Zg", "could not parse index string Zg"),
     ("PQ7", "multiple of the number of subquantizers"),
     ("IVF999999999,Flat", "over 262144")])
-def test_reindex_refuses_a_factory_faiss_cannot_build_before_any_encoding(api, factory, why):
-    with session_scope(api.app.state.settings.resolved_database_url) as s:
+def test_reindex_refuses_a_factory_faiss_cannot_build_before_any_encoding(shared_api, factory, why):
+    with session_scope(shared_api.app.state.settings.resolved_database_url) as s:
         jobs = len(crud.list_jobs(s, limit=200))
-    r = api.post("/admin/reindex", json={"factory": factory})
+    r = shared_api.post("/admin/reindex", json={"factory": factory})
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"] == ["body", "factory"]
     assert r.json()["message"].startswith("factory: ") and why in r.json()["message"]
-    with session_scope(api.app.state.settings.resolved_database_url) as s:
+    with session_scope(shared_api.app.state.settings.resolved_database_url) as s:
         assert len(crud.list_jobs(s, limit=200)) == jobs  # no job was queued
 
 

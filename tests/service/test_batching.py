@@ -137,13 +137,13 @@ def _same(got, want) -> None:
 
 
 @pytest.mark.parametrize("overfetch", [search_module.OVERFETCH_LIMIT, 0])
-def test_batched_searches_equal_one_at_a_time(api, gallery, tiny_encoder, monkeypatch,
-                                              overfetch):
+def test_batched_searches_equal_one_at_a_time(shared_api, shared_gallery, tiny_encoder,
+                                              monkeypatch, overfetch):
     """Overfetch 0 sends every filtered query down the allowed-ids path (searched alone)."""
     monkeypatch.setattr(search_module, "OVERFETCH_LIMIT", overfetch)
-    url = gallery.resolved_database_url
-    alone = SearchEngine(tiny_encoder, _backend(gallery), gallery.data_dir)
-    batched = SearchEngine(tiny_encoder, _backend(gallery), gallery.data_dir,
+    url = shared_gallery.resolved_database_url
+    alone = SearchEngine(tiny_encoder, _backend(shared_gallery), shared_gallery.data_dir)
+    batched = SearchEngine(tiny_encoder, _backend(shared_gallery), shared_gallery.data_dir,
                            batch_max=32, batch_window_ms=30_000)
     with session_scope(url) as session:
         first = alone.search(session, SearchQuery("a person in a red shirt", top_k=4))
@@ -184,14 +184,14 @@ class _Adapter:
         return self.fn(query)
 
 
-def test_a_search_that_fails_before_its_probe_leaves_no_one_waiting(api, gallery,
+def test_a_search_that_fails_before_its_probe_leaves_no_one_waiting(shared_api, shared_gallery,
                                                                     tiny_encoder):
     """A bad cursor is refused inside the announced slot; the slot is given back, so the
     next lone search does not wait out the (here 5 s) window for it."""
-    engine = SearchEngine(tiny_encoder, _backend(gallery), gallery.data_dir,
+    engine = SearchEngine(tiny_encoder, _backend(shared_gallery), shared_gallery.data_dir,
                           batch_max=8, batch_window_ms=5000)
     query = SearchQuery("a person in a red shirt", top_k=3)
-    with session_scope(gallery.resolved_database_url) as session:
+    with session_scope(shared_gallery.resolved_database_url) as session:
         good = engine.search(session, query)
         with pytest.raises(search_module.BadCursor):
             engine.search(session, replace(query, cursor="x" * 8))
@@ -203,14 +203,14 @@ def test_a_search_that_fails_before_its_probe_leaves_no_one_waiting(api, gallery
     engine.close()
 
 
-def test_the_api_batches_concurrent_requests(api):
-    engine = api.app.state.engine
+def test_the_api_batches_concurrent_requests(shared_api):
+    engine = shared_api.app.state.engine
     assert engine.batcher is not None and engine.batcher.max_batch == 32
     before = engine.batcher.items
     results: list[int] = []
 
     def post() -> None:
-        r = api.post("/search", json={"description": "a person in a red shirt", "top_k": 3})
+        r = shared_api.post("/search", json={"description": "a person in a red shirt", "top_k": 3})
         results.append(r.status_code)
 
     threads = [threading.Thread(target=post) for _ in range(6)]
@@ -224,11 +224,11 @@ def test_the_api_batches_concurrent_requests(api):
 @pytest.mark.parametrize("nudge", [-1e-6, 1e-6])
 @pytest.mark.parametrize("group_by", ["crop", "person"])
 def test_a_cursor_whose_score_moved_in_the_last_bits_neither_repeats_nor_skips(
-        api, gallery, tiny_encoder, nudge, group_by):
+        shared_api, shared_gallery, tiny_encoder, nudge, group_by):
     """Page 2's encoding may score the last crop shown a hair apart from page 1's."""
-    engine = SearchEngine(tiny_encoder, _backend(gallery), gallery.data_dir)
+    engine = SearchEngine(tiny_encoder, _backend(shared_gallery), shared_gallery.data_dir)
     query = SearchQuery("a person in a red shirt", top_k=2, group_by=group_by)
-    with session_scope(gallery.resolved_database_url) as session:
+    with session_scope(shared_gallery.resolved_database_url) as session:
         first = engine.search(session, query)
         data = _cursor(first)
         cursor = search_module.encode_cursor(version=data["v"], fingerprint=data["f"],

@@ -26,8 +26,8 @@ FORM = {"camera": "cam-x", "captured_at": "2026-06-01T08:00:00Z"}
 @pytest.mark.parametrize("body", [
     {"description": "a man", "time_from": "9999-12-31T23:59:59-14:00"},
     {"description": "a man", "time_to": "0001-01-01T00:00:00+14:00"}])
-def test_search_times_that_overflow_in_utc_are_422(api, body):
-    r = api.post("/search", json=body)
+def test_search_times_that_overflow_in_utc_are_422(shared_api, body):
+    r = shared_api.post("/search", json=body)
     assert r.status_code == 422 and "out of range" in r.json()["message"]
 
 

@@ -21,26 +21,26 @@ def _allowed(response) -> set[str]:
 
 @pytest.mark.parametrize("path", ["/healthz", "/cameras", "/crops/1/image", "/admin/stats",
                                   "/"])
-def test_head_answers_on_get_routes_without_a_body(api, path):
-    got, head = api.get(path), api.head(path)
+def test_head_answers_on_get_routes_without_a_body(shared_api, path):
+    got, head = shared_api.get(path), shared_api.head(path)
     assert head.status_code == got.status_code == 200, head.text
     assert head.content == b""
     assert head.headers["content-type"] == got.headers["content-type"]
 
 
-def test_allow_lists_every_method_of_the_path(api):
-    r = api.put("/admin/crops")
+def test_allow_lists_every_method_of_the_path(shared_api):
+    r = shared_api.put("/admin/crops")
     assert r.status_code == 405 and _allowed(r) == {"POST", "DELETE"}
-    r = api.put("/admin/cameras")
+    r = shared_api.put("/admin/cameras")
     assert r.status_code == 405 and _allowed(r) == {"GET", "HEAD", "POST"}
-    r = api.head("/search")
+    r = shared_api.head("/search")
     assert r.status_code == 405 and _allowed(r) == {"POST"}
 
 
 @pytest.mark.parametrize("path", ["/search", "/admin/cameras"])
 @pytest.mark.parametrize("ctype", ["text/plain", None])
-def test_a_body_that_is_not_json_on_a_json_route_is_415(api, path, ctype):
-    r = api.post(path, content='{"description": "a man", "name": "c"}',
+def test_a_body_that_is_not_json_on_a_json_route_is_415(shared_api, path, ctype):
+    r = shared_api.post(path, content='{"description": "a man", "name": "c"}',
                  headers={"content-type": ctype} if ctype else {})
     assert r.status_code == 415 and "application/json" in r.json()["detail"]
 
@@ -53,20 +53,20 @@ def test_json_with_a_charset_and_a_post_without_a_body_stay_accepted(api):
 
 
 @pytest.mark.parametrize("value", [0, "0", "-1", -1, 1780000000, "1780000000.5"])
-def test_epoch_numbers_are_not_times(api, value):
-    r = api.post("/search", json={"description": "a man", "time_from": value})
+def test_epoch_numbers_are_not_times(shared_api, value):
+    r = shared_api.post("/search", json={"description": "a man", "time_from": value})
     assert r.status_code == 422 and "ISO 8601" in r.json()["message"], r.text
-    r = api.delete("/admin/crops", params={"time_to": str(value)})
+    r = shared_api.delete("/admin/crops", params={"time_to": str(value)})
     assert r.status_code == 422 and "ISO 8601" in r.json()["message"]
-    r = api.post("/admin/crops", data={**FORM, "captured_at": str(value)},
+    r = shared_api.post("/admin/crops", data={**FORM, "captured_at": str(value)},
                  files=[("files", ("a.png", b"x", "image/png"))])
     assert r.status_code == 422 and "captured_at" in r.json()["message"]
     assert "ISO 8601" in r.json()["message"]
 
 
 @pytest.mark.parametrize("description", ["\u0000", "\u0000 \u0007\u200b", " \t\n"])
-def test_a_description_of_control_or_invisible_characters_is_blank(api, description):
-    r = api.post("/search", json={"description": description})
+def test_a_description_of_control_or_invisible_characters_is_blank(shared_api, description):
+    r = shared_api.post("/search", json={"description": description})
     assert r.status_code == 422 and "blank" in r.json()["message"]
 
 
@@ -84,8 +84,9 @@ def test_camera_names_made_of_or_starting_with_invisible_characters_are_refused(
 
 
 @pytest.mark.parametrize("path,method", [("/admin/stats", "GET"), ("/search", "POST")])
-def test_two_api_key_headers_are_refused(api, path, method):
-    r = api.request(method, path, json={"description": "a man"} if method == "POST" else None,
+def test_two_api_key_headers_are_refused(shared_api, path, method):
+    r = shared_api.request(method, path,
+                           json={"description": "a man"} if method == "POST" else None,
                     headers=[("X-API-Key", ADMIN_KEY), ("X-API-Key", "another-key")])
     assert r.status_code == 400 and "one X-API-Key" in r.json()["detail"]
 

@@ -13,8 +13,8 @@ def search(api, **body):
     return r.json()
 
 
-def test_hits_carry_metadata_urls_and_parts(api, tiny_encoder):
-    body = search(api, top_k=12)
+def test_hits_carry_metadata_urls_and_parts(shared_api, tiny_encoder):
+    body = search(shared_api, top_k=12)
     assert len(body["hits"]) == 12 and body["matching"] == 12 and body["next_cursor"] is None
     part_names = {p.name for p in tiny_encoder.spec.parts} or {"global"}
     for hit in body["hits"]:
@@ -25,14 +25,14 @@ def test_hits_carry_metadata_urls_and_parts(api, tiny_encoder):
         assert hit["file_name"] == f"c{hit['crop_id'] - 1}.png"
         assert -body["score_max"] <= hit["score"] <= body["score_max"]
     assert body["score_max"] == round(tiny_encoder.spec.norm ** 2, 6)
-    thumb = api.get(body["hits"][0]["thumbnail_url"])
+    thumb = shared_api.get(body["hits"][0]["thumbnail_url"])
     assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
 
 
-def test_camera_filter_is_exact(api):
-    everything = search(api, top_k=100)["hits"]
+def test_camera_filter_is_exact(shared_api):
+    everything = search(shared_api, top_k=100)["hits"]
     expected = [h["crop_id"] for h in everything if h["camera"] == "cam-1"]
-    hits = search(api, top_k=4, cameras=["cam-1"])["hits"]
+    hits = search(shared_api, top_k=4, cameras=["cam-1"])["hits"]
     assert [h["crop_id"] for h in hits] == expected  # all 4 of cam-1, in the global order
 
 
@@ -47,22 +47,24 @@ def test_unknown_camera_and_empty_camera_list_are_refused_not_silently_empty(api
     assert search(api, cameras=["empty-cam"])["hits"] == []  # known, with no crops: no error
 
 
-def test_time_filter_is_exact_and_inclusive(api):
+def test_time_filter_is_exact_and_inclusive(shared_api):
     start, end = T0 + timedelta(hours=2), T0 + timedelta(hours=5)
-    hits = search(api, top_k=10, time_from=start.isoformat(), time_to=end.isoformat())["hits"]
+    hits = search(shared_api, top_k=10, time_from=start.isoformat(),
+                  time_to=end.isoformat())["hits"]
     assert len(hits) == 4
-    hits = search(api, top_k=2, cameras=["cam-0", "cam-2"], time_from=start.isoformat())["hits"]
+    hits = search(shared_api, top_k=2, cameras=["cam-0", "cam-2"],
+                  time_from=start.isoformat())["hits"]
     assert len(hits) == 2 and {h["camera"] for h in hits} <= {"cam-0", "cam-2"}
 
 
-def test_reversed_time_range_is_422(api):
-    r = api.post("/search", json={"description": "x", "time_from": "2026-05-02T00:00:00Z",
+def test_reversed_time_range_is_422(shared_api):
+    r = shared_api.post("/search", json={"description": "x", "time_from": "2026-05-02T00:00:00Z",
                                   "time_to": "2026-05-01T00:00:00Z"})
     assert r.status_code == 422 and "time_from is after time_to" in r.json()["message"]
 
 
-def test_group_by_person(api):
-    body = search(api, top_k=10, group_by="person")
+def test_group_by_person(shared_api):
+    body = search(shared_api, top_k=10, group_by="person")
     persons = body["persons"]
     assert body["hits"] == [] and [p["person_id"] for p in persons].count("p0") == 1
     assert len(persons) == 4
@@ -77,11 +79,11 @@ def test_group_by_person(api):
 
 
 @pytest.mark.parametrize("group_by, key", [("crop", "hits"), ("person", "persons")])
-def test_cursor_pages_cover_the_result_set_once(api, group_by, key):
-    full = search(api, top_k=100, group_by=group_by)[key]
+def test_cursor_pages_cover_the_result_set_once(shared_api, group_by, key):
+    full = search(shared_api, top_k=100, group_by=group_by)[key]
     pages, cursor = [], None
     while True:
-        body = search(api, top_k=5 if group_by == "crop" else 1, group_by=group_by,
+        body = search(shared_api, top_k=5 if group_by == "crop" else 1, group_by=group_by,
                       cursor=cursor)
         pages += body[key]
         cursor = body["next_cursor"]
@@ -99,10 +101,11 @@ def test_deleting_between_pages_neither_repeats_nor_skips(api):
     assert len(ids) == len(set(ids)) == 12
 
 
-def test_bad_cursor_is_400_and_a_cursor_for_another_query_too(api):
-    assert api.post("/search", json={"description": "x", "cursor": "nonsense"}).status_code == 400
-    cursor = search(api, top_k=2)["next_cursor"]
-    r = api.post("/search", json={"description": "someone else", "cursor": cursor})
+def test_bad_cursor_is_400_and_a_cursor_for_another_query_too(shared_api):
+    r = shared_api.post("/search", json={"description": "x", "cursor": "nonsense"})
+    assert r.status_code == 400
+    cursor = search(shared_api, top_k=2)["next_cursor"]
+    r = shared_api.post("/search", json={"description": "someone else", "cursor": cursor})
     assert r.status_code == 400 and "another query" in r.json()["detail"]
 
 
@@ -210,13 +213,13 @@ def test_camera_info_has_descriptions_and_counts(api):
     assert info["dock"] == {"name": "dock", "description": "a dataset folder", "crop_count": 0}
 
 
-def test_favicon_is_served(api):
-    r = api.get("/favicon.ico")
+def test_favicon_is_served(shared_api):
+    r = shared_api.get("/favicon.ico")
     assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
     assert b"<svg" in r.content
 
 
-def test_an_engine_that_filters_holds_each_crops_camera_and_time(api, gallery):
+def test_an_engine_that_filters_holds_each_crops_camera_and_time(shared_api, shared_gallery):
     """Milvus stores camera and time with each row (the service's filters become its
     expressions): its own filter must select exactly the crops the database says."""
     from indexer.filters import InSet, Range, SearchFilter
@@ -225,10 +228,10 @@ def test_an_engine_that_filters_holds_each_crops_camera_and_time(api, gallery):
     from service.index_backend import backend_from_settings
     from service.orm import Crop
 
-    backend = backend_from_settings(gallery)
+    backend = backend_from_settings(shared_gallery)
     if not backend.filters_in_engine:
         pytest.skip(f"the {backend.name} backend filters by the catalog's crop ids")
-    with session_scope(gallery.resolved_database_url) as session:
+    with session_scope(shared_gallery.resolved_database_url) as session:
         crops = [(c.id, c.camera_id, to_epoch(c.captured_at)) for c in session.query(Crop)]
     camera = crops[1][1]
     since = to_epoch(T0 + timedelta(hours=6))
@@ -257,9 +260,9 @@ def _forged(cursor: str, text: str) -> str:
     "n=1e400", "n=-1e400", "n=NaN", "n=true", "m=1e400", "m=" + "9" * 400,
     "k=[" + "1" * 401 + ",1]", "k=[1e400,1]", "k=[NaN,1]", "k=[0.5," + "7" * 400 + "]",
     "k=[0.5,true]", "f=null", "v=1", "k=null", "n=null"])
-def test_a_crafted_cursor_is_400_with_a_message(api, text):
-    cursor = search(api, top_k=2)["next_cursor"]
-    r = api.post("/search", json={"description": "a person in a red shirt", "top_k": 2,
+def test_a_crafted_cursor_is_400_with_a_message(shared_api, text):
+    cursor = search(shared_api, top_k=2)["next_cursor"]
+    r = shared_api.post("/search", json={"description": "a person in a red shirt", "top_k": 2,
                                   "cursor": _forged(cursor, text)})
     assert r.status_code == 400, r.text
     assert "next_cursor unchanged" in r.json()["detail"]

@@ -41,36 +41,37 @@ def assert_ranked(hits: list[dict], want: list[tuple[int, float]]) -> None:
     np.testing.assert_allclose([s for _, s in got], [score_of[i] for i, _ in got], atol=2e-3)
 
 
-def test_like_alone_ranks_by_the_examples_stored_vectors_and_leaves_them_out(api):
-    ids, vectors, spec = stored(api)
+def test_like_alone_ranks_by_the_examples_stored_vectors_and_leaves_them_out(shared_api):
+    ids, vectors, spec = stored(shared_api)
     a, b = int(ids[4]), int(ids[9])
-    body = post(api, like=[a], top_k=12)
+    body = post(shared_api, like=[a], top_k=12)
     assert body["query"] is None and body["like"] == [a] and body["matching"] == 11
     assert a not in [h["crop_id"] for h in body["hits"]]
     assert_ranked(body["hits"], expected(ids, vectors, unit_blocks(spec, vectors[4:5]), {a}))
     for hit in body["hits"]:
         assert abs(sum(hit["parts"].values()) - hit["score"]) < 1e-4
     # two examples: their per-block mean, renormalised; neither comes back
-    two = post(api, like=[a, b], top_k=12)["hits"]
+    two = post(shared_api, like=[a, b], top_k=12)["hits"]
     mean = unit_blocks(spec, unit_blocks(spec, vectors[[4, 9]]).mean(0, keepdims=True))
     assert_ranked(two, expected(ids, vectors, mean, {a, b}))
-    persons = post(api, like=[a], group_by="person", top_k=10)["persons"]
+    persons = post(shared_api, like=[a], group_by="person", top_k=10)["persons"]
     shown = [c["crop_id"] for p in persons for c in p["crops"]]
     assert shown and a not in shown
 
 
-def test_like_with_a_description_blends_by_text_weight(api, tiny_encoder):
-    ids, vectors, spec = stored(api)
+def test_like_with_a_description_blends_by_text_weight(shared_api, tiny_encoder):
+    ids, vectors, spec = stored(shared_api)
     a = int(ids[2])
     text = tiny_encoder.encode_text([TEXT])  # (1, D)
     example = unit_blocks(spec, vectors[2:3])
     for weight in (0.0, 0.3, 1.0):
-        body = post(api, description=TEXT, like=[a], text_weight=weight, top_k=12)
+        body = post(shared_api, description=TEXT, like=[a], text_weight=weight, top_k=12)
         assert body["query"] == TEXT and body["like"] == [a]
         query = unit_blocks(spec, weight * unit_blocks(spec, text) + (1 - weight) * example)
         assert_ranked(body["hits"], expected(ids, vectors, query, {a}))
-    default = post(api, description=TEXT, like=[a], top_k=12)["hits"]
-    assert default == post(api, description=TEXT, like=[a], text_weight=0.5, top_k=12)["hits"]
+    default = post(shared_api, description=TEXT, like=[a], top_k=12)["hits"]
+    assert default == post(shared_api, description=TEXT, like=[a], text_weight=0.5,
+                           top_k=12)["hits"]
 
 
 def test_unknown_deleted_and_too_many_examples_are_refused_naming_them(api):
@@ -88,25 +89,25 @@ def test_unknown_deleted_and_too_many_examples_are_refused_naming_them(api):
         assert api.post("/search", json=bad).status_code == 422, bad
 
 
-def test_filters_paging_and_audit_work_with_like(api):
-    ids, _, _ = stored(api)
+def test_filters_paging_and_audit_work_with_like(shared_api):
+    ids, _, _ = stored(shared_api)
     a = int(ids[0])  # camera cam-0
-    hits = post(api, like=[a], cameras=["cam-0"], top_k=10)["hits"]
+    hits = post(shared_api, like=[a], cameras=["cam-0"], top_k=10)["hits"]
     assert len(hits) == 3 and {h["camera"] for h in hits} == {"cam-0"}
     assert a not in [h["crop_id"] for h in hits]
-    full = [h["crop_id"] for h in post(api, like=[a], top_k=100)["hits"]]
+    full = [h["crop_id"] for h in post(shared_api, like=[a], top_k=100)["hits"]]
     pages, cursor = [], None
     while True:
-        body = post(api, like=[a], top_k=4, **({"cursor": cursor} if cursor else {}))
+        body = post(shared_api, like=[a], top_k=4, **({"cursor": cursor} if cursor else {}))
         pages += [h["crop_id"] for h in body["hits"]]
         cursor = body["next_cursor"]
         if cursor is None:
             break
     assert pages == full and len(full) == 11
-    first = post(api, like=[a], top_k=4)["next_cursor"]
-    r = api.post("/search", json={"like": [int(ids[1])], "top_k": 4, "cursor": first})
+    first = post(shared_api, like=[a], top_k=4)["next_cursor"]
+    r = shared_api.post("/search", json={"like": [int(ids[1])], "top_k": 4, "cursor": first})
     assert r.status_code == 400  # a cursor pages through its own examples only
-    entries = api.get("/admin/audit", params={"action": "search"}).json()
+    entries = shared_api.get("/admin/audit", params={"action": "search"}).json()
     assert entries[0]["detail"]["like"] == [a]  # the last search answered
 
 
@@ -116,25 +117,26 @@ def _state(api, gallery) -> tuple:
     return status["crops"], status["searchable"], files
 
 
-def test_search_by_photo_encodes_it_and_stores_nothing(api, gallery, image_bytes, tiny_encoder):
-    before = _state(api, gallery)
+def test_search_by_photo_encodes_it_and_stores_nothing(shared_api, shared_gallery, image_bytes,
+                                                       tiny_encoder):
+    before = _state(shared_api, shared_gallery)
     photo = image_bytes(104)  # the very image of crop 5 (c4.png)
-    r = api.post("/search/image", files={"image": ("me.png", photo, "image/png")},
+    r = shared_api.post("/search/image", files={"image": ("me.png", photo, "image/png")},
                  data={"top_k": "3", "cameras": ["cam-1", "cam-2"]})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["query"] is None and len(body["hits"]) == 3
     assert body["hits"][0]["crop_id"] == 5 and body["hits"][0]["score"] > body["score_max"] - 0.05
     assert {h["camera"] for h in body["hits"]} <= {"cam-1", "cam-2"}
-    page2 = api.post("/search/image", files={"image": ("me.png", photo, "image/png")},
+    page2 = shared_api.post("/search/image", files={"image": ("me.png", photo, "image/png")},
                      data={"top_k": "3", "cameras": ["cam-1", "cam-2"],
                            "cursor": body["next_cursor"]}).json()["hits"]
     assert not {h["crop_id"] for h in page2} & {h["crop_id"] for h in body["hits"]}
-    with_text = api.post("/search/image", files={"image": ("me.png", photo, "image/png")},
+    with_text = shared_api.post("/search/image", files={"image": ("me.png", photo, "image/png")},
                          data={"description": TEXT, "text_weight": "0.5"})
     assert with_text.status_code == 200 and with_text.json()["query"] == TEXT
-    assert _state(api, gallery) == before  # no crop, no file, no index row
-    entries = api.get("/admin/audit", params={"action": "search"}).json()
+    assert _state(shared_api, shared_gallery) == before  # no crop, no file, no index row
+    entries = shared_api.get("/admin/audit", params={"action": "search"}).json()
     assert entries[0]["detail"]["image"]["bytes"] == len(photo)
 
 

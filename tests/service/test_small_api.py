@@ -7,9 +7,9 @@ from importlib.metadata import version
 from service import __version__
 
 
-def test_a_json_syntax_error_says_line_column_and_what(api) -> None:
+def test_a_json_syntax_error_says_line_column_and_what(shared_api) -> None:
     body = '{"description": "a man",\n  "top_k": 5,,\n}'
-    r = api.post("/search", content=body, headers={"content-type": "application/json"})
+    r = shared_api.post("/search", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422
     message = r.json()["message"]
     assert "line 2, column 14" in message and "character 38" in message, message
@@ -17,6 +17,6 @@ def test_a_json_syntax_error_says_line_column_and_what(api) -> None:
     assert r.json()["detail"][0]["msg"] == message
 
 
-def test_one_version_from_the_project_metadata(api) -> None:
+def test_one_version_from_the_project_metadata(shared_api) -> None:
     assert __version__ == version("tbps")
-    assert api.get("/openapi.json").json()["info"]["version"] == __version__
+    assert shared_api.get("/openapi.json").json()["info"]["version"] == __version__

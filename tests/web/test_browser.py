@@ -85,8 +85,7 @@ T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 N_RICH = 24  # crop i: camera cam-{a,b,c}[i % 3], captured T0 + 10 i min, person p{i // 4}
 
 
-@pytest.fixture
-def rich_server(tmp_path):
+def _serve_rich(tmp_path):
     """`tbps serve` on 24 indexed crops over 3 cameras, 6 persons and 4 hours."""
     from service.config import Settings
     from service.db import migrate, session_scope
@@ -107,6 +106,18 @@ def rich_server(tmp_path):
         yield base
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def rich_server(tmp_path_factory):
+    """One rich gallery server for the module's tests that only read it (search, open, filter)."""
+    yield from _serve_rich(tmp_path_factory.mktemp("rich"))
+
+
+@pytest.fixture
+def own_rich_server(tmp_path):
+    """A rich gallery server of the test's own, for a test that changes it (deletes)."""
+    yield from _serve_rich(tmp_path)
 
 
 @pytest.fixture
@@ -402,11 +413,11 @@ def test_camera_picker_searches_and_shows_chips(rich_server, browser):
     assert cards and all(chips[1] in c.text for c in cards)
 
 
-def test_admin_crops_browser_filters_views_and_deletes(rich_server, browser):
+def test_admin_crops_browser_filters_views_and_deletes(own_rich_server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    browser.get(rich_server + "/admin")
+    browser.get(own_rich_server + "/admin")
     browser.find_element(By.ID, "api-key").send_keys(ADMIN_KEY, Keys.TAB)
     _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#crops-grid .crop-tile"))
           == N_RICH)
@@ -429,8 +440,8 @@ def test_admin_crops_browser_filters_views_and_deletes(rich_server, browser):
     delete.click()
     _wait(browser, lambda d: "of 7 crops" in d.find_element(By.ID, "crops-count").text)
     assert not browser.find_elements(By.CSS_SELECTOR, f'.crop-tile[data-crop-id="{crop_id}"]')
-    assert httpx.get(f"{rich_server}/crops/{crop_id}/image").status_code == 404
-    page = httpx.get(f"{rich_server}/admin/crops", headers={"X-API-Key": ADMIN_KEY}).json()
+    assert httpx.get(f"{own_rich_server}/crops/{crop_id}/image").status_code == 404
+    page = httpx.get(f"{own_rich_server}/admin/crops", headers={"X-API-Key": ADMIN_KEY}).json()
     assert page["total"] == N_RICH - 1
     browser.set_window_size(800, 900)  # the stats tiles and the crops fit: no sideways scroll
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#stats [data-stat]"))
