@@ -64,8 +64,8 @@ def make_gallery(url: str, n: int) -> None:
     """N crop rows over CAMERAS cameras, DAYS days and n / CROPS_PER_PERSON persons."""
     from sqlalchemy import insert
 
-    from service.db import migrate, session_scope
-    from service.orm import Camera, Crop, CropStatus
+    from service.store.db import migrate, session_scope
+    from service.store.orm import Camera, Crop, CropStatus
 
     migrate(url)
     rng = np.random.default_rng(0)

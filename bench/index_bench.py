@@ -62,8 +62,8 @@ def load_bench_encoder(args: argparse.Namespace, engine: str, batch_size: int):
 def run(args: argparse.Namespace) -> list[dict]:
     """Ingest once, then one full build per (engine, batch size, workers)."""
     from service.config import Settings
-    from service.db import migrate, session_scope
-    from service.ingest import ingest_folder
+    from service.jobs.ingest import ingest_folder
+    from service.store.db import migrate, session_scope
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="tbps-index-bench-"))
     settings = Settings(data_dir=work / "data", environment="test", device=args.device)
@@ -84,8 +84,8 @@ def one_build(args: argparse.Namespace, settings, engine: str, batch_size: int,
               workers: int | None) -> dict:
     from indexer.pipeline import ReadOptions
     from indexer.reader import default_workers
-    from service.db import session_scope
-    from service.index_jobs import build_full
+    from service.jobs.index_jobs import build_full
+    from service.store.db import session_scope
 
     encoder = load_bench_encoder(args, engine, batch_size)
     options = ReadOptions(batch_size=batch_size, workers=workers)

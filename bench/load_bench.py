@@ -236,9 +236,9 @@ def drain(base: str, timeout: float) -> dict[str, Any]:
 def reconcile(env: dict[str, str], acknowledged: set[int]) -> dict[str, Any]:
     """Every acknowledged upload in the DB, indexed and in the live index; no stray file."""
     from indexer.backends.faiss_store import IndexStore
-    from service import crud
     from service.config import Settings
-    from service.db import session_scope
+    from service.store import crud
+    from service.store.db import session_scope
 
     settings = Settings(data_dir=Path(env["TBPS_DATA_DIR"]), environment="development")
     with session_scope(settings.resolved_database_url) as session:

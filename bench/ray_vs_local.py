@@ -16,9 +16,9 @@ import numpy as np
 from indexer.pipeline import ReadOptions, StageTimes, encoded_batches
 from models.factory import load_encoder
 from service.config import get_settings
-from service.db import session_scope
-from service.index_backend import backend_from_settings
-from service.index_records import indexable_items
+from service.jobs.index_backend import backend_from_settings
+from service.jobs.index_records import indexable_items
+from service.store.db import session_scope
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ def main(role: str) -> int:
     if role == "db":
         from sqlalchemy import text
 
-        from service.db import make_engine
+        from service.store.db import make_engine
 
         engine = make_engine(settings.resolved_database_url)
         try:

@@ -10,7 +10,7 @@ its name (the Milvus field, the key in ``Rows.attributes``), dtype, and the valu
 
 Adding an attribute here is all a backend needs: the Milvus schema, payloads and expressions
 are built from ``ATTRIBUTES``. What a search request asks for, and how it becomes conditions,
-is the service's (``service.filters``).
+is the service's (``service.search.filters``).
 """
 
 from __future__ import annotations

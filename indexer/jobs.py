@@ -1,5 +1,5 @@
 """The indexer's side of index jobs: crops in as (id, path), vectors into a backend, a report
-out. No database here: the service (``service.index_jobs``) chooses the crops and records
+out. No database here: the service (``service.jobs.index_jobs``) chooses the crops and records
 what happened, through the arguments and callbacks these functions take.
 
 - ``encode_gallery``: encode crops into resumable shards (a killed run's shards are reused);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -11,7 +12,6 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.limits import ImageLimits
-from service.db import DatabaseLimits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # beside the repository (../shared of the checkout), wherever the command is started from
@@ -21,6 +21,20 @@ KNOWN_DEFAULT_KEYS = frozenset({"changethis", "change-me", "changeme", "secret",
 # request threads beyond the admitted requests: routes that never wait on the database (the
 # page, static files, /metrics) find a thread while every admitted request waits on it
 THREAD_RESERVE = 8
+
+
+
+@dataclass(frozen=True)
+class DatabaseLimits:
+    """How many connections a process keeps and how long it waits on the database. The
+    defaults are SQLAlchemy's own with no timeouts (CLI commands, the worker); the API process
+    gets its limits from the settings (``Settings.database_limits``, ``configure``)."""
+
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout_s: float = 30.0
+    connect_timeout_s: float | None = None  # PostgreSQL: connecting, and each pool checkout
+    statement_timeout_s: float | None = None  # PostgreSQL: each statement, server and client
 
 
 def hash_key(key: str) -> str:

@@ -17,22 +17,23 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from indexer.backends import BackendUnavailable
 from indexer.backends.faiss_gpu import limit_threads
 from models.factory import load_encoder
-from service import __version__, db
-from service.admission import Admission
-from service.audit import AuditBuffer, PerClientRate
+from service import __version__
+from service.api.admission import Admission
+from service.api.errors import CatchAll, on_backend_unavailable, on_database_error, on_storage_error
+from service.api.gate import AdminGate
+from service.api.limits import BodySizeLimit
+from service.api.methods import HeadAsGet, on_method_not_allowed
+from service.api.metrics import Metrics, MetricsMiddleware
+from service.api.openapi import describe
+from service.api.routes import admin, crops, health, search
 from service.config import Settings, get_settings
-from service.errors import CatchAll, on_backend_unavailable, on_database_error, on_storage_error
-from service.gate import AdminGate
-from service.index_backend import backend_from_settings
-from service.keys import KeyRing
-from service.limits import BodySizeLimit
-from service.methods import HeadAsGet, on_method_not_allowed
-from service.metrics import Metrics, MetricsMiddleware
-from service.openapi import describe
-from service.routes import admin, crops, health, search
-from service.search import SearchEngine
-from service.storage import StorageError
-from service.supervisor import WorkerSupervisor
+from service.jobs.index_backend import backend_from_settings
+from service.jobs.supervisor import WorkerSupervisor
+from service.search.engine import SearchEngine
+from service.store import db
+from service.store.audit import AuditBuffer, PerClientRate
+from service.store.keys import KeyRing
+from service.store.storage import StorageError
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 # bodies up to TBPS_MAX_REQUEST_BYTES (images); every other route takes small JSON bodies

@@ -66,7 +66,7 @@ def pg_server_url() -> str:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    from service.db import get_engine
+    from service.store.db import get_engine
 
     get_engine.cache_clear()
     with admin.connect() as conn:
@@ -88,7 +88,7 @@ def database_url(request, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.sqlite3'}"
     url = request.getfixturevalue("pg_server_url")
-    from service.db import get_engine
+    from service.store.db import get_engine
 
     get_engine.cache_clear()
     _reset_postgres(url)
@@ -159,7 +159,7 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
 @pytest.fixture(scope="session")
 def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite file migrated once per test run; each test that wants one gets a copy."""
-    from service.db import migrate
+    from service.store.db import migrate
 
     path = tmp_path_factory.mktemp("migrated") / "migrated.sqlite3"
     migrate(f"sqlite:///{path}")
@@ -199,7 +199,7 @@ def empty_postgres(url: str) -> None:
     tests are closed first so that no lock of theirs holds the TRUNCATE up."""
     from alembic.script import ScriptDirectory
 
-    from service.db import alembic_config, migrate
+    from service.store.db import alembic_config, migrate
 
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     engine = create_engine(url, isolation_level="AUTOCOMMIT")

@@ -76,11 +76,38 @@ def test_no_import_cycle_between_modules_of_a_package(package):
         pytest.fail(f"import cycle in {package}: {' -> '.join(exc.args[1])}")
 
 
+# service/'s rooms, lowest first: a module imports from its own room or a room before it (the
+# settings; the database and crop files; search; index jobs and the worker; the HTTP API; the app
+# that assembles it; the command line)
+SERVICE_ROOMS = ("service", "config", "store", "search", "jobs", "api", "main", "cli")
+MAX_SERVICE_TOP_MODULES = 10
+
+
+def service_room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_service_rooms_import_only_rooms_below_them():
+    rank = {room: i for i, room in enumerate(SERVICE_ROOMS)}
+    modules = module_names("service")
+    assert {service_room(m) for m in modules} <= set(SERVICE_ROOMS), "a room missing its rank"
+    bad = sorted(f"{mod} imports {dep}" for mod, path in modules.items()
+                 for dep in imports_of(mod, path) if dep.startswith("service")
+                 and rank[service_room(dep)] > rank[service_room(mod)])
+    assert not bad, bad
+
+
+def test_service_has_few_modules_at_its_top():
+    top = sorted(p.name for p in (ROOT / "service").glob("*.py"))
+    assert len(top) <= MAX_SERVICE_TOP_MODULES, top
+
+
 def test_the_cycle_check_sees_imports_inside_functions(tmp_path):
     """The checker itself: an import hidden in a function body counts."""
     path = tmp_path / "mod.py"
-    path.write_text("def f():\n    from service import crud\n    from . import jobs\n")
-    assert imports_of("indexer.reader", path) == {"service.crud", "indexer.jobs"}
+    path.write_text("def f():\n    from service.store import crud\n    from . import jobs\n")
+    assert imports_of("indexer.reader", path) == {"service.store.crud", "indexer.jobs"}
 
 
 IMPORT_ALL = """

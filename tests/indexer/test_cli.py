@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from service.cli import main
+from service.cli.main import main
 from service.config import get_settings
 from tests.conftest import make_image
 from tests.local_ray import local_ray
@@ -56,9 +56,9 @@ def test_index_on_ray_records_the_build_and_its_vectors_equal_the_local_indexers
     """`tbps index --engine ray` on a local Ray started here (2 CPUs), then a local full build
     of the same gallery: the two versions hold the same vectors (both stored the same way)."""
     pytest.importorskip("ray", reason="the scale extra")
-    from service.db import session_scope
-    from service.index_backend import backend_from_settings
-    from service.orm import Crop, CropStatus, IndexStatus, IndexVersion
+    from service.jobs.index_backend import backend_from_settings
+    from service.store.db import session_scope
+    from service.store.orm import Crop, CropStatus, IndexStatus, IndexVersion
 
     assert tbps("ingest", str(image_folder))[0] == 0
     assert tbps("index", "--address", "x")[0] == 2  # --address without --engine ray

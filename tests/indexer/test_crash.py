@@ -12,22 +12,22 @@ import pytest
 
 from indexer.backends.faiss_store import IndexStore
 from indexer.pipeline import ReadOptions
-from service import crud
-from service.db import session_scope
-from service.index_jobs import build_full
-from service.ingest import ingest_folder
-from service.orm import CropStatus
+from service.jobs.index_jobs import build_full
+from service.jobs.ingest import ingest_folder
+from service.store import crud
+from service.store.db import session_scope
+from service.store.orm import CropStatus
 from tests.conftest import make_image
 
 # A full build in its own process with the tiny model, slowed to ~0.1 s per batch of 4.
 DRIVER = """
 import sys, time
 from pathlib import Path
-from service.index_jobs import build_full
+from service.jobs.index_jobs import build_full
 from indexer.pipeline import ReadOptions
 from models.factory import create_model
 from models.torch_encoder import TorchEncoder
-from service.db import session_scope
+from service.store.db import session_scope
 
 url, crops, index = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 encoder = TorchEncoder(create_model("tiny-clip"), "untrained-tiny-clip-seed0", device="cpu")

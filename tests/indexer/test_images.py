@@ -1,4 +1,4 @@
-"""The one image policy: uploads (``service.storage.check_image``) and the indexer's reader
+"""The one image policy: uploads (``service.store.storage.check_image``) and the indexer's reader
 (``indexer.reader.decode_bytes``) accept and refuse the same contents, for the same reason."""
 
 import io
@@ -9,7 +9,7 @@ from PIL import Image
 from indexer.images import BadImage, decode_image
 from indexer.limits import ImageLimits
 from indexer.reader import decode_bytes
-from service import storage
+from service.store import storage
 from tests.conftest import make_image
 
 LIMITS = ImageLimits(max_bytes=50_000, max_pixels=100 * 100)

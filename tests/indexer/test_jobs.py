@@ -6,12 +6,12 @@ from indexer import jobs
 from indexer.backends.base import split_pointer
 from indexer.backends.faiss_store import IndexStore
 from indexer.pipeline import ReadOptions
-from service import crud
-from service.db import session_scope
-from service.index_check import check
-from service.index_jobs import add_crops, build_full, remove_crops, rollback, sync
-from service.ingest import ingest_folder
-from service.orm import CropStatus
+from service.jobs.index_check import check
+from service.jobs.index_jobs import add_crops, build_full, remove_crops, rollback, sync
+from service.jobs.ingest import ingest_folder
+from service.store import crud
+from service.store.db import session_scope
+from service.store.orm import CropStatus
 from tests.conftest import make_image
 
 FAST = ReadOptions(batch_size=4, workers=0)

@@ -11,10 +11,10 @@ import pytest
 from indexer.backends.faiss_store import IndexStore
 from indexer.jobs import sha_tag
 from indexer.pipeline import ReadOptions
-from service.db import session_scope
-from service.index_check import check
-from service.index_jobs import build_full, sync
-from service.ingest import ingest_folder
+from service.jobs.index_check import check
+from service.jobs.index_jobs import build_full, sync
+from service.jobs.ingest import ingest_folder
+from service.store.db import session_scope
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 

@@ -37,15 +37,15 @@ def assert_reaches(names: set[str], reaches, not_reaches) -> None:
 
 
 def index_and_search(checkpoint: Path, settings: Settings, folder: Path, description: str):
-    """``load_encoder`` -> ``indexer.jobs.build_full`` -> ``service.search.SearchEngine``.
+    """``load_encoder`` -> ``indexer.jobs.build_full`` -> ``service.search.engine.SearchEngine``.
 
     Returns (build report, search result, encoder) on a fresh SQLite database.
     """
     from models.factory import load_encoder
-    from service.db import migrate, session_scope
-    from service.index_jobs import build_full
-    from service.ingest import ingest_folder
-    from service.search import SearchEngine, SearchQuery
+    from service.jobs.index_jobs import build_full
+    from service.jobs.ingest import ingest_folder
+    from service.search.engine import SearchEngine, SearchQuery
+    from service.store.db import migrate, session_scope
 
     url = f"sqlite:///{settings.data_dir / 'roundtrip.sqlite3'}"
     migrate(url)

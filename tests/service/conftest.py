@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
-from service.db import get_engine, session_scope
-from service.ingest import ingest_bytes
+from service.jobs.ingest import ingest_bytes
+from service.jobs.worker import run_pending
 from service.main import create_app
-from service.worker import run_pending
+from service.store.db import get_engine, session_scope
 from tests.conftest import backend_settings, empty_postgres, make_image
 
 ADMIN_KEY = "test-admin-key-0123456789"

@@ -6,11 +6,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service import crud
 from service.config import hash_key
-from service.db import session_scope
+from service.jobs.worker import run_pending
 from service.main import create_app
-from service.worker import run_pending
+from service.store import crud
+from service.store.db import session_scope
 from tests.service.conftest import ADMIN_KEY
 
 

@@ -4,10 +4,11 @@ one admin change helper (change -> audit -> commit -> notify)."""
 import pytest
 from fastapi.testclient import TestClient
 
-from service import admin, crud
-from service.db import session_scope
+from service.api import administration as admin
+from service.jobs.worker import run_pending
 from service.main import create_app
-from service.worker import run_pending
+from service.store import crud
+from service.store.db import session_scope
 from tests.service.conftest import ADMIN_KEY
 from tests.service.test_admin import found
 

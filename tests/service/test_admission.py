@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from fastapi.testclient import TestClient
 
 from service.config import THREAD_RESERVE
+from service.jobs.worker import run_pending
 from service.main import create_app
-from service.worker import run_pending
 from tests.service.conftest import ADMIN_KEY
 
 BURST = 96

@@ -5,11 +5,11 @@ import gc
 import pytest
 from fastapi.testclient import TestClient
 
-from service.db import session_scope
-from service.index_backend import backend_from_settings
-from service.index_jobs import build_full
-from service.ingest import ingest_folder
+from service.jobs.index_backend import backend_from_settings
+from service.jobs.index_jobs import build_full
+from service.jobs.ingest import ingest_folder
 from service.main import create_app
+from service.store.db import session_scope
 
 
 @pytest.fixture

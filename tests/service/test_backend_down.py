@@ -13,11 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from service import crud
-from service.db import session_scope
+from service.jobs.worker import run_pending
 from service.main import create_app
-from service.orm import Camera, Crop, CropStatus, IndexVersion, Job, JobStatus
-from service.worker import run_pending
+from service.store import crud
+from service.store.db import session_scope
+from service.store.orm import Camera, Crop, CropStatus, IndexVersion, Job, JobStatus
 from tests.conftest import milvus_prefix
 from tests.service.conftest import ADMIN_KEY
 from tests.tcp_proxy import TcpProxy

@@ -13,11 +13,11 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from service import search as search_module
-from service.batching import MicroBatcher
-from service.db import session_scope
-from service.index_backend import backend_from_settings
-from service.search import SearchEngine, SearchQuery
+from service.jobs.index_backend import backend_from_settings
+from service.search import engine as search_module
+from service.search.batching import MicroBatcher
+from service.search.engine import SearchEngine, SearchQuery
+from service.store.db import session_scope
 from tests.service.conftest import T0
 
 
@@ -245,7 +245,7 @@ def test_a_cursor_whose_score_moved_in_the_last_bits_neither_repeats_nor_skips(
 def test_probes_on_one_version_share_one_index_call_whatever_view_object_holds_it():
     """Milvus opens a new view per request: the pointer, not the object, groups the probes."""
     from indexer.backends import Hits
-    from service.query_batch import Probe, run_probes
+    from service.search.query_batch import Probe, run_probes
 
     class View:
         calls: list[int] = []

@@ -4,11 +4,11 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from service import crud
-from service.catalog import extend_catalog, load_catalog
-from service.db import session_scope
-from service.filters import search_filter
-from service.orm import CropStatus
+from service.search.catalog import extend_catalog, load_catalog
+from service.search.filters import search_filter
+from service.store import crud
+from service.store.db import session_scope
+from service.store.orm import CropStatus
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 

@@ -15,7 +15,7 @@ def _modules_after(argv: list[str]) -> set[str]:
     """Top-level modules imported by `python -m service.cli ARGV` (run in a fresh process)."""
     code = ("import runpy, sys, json\n"
             f"sys.argv = ['tbps', *{argv!r}]\n"
-            "try:\n    runpy.run_module('service.cli', run_name='__main__')\n"
+            "try:\n    runpy.run_module('service.cli.main', run_name='__main__')\n"
             "except SystemExit:\n    pass\n"
             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
@@ -54,7 +54,7 @@ def test_search_creates_no_data_dir_and_names_the_one_it_reads(tmp_path) -> None
 def test_a_training_reports_its_progress_without_verbose() -> None:
     """`tbps train` logs its steps and dev evaluations at INFO without -v; other commands stay
     quiet unless asked."""
-    from service.cli import build_parser
+    from service.cli.main import build_parser
 
     train = build_parser().parse_args(["train", "--config", "x.yaml"])
     search = build_parser().parse_args(["search", "a man"])

@@ -7,10 +7,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from service import crud
-from service.catalog import read_stamp, touch_stamp
-from service.db import session_scope
-from service.ingest import ingest_bytes
+from service.jobs.ingest import ingest_bytes
+from service.search.catalog import read_stamp, touch_stamp
+from service.store import crud
+from service.store.db import session_scope
 
 
 def _in_thread(fn):

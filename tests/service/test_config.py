@@ -38,7 +38,7 @@ def test_milvus_needs_a_server_address(monkeypatch):
 def test_an_unreachable_milvus_is_a_clear_error_naming_the_setting(tmp_path):
     pytest.importorskip("pymilvus", reason="the scale extra")
     from indexer.backends import BackendUnavailable
-    from service.index_backend import backend_from_settings
+    from service.jobs.index_backend import backend_from_settings
 
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))

@@ -17,8 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
+from service.jobs.worker import run_pending
 from service.main import create_app
-from service.worker import run_pending
 from tests.service.conftest import ADMIN_KEY
 from tests.tcp_proxy import TcpProxy
 

@@ -5,9 +5,9 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import inspect
 
-from service import crud
-from service.db import alembic_config, get_engine, migrate, session_scope
-from service.orm import Base, CropStatus
+from service.store import crud
+from service.store.db import alembic_config, get_engine, migrate, session_scope
+from service.store.orm import Base, CropStatus
 
 
 def test_migrations_create_the_schema_the_models_describe(database_url):

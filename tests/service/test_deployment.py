@@ -19,8 +19,8 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from service.cli import build_parser
-from service.db import get_engine
+from service.cli.main import build_parser
+from service.store.db import get_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from sqlalchemy import MetaData, create_engine
 
-from service.cli import main
+from service.cli.main import main
 from service.config import get_settings
-from service.db import get_engine, schema_problem
+from service.store.db import get_engine, schema_problem
 
 NOT_MIGRATED = "not migrated: run `tbps migrate`"
 ROUTES = [("GET", "/status", None), ("POST", "/search", {"description": "a man"}),

@@ -14,10 +14,10 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from service import crud
-from service.db import session_scope
 from service.main import create_app
-from service.orm import CropStatus
+from service.store import crud
+from service.store.db import session_scope
+from service.store.orm import CropStatus
 from tests.service.conftest import mount_tmpfs
 
 FORM = {"camera": "cam-x", "captured_at": "2026-06-01T08:00:00Z"}
@@ -130,7 +130,7 @@ def test_an_unhandled_error_is_a_json_500_and_the_connection_stays_usable(galler
     server, port = _serve(app)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        with caplog.at_level(logging.ERROR, logger="service.errors"):
+        with caplog.at_level(logging.ERROR, logger="service.api.errors"):
             conn.request("GET", "/boom")
             r = conn.getresponse()
             body = r.read()
@@ -147,7 +147,7 @@ def test_an_unhandled_error_is_a_json_500_and_the_connection_stays_usable(galler
 
 def test_a_full_database_disk_is_507_on_reindex(tmp_path, tiny_encoder):
     from service.config import Settings
-    from service.db import migrate
+    from service.store.db import migrate
 
     data = tmp_path / "fulldb"
     mount_tmpfs(data, "2m")

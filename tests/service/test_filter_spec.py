@@ -1,4 +1,4 @@
-"""The filter spec (service.filters): min_height through POST /search, POST /search/image,
+"""The filter spec (service.search.filters): min_height through POST /search, POST /search/image,
 the OpenAPI document and `tbps search`; every filter's mask and Milvus expression agree.
 
 Run with TBPS_INDEX_BACKEND=milvus for the Milvus backend (the filter is then pushed into the
@@ -16,11 +16,11 @@ from fastapi.testclient import TestClient
 
 from indexer.filters import InSet, Range, SearchFilter
 from indexer.manifest import Manifest
-from service.db import session_scope
-from service.filters import FILTERS
-from service.ingest import ingest_bytes
+from service.jobs.ingest import ingest_bytes
+from service.jobs.worker import run_pending
 from service.main import create_app
-from service.worker import run_pending
+from service.search.filters import FILTERS
+from service.store.db import session_scope
 from tests.conftest import make_image
 from tests.service.conftest import ADMIN_KEY, T0
 

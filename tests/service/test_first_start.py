@@ -8,12 +8,12 @@ from fastapi.testclient import TestClient
 
 from models.factory import create_model, save_checkpoint
 from models.onnx_encoder import SwitchingEncoder, export_lock
-from service import crud
-from service.cli import _ingest_demo_gallery
+from service.cli.main import _ingest_demo_gallery
 from service.config import Settings
-from service.db import session_scope
+from service.jobs.worker import run_pending
 from service.main import create_app
-from service.worker import run_pending
+from service.store import crud
+from service.store.db import session_scope
 from tests.conftest import make_image
 from tests.service.conftest import ADMIN_KEY
 

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
-from service.urls import crop_url
+from service.search.urls import crop_url
 from tests.service.conftest import ADMIN_KEY
 
 FORM = {"camera": "cam-0", "captured_at": "2026-06-01T08:00:00Z"}

@@ -8,13 +8,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from indexer.limits import ImageLimits
-from service import crud
 from service.config import Settings
-from service.db import session_scope
-from service.ingest import ingest_bytes
+from service.jobs.ingest import ingest_bytes
+from service.jobs.worker import run_pending
 from service.main import create_app
-from service.orm import CropStatus
-from service.worker import run_pending
+from service.store import crud
+from service.store.db import session_scope
+from service.store.orm import CropStatus
 from tests.conftest import make_image
 
 BIG = make_image(7, size=(96, 192))  # the gallery's crops are 48x96

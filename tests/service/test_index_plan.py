@@ -6,7 +6,7 @@ import pytest
 from indexer.backends.base import CorruptIndex
 from indexer.jobs import COMPACT_GENERATIONS, StaleIndex
 from indexer.spec import FLAT_MAX
-from service.index_plan import IndexState, Step, plan
+from service.jobs.index_plan import IndexState, Step, plan
 
 LIVE = IndexState(live="20260101T000000Z+3", generations=3)
 

@@ -9,19 +9,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from service import crud
 from service.config import DEFAULT_DEMO_GALLERY, REPO_ROOT, Settings
-from service.db import session_scope
-from service.indexing import (
+from service.jobs.indexing import (
     ENCODING_SHARE,
     describe,
     gallery_state,
     job_needed,
     queue_index_job,
 )
-from service.ingest import ingest_folder, read_person_ids
+from service.jobs.ingest import ingest_folder, read_person_ids
+from service.jobs.worker import run_pending
 from service.main import create_app
-from service.worker import run_pending
+from service.store import crud
+from service.store.db import session_scope
 from tests.service.conftest import ADMIN_KEY
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -116,7 +116,7 @@ def test_empty_gallery_needs_no_job(migrated_settings):
 
 
 def test_describe_says_one_percentage_one_eta_and_n_of_n():
-    from service.indexing import IndexingState
+    from service.jobs.indexing import IndexingState
 
     running = IndexingState(1, "add", "running", 1024, 4527, 190.4, None, progress=0.226)
     assert describe(running) == "indexing: 23% done, ETA 190 s; 1024 of 4527 crops indexed"

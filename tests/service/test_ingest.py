@@ -1,6 +1,6 @@
-from service import crud
-from service.db import session_scope
-from service.ingest import ingest_bytes, ingest_folder
+from service.jobs.ingest import ingest_bytes, ingest_folder
+from service.store import crud
+from service.store.db import session_scope
 
 
 def test_ingest_folder_stores_skips_and_reports(migrated_settings, image_folder):
@@ -39,7 +39,7 @@ def test_rejected_bytes_are_not_stored(migrated_settings):
 
 def test_tbps_ingest_on_a_full_disk_prints_one_line(tmp_path, monkeypatch, capsys,
                                                     small_crops_dir):
-    from service.cli import main
+    from service.cli.main import main
     from service.config import get_settings
     from tests.conftest import make_image
 

@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import update
 
 from models.factory import create_model, save_checkpoint
-from service import crud
-from service.db import session_scope
-from service.ingest import ingest_bytes
-from service.orm import Job, JobStatus, utcnow
-from service.supervisor import WorkerSupervisor
-from service.worker import reap, recover
+from service.jobs.ingest import ingest_bytes
+from service.jobs.supervisor import WorkerSupervisor
+from service.jobs.worker import reap, recover
+from service.store import crud
+from service.store.db import session_scope
+from service.store.orm import Job, JobStatus, utcnow
 from tests.service.waiting import wait_for as _wait
 
 

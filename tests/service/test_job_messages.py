@@ -3,9 +3,9 @@ keeps them)."""
 
 from __future__ import annotations
 
-from service import crud
-from service.db import session_scope
-from service.worker import run_pending
+from service.jobs.worker import run_pending
+from service.store import crud
+from service.store.db import session_scope
 
 
 def test_a_failed_jobs_message_carries_no_absolute_path(gallery, tiny_encoder, tmp_path):

@@ -11,13 +11,14 @@ from fastapi.testclient import TestClient
 
 from indexer.backends.base import split_pointer
 from indexer.backends.faiss_store import IndexStore
-from service import crud, index_jobs
-from service.db import session_scope
-from service.index_backend import backend_from_settings
-from service.indexing import job_needed
+from service.jobs import index_jobs
+from service.jobs.index_backend import backend_from_settings
+from service.jobs.indexing import job_needed
+from service.jobs.worker import run_pending
 from service.main import create_app
-from service.orm import CropStatus, JobStatus
-from service.worker import run_pending
+from service.store import crud
+from service.store.db import session_scope
+from service.store.orm import CropStatus, JobStatus
 from tests.service.conftest import ADMIN_KEY
 
 FORM = {"camera": "cam-x", "captured_at": "2026-06-01T08:00:00Z"}

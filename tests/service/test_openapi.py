@@ -18,11 +18,11 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi import checks as openapi_checks
 
 from service.config import Settings
-from service.db import migrate, session_scope
-from service.index_backend import backend_from_settings
-from service.index_jobs import build_full
-from service.ingest import ingest_folder
+from service.jobs.index_backend import backend_from_settings
+from service.jobs.index_jobs import build_full
+from service.jobs.ingest import ingest_folder
 from service.main import create_app
+from service.store.db import migrate, session_scope
 from tests.conftest import backend_settings, make_image
 
 KEY = "schemathesis-key-0123456789"

@@ -1,4 +1,4 @@
-"""The query rule of a search by example (service.query_vector), on VGSG-shaped vectors: a
+"""The query rule of a search by example (service.search.query_vector), on VGSG-shaped vectors: a
 global part and a local block of two stripes, each unit-normalised."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from models.encoder import EncoderSpec, Part
-from service.query_vector import blend, blocks, example_query, unit_blocks
+from service.search.query_vector import blend, blocks, example_query, unit_blocks
 from tests.indexer.backend_data import DIM, GLOBAL, STRIPE, make_rows, queries
 
 SPEC = EncoderSpec("synthetic", DIM, "c0ffee", (8, 4), (0.5,) * 3, (0.5,) * 3, parts=(

@@ -159,8 +159,8 @@ class _Counting:
 def test_one_encoding_one_index_search_one_query_per_request(api, gallery, monkeypatch, body):
     from sqlalchemy import event
 
-    from service.db import get_engine
-    from service.keys import KeyRing
+    from service.store.db import get_engine
+    from service.store.keys import KeyRing
 
     # keys in the database are re-read every 10 s: not within this test, however slow
     api.app.state.keys = KeyRing(gallery.admin_key_digests, ttl=3600)
@@ -187,8 +187,8 @@ def test_one_encoding_one_index_search_one_query_per_request(api, gallery, monke
 
 
 def test_person_sightings_are_in_time_order_and_unknown_persons_404(api, gallery):
-    from service.db import session_scope
-    from service.ingest import ingest_bytes
+    from service.jobs.ingest import ingest_bytes
+    from service.store.db import session_scope
     from tests.conftest import make_image
 
     with session_scope(gallery.resolved_database_url) as session:  # p1, earlier, no camera
@@ -223,10 +223,10 @@ def test_an_engine_that_filters_holds_each_crops_camera_and_time(shared_api, sha
     """Milvus stores camera and time with each row (the service's filters become its
     expressions): its own filter must select exactly the crops the database says."""
     from indexer.filters import InSet, Range, SearchFilter
-    from service.catalog import to_epoch
-    from service.db import session_scope
-    from service.index_backend import backend_from_settings
-    from service.orm import Crop
+    from service.jobs.index_backend import backend_from_settings
+    from service.search.catalog import to_epoch
+    from service.store.db import session_scope
+    from service.store.orm import Crop
 
     backend = backend_from_settings(shared_gallery)
     if not backend.filters_in_engine:

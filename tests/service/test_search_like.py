@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.query_vector import unit_blocks
+from service.search.query_vector import unit_blocks
 
 TEXT = "a person in a red shirt"
 
@@ -166,7 +166,7 @@ def test_search_by_photo_refuses_what_is_not_an_image(api, gallery, image_bytes)
     (["--like", "3", "--text-weight", "2"], "between 0 and 1"),
 ])
 def test_cli_search_refuses_what_the_api_refuses(argv, problem, capsys):
-    from service.cli import build_parser
+    from service.cli.main import build_parser
 
     args = build_parser().parse_args(["search", *argv])
     assert args.func(args) == 2

@@ -11,7 +11,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from service.cli import proxy_options
+from service.cli.main import proxy_options
 from service.main import create_app
 from tests.service.conftest import ADMIN_KEY
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import storage
+from service.store import storage
 
 LIMITS = dict(max_bytes=200_000, max_pixels=300 * 300)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from service.cli import prepare_database
-from service.db import schema_problem
+from service.cli.main import prepare_database
 from service.main import create_app
+from service.store.db import schema_problem
 
 
 def test_readyz_is_not_ready_on_an_unmigrated_database(settings, tiny_encoder):

@@ -11,13 +11,13 @@ import textwrap
 
 from fastapi.testclient import TestClient
 
-from service import crud
-from service.db import session_scope
-from service.index_backend import backend_from_settings
-from service.index_check import check
-from service.index_records import mark_failed
+from service.jobs.index_backend import backend_from_settings
+from service.jobs.index_check import check
+from service.jobs.index_records import mark_failed
 from service.main import create_app
-from service.orm import CropStatus
+from service.store import crud
+from service.store.db import session_scope
+from service.store.orm import CropStatus
 from tests.service.conftest import ADMIN_KEY
 
 FORM = {"camera": "cam-0", "captured_at": "2026-06-01T08:00:00Z"}  # a camera the gallery has
@@ -58,9 +58,9 @@ def test_a_batch_that_fills_the_disk_part_way_leaves_nothing_and_the_retry_store
 
 KILLED_UPLOAD = textwrap.dedent("""
     import os, signal, sys
-    from service import admin
+    from service.api import administration as admin
     from service.config import Settings
-    from service.db import session_scope
+    from service.store.db import session_scope
 
     settings = Settings(data_dir=sys.argv[1], database_url=sys.argv[2], environment="test")
     uploads = [admin.Upload(f"k{i}.png", open(sys.argv[3] + f"/k{i}.png", "rb").read())

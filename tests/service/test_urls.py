@@ -10,7 +10,7 @@ import time
 from fastapi.testclient import TestClient
 
 from service.main import create_app
-from service.urls import SECRET_FILE, crop_url, url_secret, valid_signature
+from service.search.urls import SECRET_FILE, crop_url, url_secret, valid_signature
 
 
 def _sign(secret: bytes, path: str, exp: int) -> str:

@@ -2,9 +2,9 @@
 
 import pytest
 
-from service import crud
-from service.db import session_scope
-from service.orm import JobStatus
+from service.store import crud
+from service.store.db import session_scope
+from service.store.orm import JobStatus
 
 
 def test_a_job_is_claimed_once(migrated_settings):

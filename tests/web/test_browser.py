@@ -88,8 +88,8 @@ N_RICH = 24  # crop i: camera cam-{a,b,c}[i % 3], captured T0 + 10 i min, person
 def _serve_rich(tmp_path):
     """`tbps serve` on 24 indexed crops over 3 cameras, 6 persons and 4 hours."""
     from service.config import Settings
-    from service.db import migrate, session_scope
-    from service.ingest import ingest_bytes
+    from service.jobs.ingest import ingest_bytes
+    from service.store.db import migrate, session_scope
 
     env = _env(tmp_path / "data")
     settings = Settings(data_dir=tmp_path / "data", environment="test")
