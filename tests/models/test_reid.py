@@ -157,7 +157,8 @@ def test_reid_training_writes_a_checkpoint_of_the_family_and_a_curve(tmp_path, c
     assert not any(k.startswith("classifiers.") for k in payload["state_dict"])
     assert (tmp_path / "cache").is_dir() and list((tmp_path / "cache").glob("pixels-*.npy"))
     assert evaluate.main(["--checkpoint", str(tmp_path / "run" / "model.pt"), "--root", str(dev),
-                          "--split", "val", "--mode", "image", "--json"]) == 0
+                          "--split", "val", "--mode", "image", "--engine", "torch",
+                          "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["queries"] == 6 and metrics["gallery"] == 5
     assert metrics["rank1"] == pytest.approx(history[-1]["rank1"], abs=1e-6)
