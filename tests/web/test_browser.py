@@ -539,7 +539,10 @@ def test_demo_from_another_folder_serves_at_once_and_answers_while_indexing(tmp_
         _wait(browser, lambda d: _state(d) == "ready", timeout=300)
         _submit(browser, "a person in a red shirt", top_k=10)
         assert "of 400 matching crops" in browser.find_element(By.ID, "status").text
-        assert {o.get_attribute("value") for o in
-                browser.find_elements(By.CSS_SELECTOR, "#cameras option")} == {"left", "right"}
+        _open_filters(browser)
+        browser.find_element(By.ID, "camera-search").click()  # focus offers every camera
+        _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#camera-options li")) == 2)
+        assert {o.get_attribute("data-camera") for o in browser.find_elements(
+            By.CSS_SELECTOR, "#camera-options li")} == {"left", "right"}
     finally:
         _stop(proc)
