@@ -139,12 +139,7 @@ def list_crops(
 ) -> AdminCropPage:
     """Browse the gallery's crops (not deleted), newest first, to view or delete them; image
     URLs are signed when searches need a key."""
-    camera_id = None
-    if camera is not None:
-        cam = crud.get_camera_by_name(session, name=camera)
-        if cam is None:
-            raise HTTPException(status_code=404, detail=f"no camera named {camera!r}")
-        camera_id = cam.id
+    camera_id = _camera_id(session, camera)
     crops, total = crud.list_crops(session, camera_id=camera_id, person_id=person_id,
                                    status=CropStatus(status) if status else None, limit=limit,
                                    offset=offset)
@@ -192,12 +187,7 @@ def delete_crops_by_range(
             "detail": [{"loc": ["query", "filters"], "msg": "give camera, time_from or time_to",
                         "type": "missing"}],
             "message": "give camera, time_from or time_to: deleting everything is not offered"})
-    camera_id = None
-    if camera is not None:
-        cam = crud.get_camera_by_name(session, name=camera)
-        if cam is None:
-            raise HTTPException(status_code=404, detail=f"no camera named {camera!r}")
-        camera_id = cam.id
+    camera_id = _camera_id(session, camera)
     crops = crud.crops_to_delete(session, camera_id=camera_id, time_from=time_from,
                                  time_to=time_to)
     with _change(session, settings, actor, "crops.delete_range",
@@ -325,3 +315,13 @@ def audit_log(request: Request, session: SessionDep, _actor: AdminDep,
     request.app.state.audit.flush()  # searches are written in batches
     rows = crud.list_audit(session, limit=limit, offset=offset, action=action)
     return [AuditOut.model_validate(r) for r in rows]
+
+
+def _camera_id(session: Session, camera: str | None) -> int | None:
+    """The id of the camera a query names (None: no camera named); 404 for an unknown name."""
+    if camera is None:
+        return None
+    cam = crud.get_camera_by_name(session, name=camera)
+    if cam is None:
+        raise HTTPException(status_code=404, detail=f"no camera named {camera!r}")
+    return cam.id
