@@ -93,6 +93,23 @@ def _start_serving(app: FastAPI, settings: Settings, encoder) -> None:
     app.state.audit = AuditBuffer(settings.resolved_database_url).start()
 
 
+def _freeze_startup_heap() -> bool:
+    """Everything start-up loaded (torch, the towers, the index, the ORM: ~580k objects) lives
+    as long as the process; freezing it keeps the periodic full collection from re-scanning it.
+    Unfrozen, each such collection stopped the process for ~300 ms (twice in 1,000 requests
+    from 16 clients): p99 391 ms against 102 ms frozen (docs/results.md). -> whether this app
+    froze it (and unfreezes it at shutdown).
+
+    A heap that is frozen already belongs to whoever froze it (a pre-fork server that freezes
+    before forking, as the ``gc.freeze`` docs advise; the test session, which starts hundreds of
+    apps and would pay a full collection of ~0.4 s CPU at each): it is left as it is."""
+    if gc.get_freeze_count():
+        return False
+    gc.collect()
+    gc.freeze()
+    return True
+
+
 def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -110,16 +127,12 @@ def create_app(settings: Settings | None = None, encoder=None) -> FastAPI:
             if worker is not None:  # a failed start leaves no worker behind
                 worker.stop()
             raise
-        # Everything start-up loaded (torch, the towers, the index, the ORM: ~580k objects)
-        # lives as long as the process; freezing it keeps the periodic full collection from
-        # re-scanning it. Unfrozen, each such collection stopped the process for ~300 ms (twice
-        # in 1,000 requests from 16 clients): p99 391 ms against 102 ms frozen (docs/results.md).
-        gc.collect()
-        gc.freeze()
+        freezes = _freeze_startup_heap()
         try:
             yield
         finally:
-            gc.unfreeze()  # what dies now is collected (several apps in one process: tests)
+            if freezes:  # what dies now is collected (several apps in one process: tests)
+                gc.unfreeze()
             app.state.audit.close()
             app.state.engine.close()
             if worker is not None:

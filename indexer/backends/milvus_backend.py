@@ -63,6 +63,12 @@ MANIFEST_MAX = 65_535  # VARCHAR limit of the meta collection
 # about a time tick after it returns, so a search may briefly miss a new version or add;
 # Bounded and Eventually as Milvus defines them.
 READ_CONSISTENCY = ("Strong", "Session", "Bounded", "Eventually")
+# gRPC's own reconnect backoff grows x1.6 from 1 s up to 120 s: a service whose Milvus was
+# down for a while stayed 503 for seconds (minutes, after a long outage) once it was back.
+# Capped, a lost channel tries again every second at most: one refused connect a second while
+# the server is down, against a search that answers within ~1 s of its return (measured with
+# grpcio alone: down 5-10 s, answered again after 5.1-5.6 s by default, 0.5 s capped).
+GRPC_OPTIONS = {"grpc.initial_reconnect_backoff_ms": 250, "grpc.max_reconnect_backoff_ms": 1000}
 FLUSH_MIN = 10_000  # builds from this size are flushed (sealed, indexed) before publish
 INDEX_WAIT_S = 3_600.0  # longest wait for Milvus to index a flushed build before publishing
 
@@ -95,7 +101,7 @@ class MilvusBackend:
         self.builds_dir = self.work_dir / "builds"  # unused: a Milvus build is not resumed
         self.prefix = prefix
         try:
-            client = MilvusClient(uri=uri, token=token, timeout=timeout)
+            client = MilvusClient(uri=uri, token=token, timeout=timeout, grpc_options=GRPC_OPTIONS)
         except Exception as exc:  # pymilvus raises MilvusException subclasses, or grpc errors
             raise BackendUnavailable(unreachable_message(uri, exc)) from exc
         # every call: under `timeout`, a lost server as BackendUnavailable (milvus_calls)

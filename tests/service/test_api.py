@@ -1,6 +1,7 @@
 """The HTTP API through FastAPI's test client, on a real database, index and model."""
 
 import gc
+from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -32,13 +33,36 @@ def test_healthz(client):
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_startup_heap_is_frozen_while_serving_and_released_at_shutdown(migrated_settings,
-                                                                       tiny_encoder):
+@pytest.fixture
+def thawed_heap() -> Iterator[None]:
+    """The heap the test session froze (tests/conftest.py) unfrozen for one test of the
+    app's own freezing; frozen again after it."""
+    gc.unfreeze()
+    yield
     gc.collect()
+    gc.freeze()
+
+
+def test_startup_heap_is_frozen_while_serving_and_released_at_shutdown(migrated_settings,
+                                                                       tiny_encoder,
+                                                                       thawed_heap):
+    assert gc.get_freeze_count() == 0
     with TestClient(create_app(migrated_settings, encoder=tiny_encoder)) as c:
         assert c.get("/healthz").status_code == 200
         assert gc.get_freeze_count() > 1000  # the loaded app is out of the full collections
     assert gc.get_freeze_count() == 0
+
+
+def test_a_heap_frozen_before_start_is_left_frozen_at_shutdown(migrated_settings,
+                                                              tiny_encoder):
+    """A pre-fork server (or the test session) froze it: the app neither collects it again
+    nor thaws what it did not freeze."""
+    gc.freeze()
+    before = gc.get_freeze_count()
+    with TestClient(create_app(migrated_settings, encoder=tiny_encoder)) as c:
+        assert c.get("/healthz").status_code == 200
+    assert before > 1000
+    assert gc.get_freeze_count() > 0.9 * before  # not thawed (objects that die leave it)
 
 
 def test_search_before_any_index_says_what_to_do(client):
