@@ -336,7 +336,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
     started = time.time()
     encoder = load_encoder(checkpoint, device=args.device, engine=args.engine)
     dev = encode_split(encoder, records, args.batch_size)
-    result = calibrate(encoder.spec, dev, precision=args.precision, balanced=args.balanced)
+    if not 0 < args.precision <= 1:
+        print(f"error: --precision {args.precision} is not in (0, 1]", file=sys.stderr)
+        return 2
+    try:
+        result = calibrate(encoder.spec, dev, precision=args.precision, balanced=args.balanced)
+    except ValueError as exc:  # a precision no threshold reaches, a split without pairs
+        print(f"error: {exc} on {args.split}: choose a lower --precision", file=sys.stderr)
+        return 1
     result.checkpoint, result.dataset, result.split = checkpoint.name, args.dataset, args.split
     result.command = "tbps " + shlex.join(sys.argv[1:])
     result.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

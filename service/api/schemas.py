@@ -74,7 +74,8 @@ class _Ranking(BaseModel):
             "a man in a blue jacket and black trousers"],
         description="What the person looks like, in plain words. Required unless `like` (or "
         "an image) is given.")
-    text_weight: Annotated[float, BeforeValidator(json_integer)] | SkipJsonSchema[None] = Field(
+    # no `| None`: a null is refused as not a number; omitted, the served default applies
+    text_weight: Annotated[float, BeforeValidator(json_integer)] = Field(  # type: ignore[assignment]
         None, ge=0, le=1, examples=[0.5],
         description="With both a description and examples (`like` or an image): the query is "
         "`text_weight * text + (1 - text_weight) * examples`, each unit-normalised per part. "

@@ -177,3 +177,29 @@ def test_calibrate_writes_a_sidecar_that_reads_back(tmp_path):
     data["format"] = 99
     with pytest.raises(ValueError, match="format"):
         Calibration.from_dict(data)
+
+
+def test_tbps_calibrate_writes_the_sidecar_the_service_loads(tmp_path, capsys):
+    from models.factory import create_model, file_sha256, load_encoder, save_checkpoint
+    from service.cli.main import main
+    from service.search.confidence import calibration_path, load_confidence
+    from tests.models.conftest import tiny_vgsg, write_cuhk_fixture
+
+    root = write_cuhk_fixture(tmp_path / "data", {"val": [7, 8, 9, 10]})
+    checkpoint = tmp_path / "tiny.pt"
+    save_checkpoint(checkpoint, create_model(tiny_vgsg()).eval())
+    argv = ["calibrate", "--checkpoint", str(checkpoint), "--root", str(root), "--split", "val",
+            "--engine", "torch", "--device", "cpu"]
+    # 8 images of 4 people: 1 ordered pair in 7 is the same person, so 0.1 is always reached
+    assert main([*argv, "--precision", "0.1"]) == 0
+    sidecar = tmp_path / "tiny.calibration.json"
+    assert f"wrote {sidecar}" in capsys.readouterr().out
+    cal = Calibration.load(sidecar)
+    assert cal.checkpoint_sha256 == file_sha256(checkpoint) and cal.split == "val"
+    assert cal.counts == {"images": 8, "captions": 16, "persons": 4}
+    assert cal.same_person["precision"] >= 0.1 and cal.same_person["target_precision"] == 0.1
+    encoder = load_encoder(checkpoint, device="cpu", engine="torch")
+    assert calibration_path(checkpoint, None) == sidecar
+    assert load_confidence(sidecar, encoder.spec) is not None
+    assert main([*argv, "--precision", "1.5"]) == 2
+    assert "not in (0, 1]" in capsys.readouterr().err
