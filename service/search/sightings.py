@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from service.search import persons
-from service.search.engine import Hit, SearchEngine, SearchQuery
+from service.search.engine import Hit, SearchEngine, SearchQuery, UnknownExamples
 from service.store import crud
 from service.store.orm import CropStatus, as_utc
 
@@ -60,8 +60,8 @@ class Sightings:
 
 def crop_sightings(session: Session, engine: SearchEngine, *, crop_id: int,
                    limit: int = MAX_SIGHTINGS) -> Sightings:
-    """UnknownCrop: no such live crop; IndexNotReady: no usable index; UnknownExamples: the
-    crop is not in the live index yet."""
+    """UnknownCrop: no such live crop, or one not in the live index yet; IndexNotReady: no
+    usable index."""
     crop = crud.get_crop(session, crop_id=crop_id)
     if crop is None or crop.status == CropStatus.deleted:
         raise UnknownCrop(f"no crop with id {crop_id} (unknown or deleted)")
@@ -98,8 +98,12 @@ def _appearance(session: Session, engine: SearchEngine, crop_id: int,
     if engine.confidence is None:
         return [], []
     threshold = float(engine.confidence.same_person["threshold"])
-    result = engine.search(session, SearchQuery(description=None, like=(crop_id,),
-                                                top_k=limit))
+    try:
+        result = engine.search(session, SearchQuery(description=None, like=(crop_id,),
+                                                    top_k=limit))
+    except UnknownExamples:
+        raise UnknownCrop(f"crop {crop_id} is not in the live index yet (indexing pending or "
+                          "failed: GET /status); its sightings by appearance need it") from None
     return result.hits, [h for h in result.hits if h.score >= threshold]
 
 

@@ -115,6 +115,12 @@ def test_sightings_by_appearance_without_person_ids(sighted, tiny_encoder):
         assert client.delete(f"/admin/crops/{ids['e0']}").status_code == 200
         r = client.get(f"/crops/{ids['e0']}/sightings")
         assert r.status_code == 404 and str(ids["e0"]) in r.json()["detail"]
+        # a crop added since the last index: found in the gallery, not yet by appearance
+        with session_scope(settings.resolved_database_url) as session:
+            late = ingest_bytes(session, settings, name="late.png", data=make_image(77),
+                                camera="gate").crop_id
+        r = client.get(f"/crops/{late}/sightings")
+        assert r.status_code == 404 and "not in the live index yet" in r.json()["detail"]
 
 
 def test_sightings_by_person_id_alone_without_calibration(shared_api):

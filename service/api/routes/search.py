@@ -238,7 +238,7 @@ def crop_sightings(crop_id: Annotated[int, Path(ge=1, le=2**62, examples=[42])],
     (at most 500)."""
     try:
         found = sightings.crop_sightings(session, engine, crop_id=crop_id)
-    except (sightings.UnknownCrop, UnknownExamples) as exc:
+    except sightings.UnknownCrop as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
     except IndexNotReady as exc:
         raise HTTPException(status_code=503, detail=str(exc)) from None
