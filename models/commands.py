@@ -28,6 +28,7 @@ def _later(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 def register_all(subparsers: Any) -> None:
     register_train(subparsers)
     register_eval(subparsers)
+    register_calibrate(subparsers)
 
 
 def register_train(subparsers: Any) -> argparse.ArgumentParser:
@@ -83,4 +84,33 @@ def register_eval(subparsers: Any) -> argparse.ArgumentParser:
                              "text tower quantised)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=_later("models.evaluate", "run_eval"))
+    return parser
+
+
+def register_calibrate(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "calibrate", help="fit the match confidence of a checkpoint on dev (its sidecar)",
+        description="Calibrate served scores into P(same person) on a dataset split (Platt "
+                    "per query mode: text, image, blend), choose the same-person threshold "
+                    "of the image mode at a precision and text_weight on a grid; writes "
+                    "<checkpoint stem>.calibration.json beside the checkpoint, which the "
+                    "service loads when its sha256 matches (models/calibration.py).")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="tbps checkpoint (default: models/checkpoints/default.pt)")
+    parser.add_argument("--dataset", choices=sorted(READERS), default="cuhk-pedes")
+    parser.add_argument("--root", type=Path, required=True,
+                        help="dataset folder in its published layout")
+    parser.add_argument("--split", default="dev", help="the split to calibrate on (dev)")
+    parser.add_argument("--precision", type=float, default=0.9,
+                        help="same-person precision the threshold is chosen for (0-1)")
+    parser.add_argument("--balanced", action="store_true",
+                        help="weigh same- and other-person pairs equally (default: as they "
+                             "come, so p is a frequency in a dev-like gallery)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="sidecar path (default: beside the checkpoint)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx"],
+                        help="inference engine (auto: ONNX Runtime on the CPU, torch on CUDA)")
+    parser.set_defaults(func=_later("models.calibration", "run_calibrate"))
     return parser

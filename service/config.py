@@ -62,6 +62,10 @@ class Settings(BaseSettings):
                            "(where `make run` keeps it) from any folder, ./data when installed")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     checkpoint: Path | None = Field(None, description="model checkpoint; default: bundled model")
+    calibration: Path | None = Field(None, description="match-confidence sidecar (`tbps "
+                                     "calibrate`); default: <checkpoint stem>.calibration.json "
+                                     "beside the checkpoint; used only when its checkpoint "
+                                     "sha256 is the served one")
     device: str = Field("auto", description="torch device for encoders: auto | cpu | cuda")
     engine: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="inference engine for the encoder: onnx (ONNX Runtime, CPU only), "

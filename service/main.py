@@ -29,6 +29,7 @@ from service.api.routes import admin, crops, health, search
 from service.config import Settings, get_settings
 from service.jobs.index_backend import backend_from_settings
 from service.jobs.supervisor import WorkerSupervisor
+from service.search.confidence import calibration_path, load_confidence
 from service.search.engine import SearchEngine
 from service.store import db
 from service.store.audit import AuditBuffer, PerClientRate
@@ -84,9 +85,12 @@ def _start_serving(app: FastAPI, settings: Settings, encoder) -> None:
     """The model, the live index (when there is one) and the audit writer."""
     # no graphs exported yet (a first start): torch answers until they are, in the background
     enc = encoder or load_encoder(**settings.encoder_options, background_export=True)
+    confidence = load_confidence(calibration_path(settings.checkpoint, settings.calibration),
+                                 enc.spec)
     app.state.engine = SearchEngine(enc, backend_from_settings(settings, for_search=True),
                                     settings.data_dir, batch_max=settings.search_batch_max,
-                                    batch_window_ms=settings.search_batch_window_ms)
+                                    batch_window_ms=settings.search_batch_window_ms,
+                                    confidence=confidence)
     _, refused = app.state.engine.serving()  # loads the live index now, not on a search
     if refused:
         log.error("the live index is not served: %s (see /readyz)", refused)

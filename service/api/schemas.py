@@ -74,11 +74,13 @@ class _Ranking(BaseModel):
             "a man in a blue jacket and black trousers"],
         description="What the person looks like, in plain words. Required unless `like` (or "
         "an image) is given.")
-    text_weight: Annotated[float, BeforeValidator(json_integer)] = Field(
-        DEFAULT_TEXT_WEIGHT, ge=0, le=1, examples=[0.5],
+    # no `| None`: a null is refused as not a number; omitted, the served default applies
+    text_weight: Annotated[float, BeforeValidator(json_integer)] = Field(  # type: ignore[assignment]
+        None, ge=0, le=1, examples=[0.5],
         description="With both a description and examples (`like` or an image): the query is "
         "`text_weight * text + (1 - text_weight) * examples`, each unit-normalised per part. "
-        "0.5 is not yet tuned on dev. Ignored without both.")
+        "Default: the weight chosen on dev for the served model (its calibration sidecar, "
+        f"`tbps calibrate`), else {DEFAULT_TEXT_WEIGHT}. Ignored without both.")
     top_k: Annotated[int, BeforeValidator(json_integer)] = Field(
         10, ge=1, le=100, examples=[10],
         description="Hits (or persons) per page, 1-100 (a JSON number, not a string or bool).")
@@ -156,6 +158,17 @@ class SearchRequest(SearchOptions):
         return self
 
 
+MatchLevel = Literal["strong", "possible", "weak"]
+CONFIDENCE_DOC = ("Probability (0-1, 3 decimals) that this is the described person (or the "
+                  "example's), from the score by a map fitted on dev for the served model "
+                  "(`tbps calibrate`): the description's map for a description, the example "
+                  "map for `like` or a photo, the blended map for both. Null when the model "
+                  "has no calibration. Calibrated for a gallery like dev (200 people); in a "
+                  "larger gallery read it as optimistic.")
+MATCH_DOC = ("`strong` (confidence >= 0.5), `possible` (>= 0.2) or `weak` (below); null without "
+             "calibration. A page shows `weak` hits as unlikely to be the person.")
+
+
 class SearchHit(BaseModel):
     crop_id: int = Field(..., description="Crop id.", examples=[42])
     score: float = Field(..., description="Model similarity, the sum of `parts`: one cosine "
@@ -178,6 +191,9 @@ class SearchHit(BaseModel):
         default_factory=dict, description="Per-part scores (global, and each stripe for models "
         "that have them) summing to score; the part layout comes from the model's checkpoint.",
         examples=[{"global": 0.41, "stripe_1": 0.12, "stripe_2": 0.2}])
+    confidence: float | None = Field(None, ge=0, le=1, description=CONFIDENCE_DOC,
+                                     examples=[0.62])
+    match: MatchLevel | None = Field(None, description=MATCH_DOC, examples=["strong"])
 
 
 class Sighting(BaseModel):
@@ -197,6 +213,46 @@ class PersonSightings(BaseModel):
                             examples=[False])
 
 
+class CropSighting(Sighting):
+    confidence: float | None = Field(
+        None, ge=0, le=1, description="P(same person) of its score in the search by example "
+        "from the crop (the example map of the calibration); null for the crop itself, "
+        "without calibration, or for a crop found by person id alone outside the best 500.",
+        examples=[0.81])
+    by: Literal["self", "appearance", "person_id", "both"] = Field(
+        ..., description="`self`: the crop asked about. `appearance`: its search by example "
+        "scores it at or above `threshold`. `person_id`: it has the crop's stored person/"
+        "track id. `both`: both.", examples=["appearance"])
+
+
+class CameraSpan(BaseModel):
+    camera: str | None = Field(None, examples=["gate-3"])
+    first_seen: UTCDateTime | None = Field(None, examples=["2026-05-01T12:30:00Z"])
+    last_seen: UTCDateTime | None = Field(None, examples=["2026-05-01T12:41:00Z"])
+    count: int = Field(..., description="Sightings at this camera.", examples=[4])
+
+
+class CropSightings(BaseModel):
+    crop_id: int = Field(..., examples=[42])
+    person_id: str | None = Field(None, description="The crop's person/track id, when known.",
+                                  examples=[None])
+    threshold: float | None = Field(
+        None, description="Same-person score threshold of the search by example, chosen on "
+        "dev for `precision` (`tbps calibrate`); null without calibration (then person ids "
+        "alone answer).", examples=[1.02])
+    precision: float | None = Field(None, description="Of dev image pairs scoring at least "
+                                    "`threshold`: the share that are the same person.",
+                                    examples=[0.9])
+    recall: float | None = Field(None, description="Of dev same-person image pairs: the share "
+                                 "scoring at least `threshold`.", examples=[0.41])
+    truncated: bool = Field(False, description="More sightings exist than the 500 returned.",
+                            examples=[False])
+    cameras: list[CameraSpan] = Field(..., description="One entry per camera, in order of "
+                                      "first sighting.")
+    sightings: list[CropSighting] = Field(..., description="In capture-time order (crops "
+                                          "without a time last), the crop itself included.")
+
+
 class CameraInfo(BaseModel):
     name: str = Field(..., examples=["gate-3"])
     description: str | None = Field(None, examples=["north entrance"])
@@ -214,6 +270,9 @@ class PersonHit(BaseModel):
     last_seen: UTCDateTime | None = Field(None, description="Latest matching crop's time.",
                                        examples=["2026-05-01T12:41:00Z"])
     crop_count: int = Field(..., description="Matching crops of this person.", examples=[5])
+    confidence: float | None = Field(None, ge=0, le=1, description="Of the person's best crop. "
+                                     + CONFIDENCE_DOC, examples=[0.62])
+    match: MatchLevel | None = Field(None, description=MATCH_DOC, examples=["strong"])
 
 
 class SearchResponse(BaseModel):
@@ -237,6 +296,15 @@ class SearchResponse(BaseModel):
                                      description="Ranked persons (group_by=person).")
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null "
                                     "on the last page.", examples=[None])
+    good_matches: int | None = Field(
+        None, ge=0, description="Matching crops whose match is strong or possible (not the "
+        "gallery's size): counted among the candidates this search ranked, and when all of "
+        "them are good, among the best 1000 (1000 then means at least 1000). Null without "
+        "calibration.", examples=[3])
+    best_match: MatchLevel | None = Field(
+        None, description="The level of the best matching crop of the whole search (not only "
+        "this page): `weak` means no good match. Null without calibration or without hits.",
+        examples=["possible"])
 
 
 class Health(BaseModel):

@@ -249,6 +249,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from models.factory import load_encoder
     from service.config import get_settings
     from service.jobs.index_backend import backend_from_settings
+    from service.search.confidence import calibration_path, load_confidence
     from service.search.engine import (
         IndexNotReady,
         SearchEngine,
@@ -256,7 +257,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         UnknownExamples,
     )
     from service.search.filters import FilterRejected
-    from service.search.query_vector import DEFAULT_TEXT_WEIGHT
     from service.search.urls import crop_url
     from service.store.db import session_scope
 
@@ -271,13 +271,15 @@ def cmd_search(args: argparse.Namespace) -> int:
               "ingest` and `tbps index`) first, or set TBPS_DATA_DIR to the data dir of the "
               "gallery", file=sys.stderr)
         return 1
-    engine = SearchEngine(load_encoder(**settings.encoder_options),
-                          backend_from_settings(settings, for_search=True), settings.data_dir)
+    encoder = load_encoder(**settings.encoder_options)
+    confidence = load_confidence(calibration_path(settings.checkpoint, settings.calibration),
+                                 encoder.spec)
+    engine = SearchEngine(encoder, backend_from_settings(settings, for_search=True),
+                          settings.data_dir, confidence=confidence)
     query = SearchQuery(description=args.description.strip() if args.description else None,
                         top_k=args.top_k, filters=filters,
                         like=tuple(args.like) if args.like else None,
-                        text_weight=(DEFAULT_TEXT_WEIGHT if args.text_weight is None
-                                     else args.text_weight))
+                        text_weight=args.text_weight)
     try:
         with session_scope(settings.resolved_database_url) as session:
             result = engine.search(session, query)
@@ -302,6 +304,10 @@ def cmd_search(args: argparse.Namespace) -> int:
               f"{hit.person_id or '-':<10} {when:<25} {hit.file_name or '-'}  "
               f"{base}{crop_url(settings, hit.crop_id, 'image')}")
     print(f"({len(result.hits)} hits from index {result.index_version} in {result.took_ms:.1f} ms)")
+    if result.good_matches is not None:
+        print(f"good matches (strong or possible): {result.good_matches}; best match: "
+              f"{result.best_match or '-'}; per hit: "
+              + ", ".join(f"{h.crop_id} {h.match} ({h.confidence:.3f})" for h in result.hits))
     return 0
 
 
@@ -552,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_demo)
 
-    register_model_commands(sub)  # train, eval
+    register_model_commands(sub)  # train, eval, calibrate
     return parser
 
 

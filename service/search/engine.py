@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from indexer.backends import CorruptIndex, IndexBackend, IndexView, SearchFilter
 from models.encoder import Encoder, part_scores
 from service.search.batching import MicroBatcher
 from service.search.catalog import Catalog, extend_catalog, load_catalog, read_stamp
+from service.search.confidence import Confidence
 from service.search.filters import search_filter
 from service.search.query_batch import Probe, Probed, run_probes
 from service.search.query_vector import DEFAULT_TEXT_WEIGHT, example_query
@@ -64,6 +65,7 @@ MAX_CURSOR_SEEN = 1_000_000  # hits a cursor may claim were shown before it
 MAX_CROP_ID = 2**63 - 1  # crop ids are 64-bit integers
 MAX_SCORE = 1_000_000  # far beyond any model's score_max; a bound a float always holds
 MAX_CURSOR_KEY = 256  # a person group key: "p:" + a person id of at most 128 characters
+GOOD_MATCH_LIMIT = 1000  # good matches are counted among at most this many best crops
 
 
 class IndexNotReady(RuntimeError):
@@ -97,7 +99,7 @@ class SearchQuery:
     group_by: str = "crop"
     cursor: str | None = None
     like: tuple[int, ...] | None = None
-    text_weight: float = DEFAULT_TEXT_WEIGHT  # used when a description comes with examples
+    text_weight: float | None = None  # with a description and examples; None: the default
     image: bytes | None = None
 
     def fingerprint(self) -> str:
@@ -121,6 +123,8 @@ class Hit:
     height: int
     parts: dict[str, float]
     file_name: str | None = None  # the name the crop was ingested or uploaded under
+    confidence: float | None = None  # P(same person), calibrated on dev; None: no sidecar
+    match: str | None = None  # strong / possible / weak
 
 
 @dataclass
@@ -131,6 +135,8 @@ class PersonHit:
     first_seen: datetime | None  # time span over this person's matching crops
     last_seen: datetime | None
     crop_count: int  # matching crops of this person
+    confidence: float | None = None  # of the best crop
+    match: str | None = None
 
 
 @dataclass
@@ -141,6 +147,8 @@ class SearchResult:
     hits: list[Hit] = field(default_factory=list)
     persons: list[PersonHit] = field(default_factory=list)
     next_cursor: str | None = None
+    good_matches: int | None = None  # crops at strong or possible (None: no calibration)
+    best_match: str | None = None  # the level of the best matching crop
 
 
 def _plain(value: Any) -> Any:
@@ -229,11 +237,13 @@ class SearchEngine:
 
     def __init__(self, encoder: Encoder, index: IndexBackend | Path,
                  data_dir: Path | None = None, *, batch_max: int = 1,
-                 batch_window_ms: float = 3.0) -> None:
+                 batch_window_ms: float = 3.0, confidence: Confidence | None = None) -> None:
         """``index``: a backend, or a folder holding a FAISS index. ``batch_max`` > 1:
         concurrent searches share one text-tower call and one index search
-        (``service.search.batching``), waiting at most ``batch_window_ms`` for each other."""
+        (``service.search.batching``), waiting at most ``batch_window_ms`` for each other.
+        ``confidence``: the checkpoint's calibration (None: hits carry no confidence)."""
         self.encoder = encoder
+        self.confidence = confidence
         self.batcher: MicroBatcher[Probe, Probed] | None = None  # None: each on its own
         if batch_max > 1:
             self.batcher = MicroBatcher(self._probe, max_batch=batch_max,
@@ -330,6 +340,8 @@ class SearchEngine:
     def _search(self, session: Session, query: SearchQuery,
                 probe: Callable[[Probe], Probed]) -> SearchResult:
         started = time.perf_counter()
+        if query.text_weight is None:
+            query = replace(query, text_weight=self.text_weight)
         live = self.check_ready()
         catalog = self.catalog(session)
         flt = search_filter(query.filters, catalog)  # FilterRejected: an unknown camera
@@ -355,22 +367,56 @@ class SearchEngine:
         qvec = ranker.attach(probe(ranker.probe(query.description, first_k, examples,
                                                 query.text_weight)))  # (1, D)
         result = SearchResult(live.version, 0.0, ranker.allowed)
+        mode = Confidence.mode(text=query.description is not None,
+                               examples=examples is not None)
         if query.group_by == "person":
             groups, more = _person_page(ranker, catalog, seen, key, query.top_k)
-            hits = self._hits(session, live, qvec[0], [c for g in groups for c in g[2]])
-            result.persons = [_person_hit(g, hits, catalog, mask) for g in groups]
+            hits = self._hits(session, live, qvec[0], [c for g in groups for c in g[2]], mode)
+            result.persons = [self._rated(_person_hit(g, hits, catalog, mask), mode)
+                              for g in groups]
             last = (groups[-1][1], groups[-1][0]) if groups else None
         else:
             pairs, more = _crop_page(ranker, seen, key, query.top_k)
-            hits = self._hits(session, live, qvec[0], pairs)
+            hits = self._hits(session, live, qvec[0], pairs, mode)
             result.hits = [hits[i] for _, i in pairs if i in hits]
             last = (pairs[-1][0], pairs[-1][1]) if pairs else None
         if more and last is not None:
             result.next_cursor = encode_cursor(version=version, fingerprint=fingerprint,
                                                seen=seen + query.top_k, key=list(last),
                                                max_id=max_id)
+        if self.confidence is not None:
+            result.good_matches, result.best_match = self._good_matches(ranker, first_k, mode)
         result.took_ms = (time.perf_counter() - started) * 1000
         return result
+
+    @property
+    def text_weight(self) -> float:
+        """The default weight of a description against examples: chosen on dev when the
+        calibration sidecar is loaded, else ``DEFAULT_TEXT_WEIGHT``."""
+        return self.confidence.text_weight if self.confidence else DEFAULT_TEXT_WEIGHT
+
+    def _rated(self, item: Any, mode: str) -> Any:
+        """A hit or person group with its confidence and level (unchanged without a sidecar)."""
+        if self.confidence is not None:
+            item.confidence = float(self.confidence.probability(mode, np.float64(item.score)))
+            item.match = self.confidence.level(item.confidence)
+        return item
+
+    def _good_matches(self, ranker: _Ranker, fetched: int, mode: str) -> tuple[int, str | None]:
+        """Crops at strong or possible among those the search fetched; when all of them are,
+        among the best ``GOOD_MATCH_LIMIT`` (one more index search): a count of
+        ``GOOD_MATCH_LIMIT`` means at least that many. -> (count, level of the best crop)."""
+        assert self.confidence is not None
+        good = self.confidence.good_score(mode)
+        scores, _ = ranker.top(fetched)
+        count = int((scores >= good).sum())
+        if count == len(scores) and len(scores) < min(ranker.allowed, GOOD_MATCH_LIMIT):
+            scores, _ = ranker.top(GOOD_MATCH_LIMIT)
+            count = int((scores >= good).sum())
+        if not len(scores):
+            return 0, None
+        best = float(self.confidence.probability(mode, np.float64(scores[0])))
+        return count, self.confidence.level(best)
 
     def _examples(self, live: IndexView, catalog: Catalog, in_index: np.ndarray,
                   query: SearchQuery) -> np.ndarray | None:
@@ -397,7 +443,7 @@ class SearchEngine:
         return example_query(self.encoder.spec, vectors)
 
     def _hits(self, session: Session, live: IndexView, query: np.ndarray,
-              ranked: list[tuple[float, int]]) -> dict[int, Hit]:
+              ranked: list[tuple[float, int]], mode: str = "text") -> dict[int, Hit]:
         """One metadata query for all shown crops; per-part scores from their vectors."""
         rows = crud.crops_by_ids(session, ids=[i for _, i in ranked])
         shown = [(s, i) for s, i in ranked if i in rows]
@@ -408,10 +454,11 @@ class SearchEngine:
         out = {}
         for (score, crop_id), part in zip(shown, parts, strict=False):
             crop = rows[crop_id]
-            out[crop_id] = Hit(crop_id, score,
-                               crop.camera.name if crop.camera else None,
-                               as_utc(crop.captured_at), crop.person_id, crop.width,
-                               crop.height, part, crop.original_name)
+            out[crop_id] = self._rated(Hit(crop_id, score,
+                                           crop.camera.name if crop.camera else None,
+                                           as_utc(crop.captured_at), crop.person_id,
+                                           crop.width, crop.height, part, crop.original_name),
+                                       mode)
         return out
 
     @property

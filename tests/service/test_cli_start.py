@@ -29,7 +29,7 @@ def test_help_imports_no_torch() -> None:
 
 
 def test_subcommand_help_imports_no_torch() -> None:
-    for command in ("train", "eval", "search"):
+    for command in ("train", "eval", "calibrate", "search"):
         assert "torch" not in _modules_after([command, "--help"]), command
 
 

@@ -12,6 +12,9 @@ from service.api.deps import Actor, EngineDep, JsonBody, SearcherDep, SessionDep
 from service.api.schemas import (
     MAX_DESCRIPTION,
     CameraInfo,
+    CameraSpan,
+    CropSighting,
+    CropSightings,
     ErrorResponse,
     PersonHit,
     PersonSightings,
@@ -22,7 +25,7 @@ from service.api.schemas import (
     Sighting,
 )
 from service.config import Settings
-from service.search import persons
+from service.search import persons, sightings
 from service.search.engine import (
     BadCursor,
     CursorExpired,
@@ -44,7 +47,7 @@ def hit_out(hit: Hit, settings: Settings) -> SearchHit:
                      captured_at=hit.captured_at, person_id=hit.person_id, width=hit.width,
                      height=hit.height, image_url=crop_url(settings, hit.crop_id, "image"),
                      thumbnail_url=crop_url(settings, hit.crop_id, "thumbnail"), parts=hit.parts,
-                     file_name=hit.file_name)
+                     file_name=hit.file_name, confidence=hit.confidence, match=hit.match)
 
 
 def audited(settings: Settings, actor: Actor) -> bool:
@@ -174,14 +177,16 @@ def _answer(request: Request, session: SessionDep, engine: EngineDep, settings: 
                                        client=actor.client)
     persons = [PersonHit(person_id=p.person_id, score=p.score,
                          crops=[hit_out(h, settings) for h in p.crops], first_seen=p.first_seen,
-                         last_seen=p.last_seen, crop_count=p.crop_count) for p in result.persons]
+                         last_seen=p.last_seen, crop_count=p.crop_count,
+                         confidence=p.confidence, match=p.match) for p in result.persons]
     return SearchResponse(query=query.description,
                           like=list(query.like) if query.like is not None else None,
                           index_version=result.index_version,
                           took_ms=round(result.took_ms, 2), group_by=query.group_by,
                           matching=result.matching, score_max=engine.score_max,
                           hits=[hit_out(h, settings) for h in result.hits],
-                          persons=persons, next_cursor=result.next_cursor)
+                          persons=persons, next_cursor=result.next_cursor,
+                          good_matches=result.good_matches, best_match=result.best_match)
 
 
 @router.get("/cameras", response_model=list[str],
@@ -217,3 +222,32 @@ def person_sightings(person_id: PersonId, session: SessionDep, settings: Setting
                  captured_at=c.captured_at, file_name=c.original_name,
                  image_url=crop_url(settings, c.id, "image"),
                  thumbnail_url=crop_url(settings, c.id, "thumbnail")) for c in shown])
+
+
+@router.get("/crops/{crop_id}/sightings", response_model=CropSightings, responses={
+    401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+    404: {"model": ErrorResponse, "description": "No such crop (unknown or deleted), or not in "
+          "the live index yet"},
+    503: {"model": ErrorResponse, "description": "No usable index yet"}})
+def crop_sightings(crop_id: Annotated[int, Path(ge=1, le=2**62, examples=[42])],
+                   session: SessionDep, engine: EngineDep, settings: SettingsDep,
+                   _actor: SearcherDep) -> CropSightings:
+    """Sightings of the person in this crop, with or without person ids: the crops its search
+    by example scores at or above the same-person threshold (chosen on dev for a stated
+    precision), and those with its person/track id; in capture-time order, camera by camera
+    (at most 500)."""
+    try:
+        found = sightings.crop_sightings(session, engine, crop_id=crop_id)
+    except sightings.UnknownCrop as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+    except IndexNotReady as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None
+    return CropSightings(
+        crop_id=found.crop_id, person_id=found.person_id, threshold=found.threshold,
+        precision=found.precision, recall=found.recall, truncated=found.truncated,
+        cameras=[CameraSpan(**vars(c)) for c in found.cameras],
+        sightings=[CropSighting(crop_id=s.crop_id, camera=s.camera, captured_at=s.captured_at,
+                                file_name=s.file_name, confidence=s.confidence, by=s.by,
+                                image_url=crop_url(settings, s.crop_id, "image"),
+                                thumbnail_url=crop_url(settings, s.crop_id, "thumbnail"))
+                   for s in found.sightings])
