@@ -102,7 +102,7 @@ def _serve_rich(tmp_path, **extra: str):
                          data=make_image(500 + i, size=(40, 100)), camera="cam-" + "abc"[i % 3],
                          captured_at=T0 + timedelta(minutes=10 * i), person_id=f"p{i // 4}")
     subprocess.run(TBPS + ["index"], env=env, check=True, capture_output=True, timeout=300)
-    base, proc = _start(tmp_path, env, ["serve"])
+    base, proc = _start(tmp_path, env, ["serve"], timeout=300)  # a busy CPU loads slowly
     try:
         yield base
     finally:

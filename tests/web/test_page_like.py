@@ -205,7 +205,7 @@ window.fetch = async (url, opts) => {
 };"""
 
 
-def test_confidence_badges_and_the_sightings_timeline(server, browser):
+def test_confidence_badges_and_the_sightings_timeline(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     browser.get(server + "/")
@@ -235,6 +235,7 @@ def test_confidence_badges_and_the_sightings_timeline(server, browser):
     assert x[first] == 0 and sorted(x.values())[1] > 0  # 8:00 at the left, 8:30 then 9:00
     assert "Sightings: 3 crops on 2 cameras" in browser.find_element(
         By.ID, "sightings-title").text
+    browser.save_screenshot(str(tmp_path / "timeline.png"))
     other = next(c for c in x if c != first)
     browser.find_element(By.CSS_SELECTOR,
                          f'#sightings-timeline button[data-crop-id="{other}"]').click()
