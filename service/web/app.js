@@ -466,7 +466,7 @@ function showTimeline(data, cropId) {
   timeline.hidden = false;
   $("sightings-list").hidden = true;
   const how = data.precision !== null && data.precision !== undefined
-    ? ` (precision ${Number(data.precision).toFixed(2)}, recall ${Number(data.recall).toFixed(2)} on dev)` : "";
+    ? ` (precision ${Number(data.precision).toFixed(2)}, recall ${Number(data.recall).toFixed(2)})` : "";
   $("sightings-title").textContent = `Sightings: ${plural(list.length, "crop")} on ` +
     `${plural(rows.length, "camera")}${data.truncated ? " (the first ones)" : ""}${how}`;
   $("detail-sightings").hidden = !list.length;
