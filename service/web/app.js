@@ -413,9 +413,10 @@ async function loadSightings(personId, cropId) {
   const ticket = ++sightingsTicket;
   $("detail-sightings").hidden = true;
   const resp = await fetch(`/crops/${cropId}/sightings`, {headers: apiHeaders()});
-  if (ticket !== sightingsTicket) return;  // the operator moved on to another result meanwhile
   if (resp.ok) {
-    showTimeline(await resp.json(), cropId);
+    const data = await resp.json();
+    // the operator may have moved on to another result meanwhile: a late answer is dropped
+    if (ticket === sightingsTicket) showTimeline(data, cropId);
   } else if ([404, 405].includes(resp.status)) {  // a server without it: the person's strip
     await loadPersonStrip(personId, cropId, ticket);
   }
