@@ -57,6 +57,12 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=L
                   BeforeValidator(_visible_edges), AfterValidator(str.strip)]
 
 
+# in a JSON body: at most 2**53, the largest integer a JSON number (a double) holds exactly;
+# above it a client's or a schema validator's double rounds across the bound (2**62 did)
+CropIdValue = Annotated[int, Field(ge=1, le=2**53), BeforeValidator(json_integer)]
+MAX_EXCLUDE = 200  # crops an operator may dismiss from one search
+
+
 _SEARCH_EXAMPLE = {"description": "a woman in a red coat with a black backpack", "top_k": 10,
                    "cameras": ["gate-3"], "time_from": "2026-05-01T08:00:00Z",
                    "time_to": "2026-05-01T18:00:00Z", "group_by": "crop", "cursor": None}
@@ -100,6 +106,11 @@ class SearchOptions(_Filtered):  # type: ignore[misc, valid-type]
         "track in `persons`, with its best crops and time span.", examples=["person"])
     cursor: str | None = Field(None, max_length=2048, description="`next_cursor` of the previous "
                                "page, with the other fields unchanged.", examples=[None])
+    exclude: Annotated[list[CropIdValue], Field(max_length=MAX_EXCLUDE)] = Field(
+        default_factory=list, examples=[[7, 19]],
+        description=f"Crops the operator dismissed (\"not this person\"), at most {MAX_EXCLUDE}: "
+        "left out of the hits and of every following page (send the same list with `cursor`). "
+        "An unknown or deleted id is ignored; a repeated one counts once.")
 
     @field_validator("description")
     @classmethod
@@ -125,9 +136,6 @@ class SearchOptions(_Filtered):  # type: ignore[misc, valid-type]
                 if getattr(self, name) is not None}
 
 
-# in a JSON body: at most 2**53, the largest integer a JSON number (a double) holds exactly;
-# above it a client's or a schema validator's double rounds across the bound (2**62 did)
-CropIdValue = Annotated[int, Field(ge=1, le=2**53), BeforeValidator(json_integer)]
 ExampleIds = Annotated[list[CropIdValue], Field(min_length=1, max_length=MAX_EXAMPLES)]
 
 
@@ -287,7 +295,8 @@ class SearchResponse(BaseModel):
     group_by: Literal["crop", "person"] = Field("crop", description="As requested.",
                                                 examples=["crop"])
     matching: int = Field(0, description="Searchable crops that pass the filters, examples "
-                          "left out (while the first index builds: those indexed so far).",
+                          "and dismissed crops left out (while the first index builds: those "
+                          "indexed so far).",
                           examples=[1234])
     score_max: float = Field(1.0, description="The best possible score of this model: the "
                              "number of unit blocks its parts form.", examples=[2.0])

@@ -12,7 +12,8 @@ Either way a filtered search returns ``top_k`` hits whenever that many match.
 
 A search by example (``like``: crop ids) builds its query from the examples' vectors read from
 the live index, blended with the description's when one is given
-(``service.search.query_vector``), and leaves the examples out of the hits; a search by photo
+(``service.search.query_vector``), and leaves the examples out of the hits (as it leaves out the
+crops the operator dismissed, ``exclude``: the same mask); a search by photo
 (``image``) encodes the photo with the image tower and stores nothing. Everything after the
 query vector is the same as for text.
 
@@ -101,6 +102,7 @@ class SearchQuery:
     like: tuple[int, ...] | None = None
     text_weight: float | None = None  # with a description and examples; None: the default
     image: bytes | None = None
+    exclude: tuple[int, ...] = ()  # dismissed crops: never among the hits
 
     def fingerprint(self) -> str:
         """Identifies the result set a cursor pages through (everything but top_k/cursor)."""
@@ -109,6 +111,8 @@ class SearchQuery:
         if self.like is not None or self.image is not None:  # text-only cursors stay valid
             image = hashlib.sha256(self.image).hexdigest() if self.image is not None else None
             key += [sorted(self.like or ()), self.text_weight, image]
+        if self.exclude:  # a cursor pages through one set of dismissals
+            key += [{"exclude": sorted(set(self.exclude))}]
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
@@ -349,8 +353,9 @@ class SearchEngine:
         in_index = self._in_index(live, catalog)
         mask = in_index if fmask is None else in_index & fmask  # (N,) searchable and matching
         examples = self._examples(live, catalog, in_index, query)  # (1, D) or None
-        if query.like:  # the examples are never among the hits
-            mask = mask & ~np.isin(catalog.ids, np.asarray(query.like, np.int64))
+        left_out = (*(query.like or ()), *query.exclude)
+        if left_out:  # the examples and the dismissed crops are never among the hits
+            mask = mask & ~np.isin(catalog.ids, np.asarray(left_out, np.int64))
         fingerprint, version = query.fingerprint(), base_version(live.version)
         max_id = int(catalog.ids[-1]) if catalog.size else 0
         seen, key = 0, None

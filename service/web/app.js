@@ -2,6 +2,10 @@
 // The search page: POST /search with filters; a grid of hits, each with a body figure of its
 // per-stripe scores; a detail view with the crop large and the person's other sightings;
 // keyboard navigation; the gallery's state (indexing n of N, empty) from GET /status.
+// "More like this" searches from a crop (`like`), "Not this person" dismisses one (`exclude`,
+// kept for the current search); the search lives in the URL, so Back, reload and a shared link
+// give the same results. Confidence (`match`, `good_matches`, `best_match`) and the cross-camera
+// sightings (GET /crops/{id}/sightings) are shown when the server sends them.
 const $ = (id) => document.getElementById(id);
 const form = $("search-form");
 const results = $("results");
@@ -14,6 +18,9 @@ let current = -1;  // index into shown of the hit in the detail view
 let scoreMax = 2;
 let gallery = null;  // the last GET /status
 let cameraInfo = new Map();  // name -> {description, crop_count}
+let likeIds = [];  // example crops of the current search ("More like this")
+let dismissed = [];  // crops dismissed ("Not this person"), in dismissal order; sent as exclude
+const MAX_DISMISSED = 200;  // the API's limit on exclude
 
 function apiHeaders() {
   const key = sessionStorage.getItem("tbps-key");
@@ -285,16 +292,41 @@ function bodyFigure(parts) {
 }
 
 // ---- cards ----
-function hitCard(hit, caption) {
+function actionButton(text, label, act) {
+  const button = el("button", {type: "button", textContent: text, tabIndex: -1});
+  button.setAttribute("aria-label", label);
+  button.addEventListener("click", (event) => { event.stopPropagation(); act(); });
+  return button;
+}
+
+function cardActions(cropIds) {
+  const lead = cropIds[0];
+  return el("div", {className: "actions"},
+    actionButton("More like this", `More like this: crops that look like crop ${lead}`,
+                 () => moreLikeThis(lead)),
+    actionButton("Not this person", `Not this person: dismiss crop ${lead}`,
+                 () => dismiss(cropIds)));
+}
+
+function hitCard(hit, caption, cropIds = [hit.crop_id]) {
   const index = shown.push(hit) - 1;
   const card = el("figure", {className: "hit", tabIndex: index === 0 ? 0 : -1});
   card.dataset.cropId = hit.crop_id;
   card.dataset.index = index;
   const img = el("img", {src: hit.thumbnail_url, alt: `crop ${hit.crop_id}`, loading: "lazy"});
-  card.append(el("div", {className: "pics"}, img, bodyFigure(hit.parts)), caption);
-  card.addEventListener("click", () => showDetail(index));
+  card.append(el("div", {className: "pics"}, img, bodyFigure(hit.parts)), caption,
+              cardActions(cropIds));
+  card.addEventListener("click", () => showDetail(Number(card.dataset.index)));
   card.addEventListener("focus", () => rove(card));
+  if (index === 0) rove(card);
   return card;
+}
+
+function matchBadge(match) {  // strong / possible / weak, when the server grades its hits
+  if (!["strong", "possible", "weak"].includes(match)) return null;
+  const badge = el("span", {className: `match match-${match}`, textContent: match,
+                            title: `${match} match`});
+  return badge;
 }
 
 function scoreText(hit) {
@@ -307,6 +339,8 @@ function cropCaption(hit) {
   const bits = [hit.camera ? el("span", {title: cameraLabel(hit.camera)}, hit.camera) : null,
                 when(hit.captured_at), hit.person_id ? `person ${hit.person_id}` : null];
   const cap = el("figcaption", {}, scoreText(hit));
+  const badge = matchBadge(hit.match);
+  if (badge) cap.append(" ", badge);
   for (const bit of bits.filter(Boolean)) cap.append(" · ", bit);
   return cap;
 }
@@ -322,7 +356,9 @@ function personCard(person) {
     cap.append(el("div", {className: "strip"}, ...person.crops.slice(1).map((c) =>
       el("img", {src: c.thumbnail_url, alt: `crop ${c.crop_id}`, title: c.score.toFixed(3)}))));
   }
-  const card = hitCard(person.crops[0], cap);
+  const badge = matchBadge(person.crops[0].match);
+  if (badge) cap.insertBefore(badge, cap.childNodes[1]);
+  const card = hitCard(person.crops[0], cap, person.crops.map((c) => c.crop_id));
   card.classList.add("person");
   card.dataset.personId = person.person_id || "";
   return card;
@@ -336,6 +372,7 @@ function metaRow(list, term, value) {
 }
 
 function showCrop(crop, hit) {
+  $("detail").dataset.cropId = crop.crop_id;
   $("detail-img").src = crop.image_url;
   $("detail-img").alt = `crop ${crop.crop_id}`;
   $("detail-title").textContent = hit ? `Result ${current + 1} of ${shown.length} · crop ${crop.crop_id}`
@@ -359,44 +396,104 @@ function showCrop(crop, hit) {
   }) : [];
   $("detail-parts").tBodies[0].replaceChildren(...rows);
   $("detail-parts").hidden = !hit;
-  for (const li of $("sightings-list").children) {
+  for (const li of $("detail-sightings").querySelectorAll("[data-crop-id]")) {
     li.classList.toggle("current", li.dataset.cropId === String(crop.crop_id));
   }
+}
+
+function openSighting(s, personId) {  // a sighting: its result when shown, else the crop alone
+  const at = shown.findIndex((h) => h.crop_id === s.crop_id);
+  if (at >= 0) { current = at; showCrop(shown[at], shown[at]); }
+  else showCrop({...s, person_id: s.person_id || personId}, null);
 }
 
 let sightingsTicket = 0;  // the latest loadSightings: an older answer arriving late is dropped
 
 async function loadSightings(personId, cropId) {
   const ticket = ++sightingsTicket;
-  const box = $("detail-sightings");
-  box.hidden = true;
+  $("detail-sightings").hidden = true;
+  const resp = await fetch(`/crops/${cropId}/sightings`, {headers: apiHeaders()});
+  if (resp.ok) {
+    const data = await resp.json();
+    // the operator may have moved on to another result meanwhile: a late answer is dropped
+    if (ticket === sightingsTicket) showTimeline(data, cropId);
+  } else if ([404, 405].includes(resp.status)) {  // a server without it: the person's strip
+    await loadPersonStrip(personId, cropId, ticket);
+  }
+}
+
+function sightingItem(s, tag, personId) {
+  const title = tag === "li" ? s.file_name || ""  // the strip: the file name, as before
+    : [s.file_name, s.camera, when(s.captured_at), s.by ? `found by ${s.by}` : null]
+      .filter(Boolean).join(" · ");
+  const item = el(tag, {tabIndex: 0, title},
+                  el("img", {src: s.thumbnail_url, alt: `crop ${s.crop_id}`, loading: "lazy"}));
+  item.dataset.cropId = s.crop_id;
+  const open = () => openSighting(s, personId);
+  item.addEventListener("click", open);
+  item.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
+  return item;
+}
+
+// The sightings timeline: one row per camera, each crop placed by its capture time on a time
+// axis shared by every row; crops without a time sit at the row's end.
+function showTimeline(data, cropId) {
+  const list = data.sightings || [];
+  const times = list.map((s) => Date.parse(s.captured_at)).filter((t) => !Number.isNaN(t));
+  const t0 = Math.min(...times), t1 = Math.max(...times);
+  const span = times.length && t1 > t0 ? t1 - t0 : 1;
+  const cameras = (data.cameras && data.cameras.length ? data.cameras.map((c) => c.camera)
+    : [...new Set(list.map((s) => s.camera))]);
+  const rows = cameras.map((camera) => {
+    const info = (data.cameras || []).find((c) => c.camera === camera);
+    const mine = list.filter((s) => s.camera === camera);
+    const track = el("div", {className: "track"}, ...mine.map((s) => {
+      const item = sightingItem(s, "button", data.person_id);
+      const t = Date.parse(s.captured_at);
+      item.style.left = Number.isNaN(t) ? "100%" : `${((t - t0) / span) * 100}%`;
+      item.classList.toggle("current", s.crop_id === cropId);
+      return item;
+    }));
+    const label = el("div", {className: "camera"}, camera ? cameraLabel(camera) : "no camera",
+                     el("br"), el("span", {className: "muted"},
+                                  plural(info ? info.count : mine.length, "crop")));
+    if (info && info.first_seen) label.title = `${when(info.first_seen)} – ${when(info.last_seen)}`;
+    return el("div", {className: "row"}, label, track);
+  });
+  const axis = times.length ? el("div", {className: "axis muted"}, el("span", {}, when(t0)),
+                                 el("span", {}, t1 > t0 ? when(t1) : "")) : null;
+  const timeline = $("sightings-timeline");
+  timeline.replaceChildren(...rows, axis || "");
+  timeline.hidden = false;
+  $("sightings-list").hidden = true;
+  const how = data.precision !== null && data.precision !== undefined
+    ? ` (precision ${Number(data.precision).toFixed(2)}, recall ${Number(data.recall).toFixed(2)})` : "";
+  $("sightings-title").textContent = `Sightings: ${plural(list.length, "crop")} on ` +
+    `${plural(rows.length, "camera")}${data.truncated ? " (the first ones)" : ""}${how}`;
+  $("detail-sightings").hidden = !list.length;
+}
+
+async function loadPersonStrip(personId, cropId, ticket) {
   if (!personId) return;
   const resp = await fetch(`/persons/${encodeURIComponent(personId)}/sightings`,
                            {headers: apiHeaders()});
   if (!resp.ok) return;
   const data = await resp.json();
-  if (ticket !== sightingsTicket) return;  // the operator moved on to another result meanwhile
+  if (ticket !== sightingsTicket) return;
   const timed = data.sightings.some((s) => s.captured_at);
   $("sightings-title").textContent = `Person ${personId}: ${plural(data.sightings.length, "sighting")}` +
     `${data.truncated ? " (the first 500)" : ""}, ` +
     (timed ? "in time order" : "in the order they were added (no capture times)");
   $("sightings-list").replaceChildren(...data.sightings.map((s, i) => {
-    const li = el("li", {tabIndex: 0, title: s.file_name || ""},
-                  el("img", {src: s.thumbnail_url, alt: `crop ${s.crop_id}`, loading: "lazy"}),
-                  `${i + 1}. ${s.camera || "no camera"}`);
+    const li = sightingItem(s, "li", personId);
+    li.append(`${i + 1}. ${s.camera || "no camera"}`);
     if (s.captured_at) li.append(el("br"), when(s.captured_at));
-    li.dataset.cropId = s.crop_id;
     li.classList.toggle("current", s.crop_id === cropId);
-    const open = () => {
-      const at = shown.findIndex((h) => h.crop_id === s.crop_id);
-      if (at >= 0) { current = at; showCrop(shown[at], shown[at]); }
-      else showCrop({...s, person_id: personId}, null);
-    };
-    li.addEventListener("click", open);
-    li.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
     return li;
   }));
-  box.hidden = false;
+  $("sightings-list").hidden = false;
+  $("sightings-timeline").hidden = true;
+  $("detail-sightings").hidden = false;
 }
 
 function showDetail(index) {
@@ -420,9 +517,11 @@ $("detail").addEventListener("close", () => {
 // ---- keyboard ----
 // The results are one tab stop (a roving tabindex): Tab or the down arrow from the search box
 // lands on the last result visited (the first at first), Shift+Tab goes back to the box.
-function rove(card) {
+function rove(card) {  // the card and its buttons are the results' tab stops
   for (const other of results.querySelectorAll(".hit[tabindex='0']")) other.tabIndex = -1;
+  for (const b of results.querySelectorAll(".hit .actions button")) b.tabIndex = -1;
   card.tabIndex = 0;
+  for (const b of card.querySelectorAll(".actions button")) b.tabIndex = 0;
 }
 
 function resultStop() {
@@ -438,7 +537,7 @@ $("description").addEventListener("keydown", (event) => {
   }
 });
 results.addEventListener("keydown", (event) => {
-  if (event.key === "Tab" && event.shiftKey && event.target.closest(".hit")) {
+  if (event.key === "Tab" && event.shiftKey && event.target.classList.contains("hit")) {
     $("description").focus();
     event.preventDefault();
   }
@@ -460,6 +559,7 @@ document.addEventListener("keydown", (event) => {
     return;
   }
   if (event.key === "/" && !typing) { $("description").focus(); event.preventDefault(); return; }
+  if (document.activeElement.tagName === "BUTTON") return;  // a card's button handles its keys
   const card = document.activeElement.closest && document.activeElement.closest("#results .hit");
   if (!card) return;
   const at = Number(card.dataset.index);
@@ -475,9 +575,16 @@ document.addEventListener("keydown", (event) => {
 });
 
 // ---- searching ----
+function perPage() {
+  return Math.max(1, Math.min(100, Number(form.top_k.value) || 24));
+}
+
 function requestBody() {
-  const body = {description: form.description.value, top_k: Number(form.top_k.value),
-                group_by: form.group_by.value};
+  const body = {top_k: perPage(), group_by: form.group_by.value};
+  const words = form.description.value.trim();
+  if (words) body.description = words;
+  if (likeIds.length) body.like = [...likeIds];
+  if (dismissed.length) body.exclude = [...dismissed];
   const cameras = [...chosenCameras];
   if (cameras.length) body.cameras = cameras;
   if (form.time_from.value) body.time_from = new Date(form.time_from.value).toISOString();
@@ -511,9 +618,148 @@ function showNoResults(body, data) {
   box.hidden = false;
 }
 
+// ---- the search in the URL: ?q=&like=1,2&exclude=3&camera=a&camera=b&from=&to=&min_height=
+// &group=person&per=24 (times as UTC ISO strings) ----
+function searchUrl(body) {
+  const params = new URLSearchParams();
+  if (body.description) params.set("q", body.description);
+  if (body.like) params.set("like", body.like.join(","));
+  if (body.exclude) params.set("exclude", body.exclude.join(","));
+  for (const cam of body.cameras || []) params.append("camera", cam);
+  if (body.time_from) params.set("from", body.time_from);
+  if (body.time_to) params.set("to", body.time_to);
+  if (body.min_height) params.set("min_height", body.min_height);
+  if (body.group_by !== "crop") params.set("group", body.group_by);
+  params.set("per", body.top_k);
+  return `${location.pathname}?${params}`;
+}
+
+function idList(text) {  // "1,2,x" -> [1, 2]: what is not a crop id is dropped
+  return (text || "").split(",").map(Number).filter((n) => Number.isInteger(n) && n > 0);
+}
+
+function localInput(iso) {  // a UTC ISO time -> the datetime-local field's local "YYYY-MM-DDTHH:MM"
+  const t = new Date(iso);
+  if (!iso || Number.isNaN(t.getTime())) return "";
+  return new Date(t.getTime() - t.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+}
+
+function restoreFromUrl() {  // -> whether the URL holds a search to run
+  const params = new URLSearchParams(location.search);
+  form.description.value = params.get("q") || "";
+  likeIds = idList(params.get("like")).slice(0, 10);
+  dismissed = idList(params.get("exclude")).slice(-MAX_DISMISSED);
+  chosenCameras.clear();
+  for (const cam of params.getAll("camera")) chosenCameras.add(cam);
+  form.time_from.value = localInput(params.get("from"));
+  form.time_to.value = localInput(params.get("to"));
+  form.min_height.value = params.get("min_height") || "";
+  form.group_by.value = params.get("group") === "person" ? "person" : "crop";
+  if (params.get("per")) form.top_k.value = Math.max(1, Math.min(100, Number(params.get("per")) || 24));
+  showChips(); showLikeChips(); showDismissed();
+  return Boolean(form.description.value.trim() || likeIds.length);
+}
+
+function search(how = "push") {  // a new search from the page's state; "push": a Back step
+  const body = requestBody();
+  const url = searchUrl(body);
+  if (how === "push" && url !== location.pathname + location.search) history.pushState(null, "", url);
+  else history.replaceState(null, "", url);
+  return runSearch(body, false);
+}
+
+window.addEventListener("popstate", () => {
+  if (restoreFromUrl()) { runSearch(requestBody(), false); return; }
+  results.replaceChildren(); shown = [];
+  statusLine.textContent = ""; moreButton.hidden = true;
+});
+
+// ---- search by example, dismissal ----
+function showLikeChips() {
+  const box = $("like-chips");
+  box.replaceChildren(...likeIds.map((id) => {
+    const remove = el("button", {type: "button", title: `Remove example ${id}`, textContent: "×"});
+    remove.setAttribute("aria-label", `Remove example crop ${id}`);
+    remove.addEventListener("click", () => {
+      likeIds = likeIds.filter((x) => x !== id);
+      showLikeChips();
+      if (likeIds.length || form.description.value.trim()) search();
+      else form.description.focus();
+    });
+    const chip = el("span", {className: "chip example", title: `searching for crops like crop ${id}`},
+                    el("img", {src: `/crops/${id}/thumbnail`, alt: ""}), `like crop ${id}`, remove);
+    chip.dataset.cropId = id;
+    return chip;
+  }));
+  if (likeIds.length) box.prepend(el("span", {className: "chip-label"}, "Example search:"));
+  box.hidden = !likeIds.length;
+  form.description.required = !likeIds.length;
+  form.description.placeholder = likeIds.length
+    ? "Optional: add words to the example search, e.g. carrying a bag"
+    : "Describe the person, e.g. a woman in a red coat with a black backpack";
+}
+
+function moreLikeThis(cropId) {  // a like search from this crop, with the current filters
+  likeIds = [cropId];
+  dismissed = dismissed.filter((x) => x !== cropId);
+  form.description.value = "";
+  showLikeChips(); showDismissed();
+  if ($("detail").open) $("detail").close();
+  search();
+}
+
+function showDismissed() {
+  $("dismissed").hidden = !dismissed.length;
+  $("dismissed-text").textContent = `${dismissed.length} dismissed`;
+}
+
+function dismiss(cropIds) {  // the tile goes; the crops stay out of this search's pages
+  const gone = new Set(cropIds);
+  dismissed = [...dismissed.filter((x) => !gone.has(x)), ...cropIds].slice(-MAX_DISMISSED);
+  const at = shown.findIndex((h) => gone.has(h.crop_id));
+  const card = results.querySelector(`.hit[data-index="${at}"]`);
+  if (card) {
+    const next = card.nextElementSibling || card.previousElementSibling;
+    card.remove();
+    shown.splice(at, 1);
+    [...results.children].forEach((c, i) => { c.dataset.index = i; });
+    if (next && document.activeElement === document.body) next.focus();
+  }
+  showDismissed();
+  if (lastBody) {  // reload and a shared link keep the dismissals (not a Back step of its own)
+    history.replaceState(null, "", searchUrl({...lastBody, top_k: perPage(),
+                                              exclude: dismissed.length ? [...dismissed] : undefined}));
+  }
+  if (!results.children.length && lastBody && lastBody.cursor) loadMore();
+  return at;
+}
+
+$("dismissed-undo").addEventListener("click", () => { dismissed.pop(); showDismissed(); search("replace"); });
+$("dismissed-clear").addEventListener("click", () => { dismissed = []; showDismissed(); search("replace"); });
+$("detail-like").addEventListener("click", () => moreLikeThis(Number($("detail").dataset.cropId)));
+$("detail-dismiss").addEventListener("click", () => {
+  const cropId = Number($("detail").dataset.cropId);
+  const at = dismiss([cropId]);
+  if (at >= 0 && shown.length) showDetail(Math.min(at, shown.length - 1));
+  else $("detail").close();
+});
+
+// ---- running a search ----
 let shownPersons = 0;
 
-async function runSearch(body, append) {
+function showConfidence(data, what) {
+  const best = data.best_match && typeof data.best_match === "object"
+    ? data.best_match.match : data.best_match;
+  $("no-good-match").hidden = best !== "weak" || !results.children.length;
+  const good = Number.isInteger(data.good_matches)
+    ? `${data.good_matches.toLocaleString()} good match${data.good_matches === 1 ? "" : "es"} · ` : "";
+  const indexing = gallery && gallery.indexing
+    ? " · still indexing: the results cover the crops indexed so far" : "";
+  statusLine.textContent = `${good}Showing ${what} of ${data.matching.toLocaleString()} matching ` +
+    `crops in ${data.took_ms} ms${indexing}`;
+}
+
+async function runSearch(body, append) {  // -> the response's data, or null on an error
   statusLine.textContent = "Searching…"; statusLine.className = "";
   $("empty-results").hidden = true;
   let resp, data;
@@ -524,7 +770,7 @@ async function runSearch(body, append) {
   } catch (err) {
     statusLine.textContent = `The server does not answer: ${err.message}`;
     statusLine.className = "error";
-    return;
+    return null;
   }
   if (!append) { results.replaceChildren(); shown = []; shownPersons = 0; }
   if (!resp.ok) {
@@ -533,7 +779,8 @@ async function runSearch(body, append) {
       : data.message || data.detail || `error ${resp.status}`;
     statusLine.className = "error";
     moreButton.hidden = true;
-    return;
+    $("no-good-match").hidden = true;
+    return null;
   }
   scoreMax = data.score_max || scoreMax;
   $("score-max").textContent = scoreMax;
@@ -541,25 +788,43 @@ async function runSearch(body, append) {
     : data.hits.map((h) => hitCard(h, cropCaption(h)));
   results.append(...cards);
   shownPersons += data.persons.length;
-  const indexing = gallery && gallery.indexing
-    ? " · still indexing: the results cover the crops indexed so far" : "";
   const what = data.group_by === "person" ? plural(shownPersons, "person")
     : plural(results.children.length, "crop");
-  statusLine.textContent = `Showing ${what} of ${data.matching.toLocaleString()} matching ` +
-    `crops in ${data.took_ms} ms${indexing}`;
+  showConfidence(data, what);
   if (!results.children.length) showNoResults(body, data);
   lastBody = {...body, cursor: data.next_cursor};
   moreButton.hidden = !data.next_cursor;
+  return data;
+}
+
+function sameIds(a, b) {
+  return (a || []).length === (b || []).length && (a || []).every((x) => (b || []).includes(x));
+}
+
+async function loadMore() {
+  if (sameIds(lastBody.exclude, dismissed)) return runSearch(lastBody, true);
+  // dismissed since the last page: a cursor pages through its own dismissals only, so the
+  // pages shown so far and the next one are fetched again with the new list
+  const want = results.children.length + perPage();
+  const base = {...lastBody, cursor: undefined, exclude: dismissed.length ? [...dismissed] : undefined};
+  let data = await runSearch({...base, top_k: Math.min(100, want)}, false);
+  while (data && data.next_cursor && results.children.length < want) {
+    data = await runSearch({...base, top_k: Math.min(100, want - results.children.length),
+                            cursor: data.next_cursor}, true);
+  }
+  if (lastBody) lastBody.top_k = perPage();
+  return data;
 }
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
-  runSearch(requestBody(), false);
+  search();
 });
-moreButton.addEventListener("click", () => runSearch(lastBody, true));
+moreButton.addEventListener("click", () => loadMore());
 $("clear-filters").addEventListener("click", () => {
   chosenCameras.clear();
   form.time_from.value = ""; form.time_to.value = ""; form.min_height.value = "";
   showChips();
 });
+if (restoreFromUrl()) search("replace");
 loadStatus();

@@ -85,13 +85,14 @@ T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 N_RICH = 24  # crop i: camera cam-{a,b,c}[i % 3], captured T0 + 10 i min, person p{i // 4}
 
 
-def _serve_rich(tmp_path):
-    """`tbps serve` on 24 indexed crops over 3 cameras, 6 persons and 4 hours."""
+def _serve_rich(tmp_path, **extra: str):
+    """`tbps serve` on 24 indexed crops over 3 cameras, 6 persons and 4 hours (``extra``: more
+    TBPS_ settings)."""
     from service.config import Settings
     from service.jobs.ingest import ingest_bytes
     from service.store.db import migrate, session_scope
 
-    env = _env(tmp_path / "data")
+    env = _env(tmp_path / "data", **extra)
     settings = Settings(data_dir=tmp_path / "data", environment="test")
     settings.ensure_dirs()
     migrate(settings.resolved_database_url)
@@ -101,7 +102,7 @@ def _serve_rich(tmp_path):
                          data=make_image(500 + i, size=(40, 100)), camera="cam-" + "abc"[i % 3],
                          captured_at=T0 + timedelta(minutes=10 * i), person_id=f"p{i // 4}")
     subprocess.run(TBPS + ["index"], env=env, check=True, capture_output=True, timeout=300)
-    base, proc = _start(tmp_path, env, ["serve"])
+    base, proc = _start(tmp_path, env, ["serve"], timeout=300)  # a busy CPU loads slowly
     try:
         yield base
     finally:

@@ -83,8 +83,13 @@ def search(body: SearchRequest, request: Request, session: SessionDep, engine: E
     Filters are exact; pages follow `next_cursor`. A key is needed only when the service is
     configured so (TBPS_SEARCH_REQUIRES_KEY)."""
     query = _query(body, like=tuple(body.like) if body.like is not None else None)
-    detail = body.model_dump(mode="json", exclude_none=True, exclude={"cursor"})
-    return _answer(request, session, engine, settings, actor, query, detail)
+    return _answer(request, session, engine, settings, actor, query, _detail(body))
+
+
+def _detail(options: SearchOptions) -> dict[str, Any]:
+    """The request as the audit log keeps it: the fields given, without the cursor."""
+    return options.model_dump(mode="json", exclude_none=True,
+                              exclude={"cursor", *(() if options.exclude else ("exclude",))})
 
 
 def _filter_form() -> Callable[..., dict[str, Any]]:
@@ -122,12 +127,14 @@ def search_image(
     top_k: Annotated[int | None, Form(ge=1, le=100, examples=[10])] = None,
     group_by: Annotated[Literal["crop", "person"] | None, Form(examples=["crop"])] = None,
     cursor: Annotated[str | None, Form(max_length=2048, examples=[None])] = None,
+    exclude: Annotated[list[int] | None, Form(description="Dismissed crop ids (repeat the "
+                                              "field), as for `POST /search`")] = None,
 ) -> SearchResponse:
     """Rank the gallery by how well it matches a photo the operator holds (one not in the
     gallery), optionally with a description: the photo goes through the image tower and is
     never stored. The form fields mean what they mean for `POST /search`; same response."""
     fields = {"description": description, "text_weight": text_weight, "top_k": top_k,
-              **filters, "group_by": group_by, "cursor": cursor}
+              **filters, "group_by": group_by, "cursor": cursor, "exclude": exclude}
     try:
         options = SearchOptions.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
@@ -142,7 +149,7 @@ def search_image(
         status = 413 if len(data) > settings.max_upload_bytes else 422
         raise HTTPException(status_code=status, detail=f"image: {exc}") from None
     query = _query(options, image=checked.data)
-    detail = options.model_dump(mode="json", exclude_none=True, exclude={"cursor"})
+    detail = _detail(options)
     detail["image"] = {"sha256": checked.sha256[:16], "bytes": len(checked.data)}
     return _answer(request, session, engine, settings, actor, query, detail)
 
@@ -150,7 +157,7 @@ def search_image(
 def _query(options: SearchOptions, **by: Any) -> SearchQuery:
     return SearchQuery(description=options.description, top_k=options.top_k,
                        filters=options.filter_values(), group_by=options.group_by,
-                       cursor=options.cursor,
+                       cursor=options.cursor, exclude=tuple(options.exclude),
                        text_weight=options.text_weight, **by)
 
 
