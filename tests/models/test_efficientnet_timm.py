@@ -148,7 +148,7 @@ def test_default_checkpoint_with_package_names_gives_the_old_features(tmp_path):
     checkpoint = _package_named_default(tmp_path)
     stored = read_checkpoint(checkpoint)["state_dict"]
     assert "visual.net._blocks.15._depthwise_conv.weight" in stored  # the old names
-    assert "visual.net._blocks.0._depthwise_conv.weight" not in stored  # frozen: from the package
+    assert "visual.net._conv_stem.weight" not in stored  # frozen stem: from the package
     model, _ = load_model(checkpoint)
     reference = _old_code_path(model, stored)
     torch.manual_seed(0)
