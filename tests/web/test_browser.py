@@ -300,47 +300,53 @@ def test_results_explain_the_score_page_with_more_and_open_by_keyboard(rich_serv
     assert [td.text for td in labels] == ["whole body (global)", "head and shoulders",
                                           "upper body", "lower body", "legs and feet"]
     assert labels[2].get_attribute("title").startswith("stripe_2: stripe 2 of 4")
-    sightings = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#sightings-list li"))
+    # the crop's sightings (GET /crops/{id}/sightings) as a timeline, one row per camera: the
+    # person's 4 crops (by person id) are on it, the open one marked current
+    items = "#sightings-timeline [data-crop-id]"
+    _wait(browser, lambda d: d.find_element(By.ID, "detail-sightings").is_displayed()
+          and d.find_elements(By.CSS_SELECTOR, f'{items}.current[data-crop-id="{seen[1]}"]'))
     person = i // 4
-    assert [s.get_attribute("title") for s in sightings] == [
-        f"shot{j:02d}.png" for j in range(4 * person, 4 * person + 4)]  # time order
-    assert f"Person p{person}: 4 sightings" in browser.find_element(By.ID, "sightings-title").text
+    titles = {int(s.get_attribute("data-crop-id")): s.get_attribute("title")
+              for s in browser.find_elements(By.CSS_SELECTOR, items)}
+    for j in range(4 * person, 4 * person + 4):  # crop id j + 1 is shot j
+        assert titles[j + 1].startswith(f"shot{j:02d}.png · cam-{'abc'[j % 3]}")
+        assert titles[j + 1].endswith(("found by person_id", "found by both", "found by self"))
+    assert browser.find_element(By.ID, "sightings-title").text.startswith("Sightings: ")
     ActionChains(browser).send_keys(Keys.ARROW_RIGHT).perform()
     _wait(browser, lambda d: d.find_element(By.ID, "detail-title").text.startswith("Result 3 of"))
-    # the list is fetched anew for result 3 (hidden meanwhile): wait for that list, not result
-    # 2's, which the new one replaces (a click on the old one hits a removed element)
-    third = f'#sightings-list li.current[data-crop-id="{seen[2]}"]'
+    # the timeline is fetched anew for result 3 (hidden meanwhile): wait for that one, not
+    # result 2's, which the new one replaces (a click on the old one hits a removed element)
+    third = f'{items}.current[data-crop-id="{seen[2]}"]'
     _wait(browser, lambda d: d.find_element(By.ID, "detail-sightings").is_displayed()
           and d.find_elements(By.CSS_SELECTOR, third))
-    other = browser.find_elements(By.CSS_SELECTOR, "#sightings-list li")[0]
-    other.click()  # a sighting: the detail view shows that crop
+    other = next(s for s in browser.find_elements(By.CSS_SELECTOR, items)
+                 if int(s.get_attribute("data-crop-id")) != seen[2])
     crop = int(other.get_attribute("data-crop-id"))
+    other.click()  # a sighting: the detail view shows that crop
     _wait(browser, lambda d: f"crop {crop}" in d.find_element(By.ID, "detail-title").text.lower())
     ActionChains(browser).send_keys(Keys.ESCAPE).perform()
     _wait(browser, lambda d: not d.find_element(By.ID, "detail").is_displayed())
 
     # a late answer for a result the operator has left never replaces the one on screen: the
-    # sightings of result 1's person come 1.5 s late, and the operator moves on at once to the
-    # first result of another person
+    # sightings of result 1 come 1.5 s late, and the operator moves on at once to the first
+    # result of another person
     slow = f"p{(seen[0] - 1) // 4}"
     later = next(j for j in range(1, len(seen)) if f"p{(seen[j] - 1) // 4}" != slow)
-    browser.execute_script(HOLD_BACK_SIGHTINGS, slow)
+    browser.execute_script(HOLD_BACK_SIGHTINGS, seen[0])
     browser.execute_script("arguments[0].focus()", cards[0])
     ActionChains(browser).send_keys(Keys.ENTER, *[Keys.ARROW_RIGHT] * later).perform()
     _wait(browser, lambda d: d.find_element(By.ID, "detail-title").text.startswith(
         f"Result {later + 1} of"))
     _wait(browser, lambda d: d.execute_script("return window.heldBackServed") >= 1)
     browser.execute_async_script("setTimeout(arguments[arguments.length - 1], 300)")
-    person = f"p{(seen[later] - 1) // 4}"
-    assert browser.find_element(By.ID, "sightings-title").text.startswith(f"Person {person}:")
-    assert browser.find_elements(
-        By.CSS_SELECTOR, f'#sightings-list li.current[data-crop-id="{seen[later]}"]')
+    assert browser.find_elements(By.CSS_SELECTOR, f'{items}.current[data-crop-id="{seen[later]}"]')
+    assert not browser.find_elements(By.CSS_SELECTOR, f'{items}.current[data-crop-id="{seen[0]}"]')
 
 
 HOLD_BACK_SIGHTINGS = """
-const person = arguments[0], realFetch = window.fetch;
+const crop = arguments[0], realFetch = window.fetch;
 window.heldBackServed = 0;
-window.fetch = (url, options) => String(url).includes(`/persons/${person}/sightings`)
+window.fetch = (url, options) => String(url).endsWith(`/crops/${crop}/sightings`)
   ? new Promise((done) => setTimeout(done, 1500)).then(() => realFetch(url, options))
       .then((resp) => { window.heldBackServed += 1; return resp; })
   : realFetch(url, options);
