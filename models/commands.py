@@ -67,18 +67,11 @@ def register_eval(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=MODES, default="text",
                         help="text: caption queries (text-to-image); image: image queries "
                              "(image-to-image, each image's own copy left out)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="tbps checkpoint (default: models/checkpoints/default.pt)")
-    parser.add_argument("--dataset", choices=sorted(READERS), default="cuhk-pedes")
-    parser.add_argument("--root", type=Path, required=True,
-                        help="dataset folder in its published layout")
+    _checkpoint_and_data(parser)
     parser.add_argument("--split", default="test",
                         help="the dataset's own split (train/val/test) or 'dev' (held-out val "
                              "ids, see docs/results.md)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx"],
-                        help="inference engine (auto: ONNX Runtime on the CPU, torch on CUDA)")
+    _encoding(parser)
     parser.add_argument("--precision", default="auto",
                         help="auto, fp32, bf16 / fp16 (torch autocast) or int8 (ONNX Runtime, "
                              "text tower quantised)")
@@ -95,11 +88,7 @@ def register_calibrate(subparsers: Any) -> argparse.ArgumentParser:
                     "of the image mode at a precision and text_weight on a grid; writes "
                     "<checkpoint stem>.calibration.json beside the checkpoint, which the "
                     "service loads when its sha256 matches (models/calibration.py).")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="tbps checkpoint (default: models/checkpoints/default.pt)")
-    parser.add_argument("--dataset", choices=sorted(READERS), default="cuhk-pedes")
-    parser.add_argument("--root", type=Path, required=True,
-                        help="dataset folder in its published layout")
+    _checkpoint_and_data(parser)
     parser.add_argument("--split", default="dev", help="the split to calibrate on (dev)")
     parser.add_argument("--precision", type=float, default=0.9,
                         help="same-person precision the threshold is chosen for (0-1)")
@@ -108,9 +97,23 @@ def register_calibrate(subparsers: Any) -> argparse.ArgumentParser:
                              "come, so p is a frequency in a dev-like gallery)")
     parser.add_argument("--output", type=Path, default=None,
                         help="sidecar path (default: beside the checkpoint)")
+    _encoding(parser)
+    parser.set_defaults(func=_later("models.calibration", "run_calibrate"))
+    return parser
+
+
+def _checkpoint_and_data(parser: argparse.ArgumentParser) -> None:
+    """The checkpoint and dataset arguments eval and calibrate share."""
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="tbps checkpoint (default: models/checkpoints/default.pt)")
+    parser.add_argument("--dataset", choices=sorted(READERS), default="cuhk-pedes")
+    parser.add_argument("--root", type=Path, required=True,
+                        help="dataset folder in its published layout")
+
+
+def _encoding(parser: argparse.ArgumentParser) -> None:
+    """How eval and calibrate run the encoder."""
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx"],
                         help="inference engine (auto: ONNX Runtime on the CPU, torch on CUDA)")
-    parser.set_defaults(func=_later("models.calibration", "run_calibrate"))
-    return parser
