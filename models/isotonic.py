@@ -42,7 +42,7 @@ class Isotonic:
             raise ValueError("an isotonic map needs as many p as scores, at least one")
         if np.any(np.diff(x) <= 0) or np.any(np.diff(y) < 0):
             raise ValueError("isotonic breakpoints must rise in score and not fall in p")
-        if y[0] < 0 or y[-1] > 1 or not np.isfinite(x).all():
+        if not (np.isfinite(x).all() and np.isfinite(y).all()) or y[0] < 0 or y[-1] > 1:
             raise ValueError("isotonic breakpoints need finite scores and p in [0, 1]")
 
     def prob(self, scores: np.ndarray | float) -> np.ndarray:
