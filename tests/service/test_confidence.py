@@ -153,9 +153,10 @@ def _interpolated(score: float, xs: list[float], ps: list[float]) -> float:
     """Linear between breakpoints, the end values outside them, rounded as served."""
     if score <= xs[0]:
         return round(ps[0], 3)
-    for x0, x1, p0, p1 in zip(xs, xs[1:], ps, ps[1:]):
-        if score <= x1:
-            return round(p0 + (score - x0) * (p1 - p0) / (x1 - x0), 3)
+    for i in range(1, len(xs)):
+        if score <= xs[i]:
+            slope = (ps[i] - ps[i - 1]) / (xs[i] - xs[i - 1])
+            return round(ps[i - 1] + (score - xs[i - 1]) * slope, 3)
     return round(ps[-1], 3)
 
 
