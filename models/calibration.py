@@ -1,6 +1,6 @@
 """Match confidence: served scores calibrated on dev into P(same person) (issue 26).
 
-``tbps calibrate --checkpoint FILE --root DIR --split dev [--precision 0.9]`` writes
+``tbps calibrate --checkpoint FILE --root DIR --split dev [--precision 0.9] [--map auto]`` writes
 ``<checkpoint stem>.calibration.json`` beside the checkpoint (atomically), holding:
 
 - per query mode a **Platt map** ``p = sigmoid(a * score + b)`` (Platt, 1999: a logistic
@@ -11,9 +11,11 @@
   are computed as the service computes them: inner products of exported vectors, unit per
   block (``models.blocks``), so a calibrated number means the served score;
 - which map a mode serves (``map``), chosen on **held-out persons**: the queries are split in
-  two halves by their person (each against the whole gallery, so the pair prior stays dev's);
-  each half's pairs get p from the maps fitted on the other half, and the map with the lower
-  **Brier score** over those cross-fitted p wins (Platt on a tie). Brier, not log loss: it
+  two halves by their person (each against the whole gallery, so the pair prior stays dev's;
+  no same-person pair is in both halves, an other-person pair's mirror may be, in the image
+  mode); each half's pairs get p from the maps fitted on the other half, and the map with the
+  lower **Brier score** over those cross-fitted p wins (Platt on a tie; ``--map platt`` or
+  ``isotonic`` serves one regardless; ``--balanced`` fits Platt only). Brier, not log loss: it
   weighs an error of 0.1 in p alike at p 0.6 and at p 0.01, as a reader of the levels does,
   where log loss is dominated by relative errors among the many pairs near p = 0. Both
   figures of both maps are recorded (``held_out``), and the **reliability table** of each mode
