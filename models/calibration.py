@@ -457,7 +457,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(f"wrote {out}")
     for mode, fit in result.modes.items():
         held = fit["held_out"]
-        figures = ", ".join(f"{k} {held[k]['brier']:.6f}" for k in MAPS if k in held)
+        figures = ", ".join(f"{k} {held[k]['brier']:.7f}" for k in MAPS if k in held)
         print(f"{mode:>6}: serves {fit['map']} over {fit['pairs']} pairs ({fit['positives']} "
               f"same-person); held-out Brier {figures}; Platt p = sigmoid({fit['a']:.4f} * "
               f"score + {fit['b']:.4f})")
