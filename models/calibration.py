@@ -431,15 +431,18 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from models.data.datasets import read_dataset, select_split
     from models.factory import DEFAULT_CHECKPOINT, load_encoder
 
+    if not 0 < args.precision <= 1:  # both refused before the minutes of encoding
+        print(f"error: --precision {args.precision} is not in (0, 1]", file=sys.stderr)
+        return 2
+    if args.balanced and args.map == "isotonic":
+        print("error: --balanced fits Platt only: --map auto or platt", file=sys.stderr)
+        return 2
     torch.set_num_threads(max(1, torch.get_num_threads()))
     checkpoint = Path(args.checkpoint or DEFAULT_CHECKPOINT)
     records = select_split(read_dataset(args.dataset, args.root), args.split)
     started = time.time()
     encoder = load_encoder(checkpoint, device=args.device, engine=args.engine)
     dev = encode_split(encoder, records, args.batch_size)
-    if not 0 < args.precision <= 1:
-        print(f"error: --precision {args.precision} is not in (0, 1]", file=sys.stderr)
-        return 2
     try:
         result = calibrate(encoder.spec, dev, precision=args.precision, balanced=args.balanced,
                            choice=args.map)

@@ -317,3 +317,5 @@ def test_tbps_calibrate_writes_the_sidecar_the_service_loads(tmp_path, capsys):
     assert all(fit["map"] == "isotonic" for fit in Calibration.load(sidecar).modes.values())
     assert main([*argv, "--precision", "1.5"]) == 2
     assert "not in (0, 1]" in capsys.readouterr().err
+    assert main([*argv, "--balanced", "--map", "isotonic"]) == 2
+    assert "Platt only" in capsys.readouterr().err
