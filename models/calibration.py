@@ -1,15 +1,26 @@
 """Match confidence: served scores calibrated on dev into P(same person) (issue 26).
 
-``tbps calibrate --checkpoint FILE --root DIR --split dev [--precision 0.9]`` writes
+``tbps calibrate --checkpoint FILE --root DIR --split dev [--precision 0.9] [--map auto]`` writes
 ``<checkpoint stem>.calibration.json`` beside the checkpoint (atomically), holding:
 
 - per query mode a **Platt map** ``p = sigmoid(a * score + b)`` (Platt, 1999: a logistic
-  regression on the one score), fitted by maximum likelihood over *all* (query, gallery) pairs
-  of the split: ``text`` (every caption -> every image), ``image`` (every image -> every other
-  image) and ``blend`` (a caption with one example image of its person -> every other image, at
-  the chosen ``text_weight``). Scores are computed as the service computes them: inner products
-  of exported vectors, unit per block (``models.blocks``), so a calibrated number means the
-  served score;
+  regression on the one score) and an **isotonic map** (``models.isotonic``: monotone, any
+  shape), both fitted over *all* (query, gallery) pairs of the split: ``text`` (every caption
+  -> every image), ``image`` (every image -> every other image) and ``blend`` (a caption with
+  one example image of its person -> every other image, at the chosen ``text_weight``). Scores
+  are computed as the service computes them: inner products of exported vectors, unit per
+  block (``models.blocks``), so a calibrated number means the served score;
+- which map a mode serves (``map``), chosen on **held-out persons**: the queries are split in
+  two halves by their person (each against the whole gallery, so the pair prior stays dev's;
+  no same-person pair is in both halves, an other-person pair's mirror may be, in the image
+  mode); each half's pairs get p from the maps fitted on the other half, and the map with the
+  lower **Brier score** over those cross-fitted p wins (Platt on a tie; ``--map platt`` or
+  ``isotonic`` serves one regardless; ``--balanced`` fits Platt only). Brier, not log loss: it
+  weighs an error of 0.1 in p alike at p 0.6 and at p 0.01, as a reader of the levels does,
+  where log loss is dominated by relative errors among the many pairs near p = 0. Both
+  figures of both maps are recorded (``held_out``), and the **reliability table** of each mode
+  is of the cross-fitted p of the served map: predicted against observed on pairs its fit did
+  not see (an isotonic map is calibrated on its own pairs by construction);
 - the fit is **not class-balanced** by default: a balanced fit answers "same person, if half of
   the gallery were that person", which inflates every probability by the odds of the pair prior
   (about 1:200 on dev); unweighted, p is the observed frequency of same-person pairs at that
@@ -28,6 +39,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -43,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from models.blocks import blend
+from models.isotonic import Isotonic, fit_isotonic
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +64,8 @@ LEVELS = {"strong": 0.5, "possible": 0.2}  # lower bound of p per level; below: 
 TEXT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 RELIABILITY_EDGES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)
 MODES = ("text", "image", "blend")
+MAPS = ("platt", "isotonic")
+SPLIT_SEED = 0  # which persons fall in which half of the held-out comparison
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,9 @@ class Platt:
     def score_at(self, p: float) -> float:
         """The score whose probability is ``p`` (the map is increasing when a > 0)."""
         return float((np.log(p / (1 - p)) - self.b) / self.a)
+
+
+ScoreMap = Platt | Isotonic  # score -> P(same person): ``prob(scores)``, ``score_at(p)``
 
 
 def fit_platt(scores: np.ndarray, labels: np.ndarray, *, balanced: bool = False,
@@ -137,7 +155,7 @@ def level(p: float, levels: dict[str, float] = LEVELS) -> str:
     return "weak"
 
 
-def best_hit_levels(model: Platt, similarity: np.ndarray, same: np.ndarray,
+def best_hit_levels(model: ScoreMap, similarity: np.ndarray, same: np.ndarray,
                     levels: dict[str, float] = LEVELS) -> dict[str, dict[str, float | int]]:
     """Each query's best hit: how many fall in each level, and how often that hit is right."""
     best = similarity.argmax(axis=1)  # (Q,)
@@ -152,21 +170,85 @@ def best_hit_levels(model: Platt, similarity: np.ndarray, same: np.ndarray,
     return out
 
 
-def _mode_fit(similarity: np.ndarray, same: np.ndarray, valid: np.ndarray,
-              balanced: bool) -> tuple[Platt, dict[str, Any]]:
-    """similarity, same, valid: (Q, G); pairs where ``valid`` is False are left out."""
-    scores, labels = similarity[valid], same[valid]
-    model = fit_platt(scores, labels, balanced=balanced)
-    prob = model.prob(scores)
+def fit_map(kind: str, scores: np.ndarray, labels: np.ndarray, *,
+            balanced: bool = False) -> ScoreMap:
+    """A ``platt`` or ``isotonic`` map of 0/1 ``labels`` on ``scores``."""
+    if kind == "platt":
+        return fit_platt(scores, labels, balanced=balanced)
+    if kind == "isotonic" and not balanced:
+        return fit_isotonic(scores, labels)
+    raise ValueError(f"no {'balanced ' if balanced else ''}{kind} map (maps: {', '.join(MAPS)}; "
+                     "--balanced fits Platt only)")
+
+
+def log_loss(prob: np.ndarray, labels: np.ndarray) -> float:
     eps = 1e-12
-    log_loss = -float(np.mean(labels * np.log(prob + eps) + (1 - labels) * np.log(1 - prob + eps)))
+    return -float(np.mean(labels * np.log(prob + eps) + (1 - labels) * np.log(1 - prob + eps)))
+
+
+def brier(prob: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean((prob - labels) ** 2))
+
+
+def person_halves(persons: np.ndarray, seed: int = SPLIT_SEED) -> np.ndarray:
+    """(N,) person id of each pair's query -> (N,) bool, True in the first half of persons
+    (a seeded shuffle of the distinct ids, every other one)."""
+    ids = np.random.default_rng(seed).permutation(np.unique(persons))
+    return np.isin(persons, ids[::2])
+
+
+def cross_fitted(kind: str, scores: np.ndarray, labels: np.ndarray, half: np.ndarray, *,
+                 balanced: bool = False) -> np.ndarray:
+    """(N,) p of every pair from the map fitted on the other half's pairs."""
+    prob = np.empty(len(scores), dtype=np.float64)
+    for test in (half, ~half):
+        if labels[~test].all() or not labels[~test].any():
+            raise ValueError("a half of the persons has no same-person or no other-person "
+                             "pairs: too few persons to compare maps on held-out ones")
+        model = fit_map(kind, scores[~test], labels[~test], balanced=balanced)
+        prob[test] = model.prob(scores[test])
+    return prob
+
+
+def held_out(scores: np.ndarray, labels: np.ndarray, persons: np.ndarray, kinds: Sequence[str],
+             *, balanced: bool = False) -> dict[str, Any]:
+    """Log loss, Brier and reliability of each map kind on cross-fitted p (two halves of the
+    query persons), and the kind with the lower Brier score (the first listed on a tie)."""
+    half = person_halves(persons)
+    out: dict[str, Any] = {"split": f"2 halves of the query persons (seed {SPLIT_SEED})",
+                           "by": "brier"}
+    for kind in kinds:
+        prob = cross_fitted(kind, scores, labels, half, balanced=balanced)
+        out[kind] = {"log_loss": round(log_loss(prob, labels), 6),
+                     "brier": round(brier(prob, labels), 8),
+                     "reliability": reliability(prob, labels)}
+    out["best"] = min(kinds, key=lambda k: out[k]["brier"])
+    return out
+
+
+def _mode_fit(similarity: np.ndarray, same: np.ndarray, valid: np.ndarray,
+              query_pids: np.ndarray, *, balanced: bool,
+              choice: str = "auto") -> tuple[ScoreMap, dict[str, Any]]:
+    """similarity, same, valid: (Q, G); query_pids: (Q,); pairs where ``valid`` is False are
+    left out. ``choice``: ``auto`` (held-out Brier), ``platt`` or ``isotonic``."""
+    scores, labels = similarity[valid], same[valid]
+    persons = np.broadcast_to(query_pids[:, None], similarity.shape)[valid]  # (N,)
+    kinds = ("platt",) if balanced else MAPS
+    comparison = held_out(scores, labels, persons, kinds, balanced=balanced)
+    kind = comparison["best"] if choice == "auto" else choice
+    maps = {k: fit_map(k, scores, labels, balanced=balanced) for k in kinds}
+    model, platt = maps[kind], maps["platt"]
+    assert isinstance(platt, Platt)
     masked = np.where(valid, similarity, -np.inf)
+    at = {name: model.score_at(p) for name, p in LEVELS.items()}
     return model, {
-        "a": model.a, "b": model.b, "balanced": balanced, "queries": int(similarity.shape[0]),
+        "map": kind, "a": platt.a, "b": platt.b,
+        **({"isotonic": maps["isotonic"].to_dict()} if "isotonic" in maps else {}),
+        "balanced": balanced, "queries": int(similarity.shape[0]),
         "pairs": int(labels.size), "positives": int(labels.sum()),
-        "log_loss": round(log_loss, 6),
-        "score_at": {name: round(model.score_at(p), 4) for name, p in LEVELS.items()},
-        "reliability": reliability(prob, labels),
+        "log_loss": round(log_loss(model.prob(scores), labels), 6),
+        "score_at": {n: round(s, 4) if np.isfinite(s) else None for n, s in at.items()},
+        "reliability": comparison[kind]["reliability"], "held_out": comparison,
         "best_hit_levels": best_hit_levels(model, masked, same & valid)}
 
 
@@ -240,7 +322,7 @@ class Calibration:
     """The sidecar ``<checkpoint stem>.calibration.json``: one type for the file format."""
 
     checkpoint_sha256: str
-    modes: dict[str, dict[str, Any]]  # text / image / blend -> fit (a, b, reliability ...)
+    modes: dict[str, dict[str, Any]]  # text / image / blend -> map, a, b, isotonic, ...
     same_person: dict[str, Any]  # threshold, precision, recall (image mode)
     text_weight: dict[str, Any]  # chosen, grid
     levels: dict[str, float] = field(default_factory=lambda: dict(LEVELS))
@@ -260,7 +342,10 @@ class Calibration:
         if data.get("format") != FORMAT:
             raise ValueError(f"calibration format {data.get('format')!r}, expected {FORMAT}")
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
+        calibration = cls(**known)
+        for mode in calibration.modes:  # a map that cannot serve fails here, not per query
+            calibration.map(mode)
+        return calibration
 
     @classmethod
     def load(cls, path: Path) -> Calibration:
@@ -269,6 +354,17 @@ class Calibration:
     def platt(self, mode: str) -> Platt:
         fit = self.modes[mode]
         return Platt(float(fit["a"]), float(fit["b"]))
+
+    def map(self, mode: str) -> ScoreMap:
+        """The map ``mode`` serves: ``map`` names it; a sidecar without ``map`` (written before
+        the isotonic option) serves Platt's."""
+        fit = self.modes[mode]
+        kind = fit.get("map", "platt")
+        if kind == "platt":
+            return self.platt(mode)
+        if kind == "isotonic":
+            return Isotonic.from_dict(fit["isotonic"])
+        raise ValueError(f"calibration map {kind!r} of mode {mode!r} is not one of {MAPS}")
 
     def level(self, p: float) -> str:
         return level(p, self.levels)
@@ -298,21 +394,26 @@ def sidecar_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.calibration.json")
 
 
-def calibrate(spec: Any, dev: DevVectors, *, precision: float = 0.9,
-              balanced: bool = False) -> Calibration:
-    """Every fit of the sidecar from encoded dev vectors (no file, no command: ``run``)."""
+def calibrate(spec: Any, dev: DevVectors, *, precision: float = 0.9, balanced: bool = False,
+              choice: str = "auto") -> Calibration:
+    """Every fit of the sidecar from encoded dev vectors (no file, no command: ``run``).
+    ``choice``: the map every mode serves, ``auto`` (held-out Brier), ``platt`` or
+    ``isotonic``."""
+    if choice not in ("auto", *MAPS) or (balanced and choice == "isotonic"):
+        raise ValueError(f"map {choice!r}: auto, platt or isotonic (--balanced: Platt only)")
     modes = {}
+    fit = functools.partial(_mode_fit, balanced=balanced, choice=choice)
     text_sim = dev.texts @ dev.images.T  # (Q, G)
     text_same = dev.text_pids[:, None] == dev.image_pids[None, :]
-    _, modes["text"] = _mode_fit(text_sim, text_same, np.ones_like(text_same), balanced)
+    _, modes["text"] = fit(text_sim, text_same, np.ones_like(text_same), dev.text_pids)
     image_sim = dev.images @ dev.images.T  # (G, G)
     image_same = dev.image_pids[:, None] == dev.image_pids[None, :]
     off_diagonal = ~np.eye(len(dev.images), dtype=bool)
-    image_model, modes["image"] = _mode_fit(image_sim, image_same, off_diagonal, balanced)
+    image_model, modes["image"] = fit(image_sim, image_same, off_diagonal, dev.image_pids)
     weights = choose_text_weight(spec, dev)
     caps, exs = blend_queries(spec, dev)
     sim, same, valid = blend_similarity(spec, dev, weights["chosen"], caps, exs)
-    _, modes["blend"] = _mode_fit(sim, same, valid, balanced)
+    _, modes["blend"] = fit(sim, same, valid, dev.text_pids[caps])
     modes["blend"]["text_weight"] = weights["chosen"]
     same_person = threshold_at_precision(image_sim[off_diagonal], image_same[off_diagonal],
                                          precision)
@@ -330,19 +431,24 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from models.data.datasets import read_dataset, select_split
     from models.factory import DEFAULT_CHECKPOINT, load_encoder
 
+    if not 0 < args.precision <= 1:  # both refused before the minutes of encoding
+        print(f"error: --precision {args.precision} is not in (0, 1]", file=sys.stderr)
+        return 2
+    if args.balanced and args.map == "isotonic":
+        print("error: --balanced fits Platt only: --map auto or platt", file=sys.stderr)
+        return 2
     torch.set_num_threads(max(1, torch.get_num_threads()))
     checkpoint = Path(args.checkpoint or DEFAULT_CHECKPOINT)
     records = select_split(read_dataset(args.dataset, args.root), args.split)
     started = time.time()
     encoder = load_encoder(checkpoint, device=args.device, engine=args.engine)
     dev = encode_split(encoder, records, args.batch_size)
-    if not 0 < args.precision <= 1:
-        print(f"error: --precision {args.precision} is not in (0, 1]", file=sys.stderr)
-        return 2
     try:
-        result = calibrate(encoder.spec, dev, precision=args.precision, balanced=args.balanced)
+        result = calibrate(encoder.spec, dev, precision=args.precision, balanced=args.balanced,
+                           choice=args.map)
     except ValueError as exc:  # a precision no threshold reaches, a split without pairs
-        print(f"error: {exc} on {args.split}: choose a lower --precision", file=sys.stderr)
+        print(f"error: {exc} on {args.split} (a lower --precision or a split with more "
+              "persons may do)", file=sys.stderr)
         return 1
     result.checkpoint, result.dataset, result.split = checkpoint.name, args.dataset, args.split
     result.command = "tbps " + shlex.join(sys.argv[1:])
@@ -353,8 +459,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     sp = result.same_person
     print(f"wrote {out}")
     for mode, fit in result.modes.items():
-        print(f"{mode:>6}: p = sigmoid({fit['a']:.4f} * score + {fit['b']:.4f}) over "
-              f"{fit['pairs']} pairs ({fit['positives']} same-person)")
+        held = fit["held_out"]
+        figures = ", ".join(f"{k} {held[k]['brier']:.7f}" for k in MAPS if k in held)
+        print(f"{mode:>6}: serves {fit['map']} over {fit['pairs']} pairs ({fit['positives']} "
+              f"same-person); held-out Brier {figures}; Platt p = sigmoid({fit['a']:.4f} * "
+              f"score + {fit['b']:.4f})")
     print(f"same person (image mode): score >= {sp['threshold']:.4f}: precision "
           f"{sp['precision']:.3f}, recall {sp['recall']:.3f}")
     print(f"text_weight: {result.text_weight['chosen']} (by {result.text_weight['by']})")

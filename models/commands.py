@@ -83,8 +83,9 @@ def register_eval(subparsers: Any) -> argparse.ArgumentParser:
 def register_calibrate(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "calibrate", help="fit the match confidence of a checkpoint on dev (its sidecar)",
-        description="Calibrate served scores into P(same person) on a dataset split (Platt "
-                    "per query mode: text, image, blend), choose the same-person threshold "
+        description="Calibrate served scores into P(same person) on a dataset split (per "
+                    "query mode: text, image, blend, Platt's logistic or an isotonic map, "
+                    "whichever predicts held-out persons better), choose the same-person threshold "
                     "of the image mode at a precision and text_weight on a grid; writes "
                     "<checkpoint stem>.calibration.json beside the checkpoint, which the "
                     "service loads when its sha256 matches (models/calibration.py).")
@@ -94,7 +95,10 @@ def register_calibrate(subparsers: Any) -> argparse.ArgumentParser:
                         help="same-person precision the threshold is chosen for (0-1)")
     parser.add_argument("--balanced", action="store_true",
                         help="weigh same- and other-person pairs equally (default: as they "
-                             "come, so p is a frequency in a dev-like gallery)")
+                             "come, so p is a frequency in a dev-like gallery); Platt only")
+    parser.add_argument("--map", choices=("auto", "platt", "isotonic"), default="auto",
+                        help="the map every mode serves (default auto: the lower Brier score "
+                             "on held-out persons); both are fitted and compared either way")
     parser.add_argument("--output", type=Path, default=None,
                         help="sidecar path (default: beside the checkpoint)")
     _encoding(parser)

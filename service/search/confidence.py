@@ -5,6 +5,8 @@ weak). No FastAPI imports here.
 Which calibration a query uses: a description alone -> ``text``; examples (``like``) or a photo
 alone -> ``image``; a description with examples or a photo -> ``blend`` (fitted on dev at the
 sidecar's chosen ``text_weight``: exact at that weight, an approximation at another).
+Each mode serves the map its sidecar names (Platt's logistic or an isotonic map; a sidecar
+written before the isotonic option has Platt's only and serves it).
 A sidecar is used only when its checkpoint sha256 is the served encoder's: a score scale belongs
 to one model. Without one every confidence field is null.
 """
@@ -13,11 +15,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from models.calibration import Calibration, sidecar_path
+from models.calibration import Calibration, ScoreMap, sidecar_path
 from models.encoder import EncoderSpec
 
 log = logging.getLogger(__name__)
@@ -37,17 +40,23 @@ class Confidence:
             return "blend"
         return "image" if examples else "text"
 
+    @cached_property
+    def maps(self) -> dict[str, ScoreMap]:
+        """Mode -> the map it serves, built once (not per hit)."""
+        return {mode: self.calibration.map(mode) for mode in self.calibration.modes}
+
     def probability(self, mode: str, scores: np.ndarray) -> np.ndarray:
         """(N,) scores -> (N,) P(same person), rounded to 3 decimals."""
-        return np.round(self.calibration.platt(mode).prob(scores), 3)
+        return np.round(self.maps[mode].prob(scores), 3)
 
     def level(self, p: float) -> str:
         return self.calibration.level(p)
 
     def good_score(self, mode: str) -> float:
-        """The lowest score whose match is at least "possible" (the map is increasing)."""
+        """The lowest score whose match is at least "possible" (the map is non-decreasing);
+        +-inf where no score's or every score's is."""
         low = min(self.calibration.levels[name] for name in GOOD_LEVELS)
-        return self.calibration.platt(mode).score_at(low)
+        return self.maps[mode].score_at(low)
 
     @property
     def text_weight(self) -> float:

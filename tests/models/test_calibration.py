@@ -1,5 +1,6 @@
 """The match calibration (models/calibration.py): the Platt fit, the same-person threshold, the
-reliability table and the sidecar, each against a hand computation on small synthetic sets."""
+reliability table, the held-out choice between Platt and isotonic maps and the sidecar, each
+against a hand computation on small synthetic sets."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ from models.calibration import (
     Platt,
     calibrate,
     fit_platt,
+    held_out,
     level,
+    person_halves,
     reliability,
     sidecar_path,
     threshold_at_precision,
 )
 from models.encoder import EncoderSpec, Part
+from models.isotonic import Isotonic
 
 
 def _log_likelihood(a: float, b: float, scores, labels, weights=None) -> float:
@@ -172,10 +176,117 @@ def test_calibrate_writes_a_sidecar_that_reads_back(tmp_path):
     back = Calibration.load(path)
     assert back.matches("sha-of-synthetic") and not back.matches("another")
     assert back.platt("text") == result.platt("text")
+    for mode, fit in result.modes.items():
+        assert back.map(mode) == result.map(mode)
+        held = fit["held_out"]
+        assert fit["map"] == held["best"] == min(("platt", "isotonic"),
+                                                 key=lambda k: held[k]["brier"])
+        assert fit["reliability"] == held[fit["map"]]["reliability"]
+        assert all(held[k]["log_loss"] > 0 and 0 < held[k]["brier"] < 1
+                   for k in ("platt", "isotonic"))
+        assert Isotonic.from_dict(fit["isotonic"]).p[-1] <= 1
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
     data = json.loads(path.read_text())
     data["format"] = 99
     with pytest.raises(ValueError, match="format"):
+        Calibration.from_dict(data)
+
+
+def test_person_halves_keep_each_person_whole_and_are_deterministic():
+    persons = np.repeat(np.asarray([5, 9, 2, 7, 3]), [4, 1, 3, 2, 6])
+    half = person_halves(persons)
+    for pid in np.unique(persons):
+        assert len(set(half[persons == pid].tolist())) == 1
+    first = {int(p) for p in np.unique(persons[half])}
+    assert len(first) in (2, 3) and np.array_equal(person_halves(persons), half)
+
+
+def _brier_by_hand(scores, labels, half, fit):
+    """Each half's pairs scored by the map fitted on the other half's pairs, squared error."""
+    total = 0.0
+    for test in (half, ~half):
+        model = fit(scores[~test], labels[~test])
+        for s, y in zip(scores[test].tolist(), labels[test].tolist(), strict=True):
+            total += (float(model.prob(s)) - y) ** 2
+    return total / len(scores)
+
+
+def _pairs(seed: int, step: bool):
+    """40 query persons x 300 pairs; P(same) a logistic in the score, or a step at 0.6."""
+    rng = np.random.default_rng(seed)
+    persons = np.repeat(np.arange(40), 300)
+    scores = rng.random(len(persons))
+    truth = (np.where(scores < 0.6, 0.02, 0.8) if step
+             else 1 / (1 + np.exp(-(8 * scores - 6))))
+    return scores, rng.random(len(persons)) < truth, persons
+
+
+def test_held_out_scores_each_half_with_the_other_halfs_fit():
+    from models.isotonic import fit_isotonic
+
+    scores, labels, persons = _pairs(1, step=False)
+    got = held_out(scores, labels, persons, ("platt", "isotonic"))
+    half = person_halves(persons)
+    assert got["platt"]["brier"] == pytest.approx(
+        _brier_by_hand(scores, labels, half, fit_platt), abs=1e-8)
+    assert got["isotonic"]["brier"] == pytest.approx(
+        _brier_by_hand(scores, labels, half, fit_isotonic), abs=1e-8)
+    assert got["best"] == min(("platt", "isotonic"), key=lambda k: got[k]["brier"])
+    assert sum(r["pairs"] for r in got["platt"]["reliability"]) == len(scores)
+
+
+def test_a_step_shaped_truth_chooses_isotonic():
+    scores, labels, persons = _pairs(2, step=True)
+    got = held_out(scores, labels, persons, ("platt", "isotonic"))
+    assert got["best"] == "isotonic"
+    assert got["isotonic"]["brier"] < got["platt"]["brier"]
+    assert got["isotonic"]["log_loss"] < got["platt"]["log_loss"]
+    # where it matters: the reliability of the pairs predicted >= 0.5 (truth 0.8 there)
+    top = [r for r in got["isotonic"]["reliability"] if r["lo"] >= 0.5 and r["pairs"]]
+    assert all(abs(r["predicted"] - r["observed"]) < 0.05 for r in top)
+
+
+@pytest.mark.parametrize("choice", ["platt", "isotonic"])
+def test_a_chosen_map_is_served_in_every_mode(choice):
+    result = calibrate(SPEC, _synthetic_dev(), precision=0.6, choice=choice)
+    for mode, fit in result.modes.items():
+        assert fit["map"] == choice
+        assert isinstance(result.map(mode), Isotonic if choice == "isotonic" else Platt)
+        assert set(fit["held_out"]) >= {"platt", "isotonic", "best"}
+
+
+def test_balanced_fits_platt_only_and_unknown_maps_are_refused():
+    result = calibrate(SPEC, _synthetic_dev(), precision=0.6, balanced=True)
+    assert all(f["map"] == "platt" and "isotonic" not in f for f in result.modes.values())
+    for kwargs in ({"balanced": True, "choice": "isotonic"}, {"choice": "spline"}):
+        with pytest.raises(ValueError, match="map"):
+            calibrate(SPEC, _synthetic_dev(), precision=0.6, **kwargs)
+
+
+def _old_sidecar() -> dict:
+    """A sidecar as written before the isotonic option: per mode a, b and no ``map``."""
+    modes = {m: {"a": 6.5, "b": -9.0, "balanced": False, "pairs": 10, "positives": 2,
+                 "log_loss": 0.1, "reliability": []} for m in ("text", "image", "blend")}
+    return {"checkpoint_sha256": "sha", "modes": modes, "same_person": {"threshold": 1.4},
+            "text_weight": {"chosen": 0.25}, "levels": {"strong": 0.5, "possible": 0.2},
+            "format": 1}
+
+
+def test_an_old_platt_only_sidecar_serves_platt():
+    cal = Calibration.from_dict(_old_sidecar())
+    assert cal.map("image") == Platt(6.5, -9.0)
+    assert float(cal.map("text").prob(1.0)) == pytest.approx(1 / (1 + math.exp(2.5)))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"map": "spline"}, "spline"),
+    ({"map": "isotonic"}, "isotonic"),  # named but missing
+    ({"map": "isotonic", "isotonic": {"score": [0.2, 0.1], "p": [0.1, 0.2]}}, "rise"),
+])
+def test_a_sidecar_whose_map_cannot_serve_is_refused_on_load(change, message):
+    data = _old_sidecar()
+    data["modes"]["blend"].update(change)
+    with pytest.raises((ValueError, KeyError), match=message):
         Calibration.from_dict(data)
 
 
@@ -201,5 +312,10 @@ def test_tbps_calibrate_writes_the_sidecar_the_service_loads(tmp_path, capsys):
     encoder = load_encoder(checkpoint, device="cpu", engine="torch")
     assert calibration_path(checkpoint, None) == sidecar
     assert load_confidence(sidecar, encoder.spec) is not None
+    assert main([*argv, "--precision", "0.1", "--map", "isotonic"]) == 0
+    assert "held-out Brier platt" in capsys.readouterr().out
+    assert all(fit["map"] == "isotonic" for fit in Calibration.load(sidecar).modes.values())
     assert main([*argv, "--precision", "1.5"]) == 2
     assert "not in (0, 1]" in capsys.readouterr().err
+    assert main([*argv, "--balanced", "--map", "isotonic"]) == 2
+    assert "Platt only" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Match confidence on served hits (issue 26): a calibration sidecar for the tiny test encoder,
 loaded by path (TBPS_CALIBRATION); every expected probability computed here from the sidecar's
-parameters and the stored vectors, not by the service's code."""
+parameters and the stored vectors, not by the service's code. The shared sidecar is written as
+before the isotonic option (Platt's a, b and no ``map``): old sidecars keep serving."""
 
 from __future__ import annotations
 
@@ -146,6 +147,69 @@ def test_a_sidecar_of_another_checkpoint_gives_null_fields(calibrated, tiny_enco
     assert body["good_matches"] is None and body["best_match"] is None
     assert all(h["confidence"] is None and h["match"] is None for h in body["hits"])
     assert all(p["confidence"] is None and p["match"] is None for p in persons)
+
+
+def _interpolated(score: float, xs: list[float], ps: list[float]) -> float:
+    """Linear between breakpoints, the end values outside them, rounded as served."""
+    if score <= xs[0]:
+        return round(ps[0], 3)
+    for i in range(1, len(xs)):
+        if score <= xs[i]:
+            slope = (ps[i] - ps[i - 1]) / (xs[i] - xs[i - 1])
+            return round(ps[i - 1] + (score - xs[i - 1]) * slope, 3)
+    return round(ps[-1], 3)
+
+
+def _isotonic_modes(modes: dict) -> dict:
+    """Isotonic maps around the score each Platt map puts at p = 0.3 (all levels occur)."""
+    out = {}
+    for mode, fit in modes.items():
+        centre = (math.log(0.3 / 0.7) - fit["b"]) / fit["a"]
+        out[mode] = {**fit, "map": "isotonic", "isotonic": {
+            "score": [centre - 0.04, centre, centre + 0.02, centre + 0.05],
+            "p": [0.01, 0.3, 0.55, 0.95]}}
+    return out
+
+
+def test_an_isotonic_sidecar_serves_its_breakpoints(calibrated, tiny_encoder, tmp_path):
+    client, modes = calibrated
+    iso = _isotonic_modes(modes)
+    path = tmp_path / "isotonic.calibration.json"
+    _sidecar(path, tiny_encoder.spec.checkpoint_sha256, iso)
+    engine = client.app.state.engine
+    kept = engine.confidence
+    engine.confidence = load_confidence(path, tiny_encoder.spec)  # as a start-up would
+    try:
+        body = _search(client, description=TEXT, top_k=12)
+        like = _search(client, like=[body["hits"][0]["crop_id"]], top_k=11)
+    finally:
+        engine.confidence = kept
+    for hits, mode in ((body["hits"], "text"), (like["hits"], "image")):
+        xs, ps = iso[mode]["isotonic"]["score"], iso[mode]["isotonic"]["p"]
+        for hit in hits:
+            assert hit["confidence"] == pytest.approx(_interpolated(hit["score"], xs, ps),
+                                                      abs=1e-3)
+            assert hit["match"] == _level(hit["confidence"])
+    assert {h["match"] for h in body["hits"]} == {"strong", "possible", "weak"}
+    every = _all_scores(client, tiny_encoder.encode_text([TEXT]))
+    xs, ps = iso["text"]["isotonic"]["score"], iso["text"]["isotonic"]["p"]
+    assert body["good_matches"] == sum(_interpolated(s, xs, ps) >= 0.2 for s in every)
+    # the clamped ends: p 0.01 below the first breakpoint, 0.95 above the last; both occur
+    low = [h["confidence"] for h in body["hits"] if h["score"] < xs[0]]
+    high = [h["confidence"] for h in body["hits"] if h["score"] > xs[-1]]
+    assert low and high and set(low) == {0.01} and set(high) == {0.95}
+
+
+def test_an_isotonic_sidecar_with_broken_breakpoints_is_not_served(calibrated, tiny_encoder,
+                                                                   tmp_path, caplog):
+    _, modes = calibrated
+    iso = _isotonic_modes(modes)
+    iso["image"]["isotonic"]["p"] = [0.5, 0.3, 0.55, 0.95]  # falls: not a monotone map
+    path = tmp_path / "broken.calibration.json"
+    _sidecar(path, tiny_encoder.spec.checkpoint_sha256, iso)
+    with caplog.at_level(logging.WARNING, logger="service.search.confidence"):
+        assert load_confidence(path, tiny_encoder.spec) is None
+    assert "not readable" in caplog.records[0].message
 
 
 def test_openapi_documents_the_confidence_fields(calibrated):
