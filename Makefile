@@ -41,14 +41,21 @@ setup-gpu: setup
 run: setup
 	$(BIN)/tbps demo
 
+# The suite runs on TEST_WORKERS pytest-xdist workers, one thread each (tests/parallel.py): 2,
+# the CI machine's cores; many tests wait on processes they start (servers, Ray, Milvus,
+# Chromium), and a second worker runs meanwhile. Each test module is one unit of work (its
+# module fixtures built once), the tests on Milvus one unit, the slow ones handed out first.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 ## make test: the whole suite (SQLite and the PostgreSQL on 127.0.0.1:5432), slowest 25 printed
 test: setup
 	bash scripts/ensure_test_deps.sh
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q $(XDIST) --durations=25
 
 ## make test-fast: the inner loop, SQLite only, no browser/Ray/end-to-end/kill -9 processes
 test-fast: setup
-	$(BIN)/python -m pytest -q --durations=10 -m "not slow and not postgres"
+	$(BIN)/python -m pytest -q $(XDIST) --durations=10 -m "not slow and not postgres"
 
 ## make lock: re-resolve pyproject.toml: requirements-test.lock (runtime, scale and test extras),
 ## then requirements.lock (runtime and scale, at the versions of the first)

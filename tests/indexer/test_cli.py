@@ -51,6 +51,8 @@ def test_index_applies_the_image_limit_settings(tbps, image_folder, monkeypatch)
     assert "failed: oversized: 96x192 pixels; the limit is 4608 pixels" in out
 
 
+@pytest.mark.slow  # starts a Ray cluster
+@pytest.mark.xdist_group("ray")  # one local Ray at a time (tests/parallel.py)
 def test_index_on_ray_records_the_build_and_its_vectors_equal_the_local_indexers(
         tbps, image_folder):
     """`tbps index --engine ray` on a local Ray started here (2 CPUs), then a local full build

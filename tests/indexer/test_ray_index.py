@@ -14,6 +14,7 @@ from tests.conftest import make_image
 from tests.local_ray import local_ray as start_local_ray
 
 ray = pytest.importorskip("ray", reason="the scale extra")
+pytestmark = pytest.mark.xdist_group("ray")  # one local Ray at a time (tests/parallel.py)
 
 
 @pytest.fixture(scope="module")
