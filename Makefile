@@ -42,11 +42,13 @@ run: setup
 	$(BIN)/tbps demo
 
 # The suite runs on TEST_WORKERS pytest-xdist workers, one thread each (tests/parallel.py): 2,
-# the CI machine's cores; many tests wait on processes they start (servers, Ray, Milvus,
-# Chromium), and a second worker runs meanwhile. Each test module is one unit of work (its
-# module fixtures built once), the tests on Milvus one unit, the slow ones handed out first.
+# the CI machine's cores (each worker is a whole torch process with its own session fixtures;
+# more workers than cores would slow the tests that time their servers). Many tests wait on
+# processes they start (servers, Ray, Milvus, Chromium); the other worker runs meanwhile.
+# Each test file is one unit of work (its module fixtures built once); files with slow tests
+# are handed out first.
 TEST_WORKERS ?= 2
-XDIST = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## make test: the whole suite (SQLite and the PostgreSQL on 127.0.0.1:5432), slowest 25 printed
 test: setup

@@ -266,7 +266,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test on the PostgreSQL server carries the ``postgres`` marker, so that
     ``make test-fast`` (``-m "not slow and not postgres"``) can leave those copies out. On a
-    pytest-xdist worker, every test gets its unit of work (tests/parallel.py)."""
+    pytest-xdist worker, the files with a slow test come first (tests/parallel.py)."""
     for item in items:
         params = getattr(item, "callspec", None)
         on_postgres = params is not None and "postgres" in (
@@ -274,4 +274,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if on_postgres or "pg_server_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)
     if parallel.is_worker():
-        parallel.assign_units(items)
+        parallel.slow_files_first(items)

@@ -15,13 +15,14 @@ server before the next start looks.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from indexer.backends.locking import waiting_turn
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +41,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
-
-
-@contextmanager
-def start_lock(path: Path = START_LOCK) -> Iterator[None]:
-    """Held while a server picks its ports and starts, across processes."""
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def etcd_config(peer: int, client: int) -> str:
@@ -77,7 +67,7 @@ def local_milvus(base_dir: Path) -> Iterator[str]:
 
     base_dir = Path(base_dir)
     base_dir.mkdir(parents=True, exist_ok=True)
-    with start_lock():
+    with waiting_turn(START_LOCK):  # until this server has bound its ports
         peer, client = free_ports(2)
         etcd_yaml = base_dir / "etcd.yaml"
         etcd_yaml.write_text(etcd_config(peer, client))

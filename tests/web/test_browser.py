@@ -29,9 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
     reason="needs Debian's chromium and chromium-driver (bash scripts/ensure_test_deps.sh)")]
 
-# pytest-xdist (tests/parallel.py): the tests on rich_server run together, each other test alone
-XDIST_SHARED_FIXTURES = ("rich_server",)
-
 
 def _free_port() -> int:
     with socket.socket() as s:
