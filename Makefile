@@ -41,14 +41,23 @@ setup-gpu: setup
 run: setup
 	$(BIN)/tbps demo
 
+# The suite runs on TEST_WORKERS pytest-xdist workers, one thread each (tests/parallel.py): 2,
+# the CI machine's cores (each worker is a whole torch process with its own session fixtures;
+# more workers than cores would slow the tests that time their servers). Many tests wait on
+# processes they start (servers, Ray, Milvus, Chromium); the other worker runs meanwhile.
+# Each test file is one unit of work (its module fixtures built once); files with slow tests
+# are handed out first.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 ## make test: the whole suite (SQLite and the PostgreSQL on 127.0.0.1:5432), slowest 25 printed
 test: setup
 	bash scripts/ensure_test_deps.sh
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q $(XDIST) --durations=25
 
 ## make test-fast: the inner loop, SQLite only, no browser/Ray/end-to-end/kill -9 processes
 test-fast: setup
-	$(BIN)/python -m pytest -q --durations=10 -m "not slow and not postgres"
+	$(BIN)/python -m pytest -q $(XDIST) --durations=10 -m "not slow and not postgres"
 
 ## make lock: re-resolve pyproject.toml: requirements-test.lock (runtime, scale and test extras),
 ## then requirements.lock (runtime and scale, at the versions of the first)

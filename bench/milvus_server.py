@@ -1,5 +1,5 @@
 """Run the embedded Milvus standalone server until stopped (SIGTERM / Ctrl-C), so that the
-benchmarks and the test suite can share one (only one embedded Milvus runs per machine):
+benchmarks and the test suite can share one:
 
     .venv/bin/python -m bench.milvus_server bench/.work/milvus &
     TBPS_MILVUS_URI=http://127.0.0.1:19530 TBPS_INDEX_BACKEND=milvus .venv/bin/python -m pytest ...

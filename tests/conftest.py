@@ -23,6 +23,7 @@ from PIL import Image
 from sqlalchemy import create_engine, make_url, text
 
 from service.config import Settings
+from tests import parallel
 from tests.tcp_proxy import TcpProxy
 
 PG_ADMIN_URL = os.environ.get("TBPS_TEST_PG_ADMIN_URL",
@@ -256,12 +257,21 @@ def tiny_encoder():
     return TorchEncoder(model, "untrained-tiny-clip-seed0", device="cpu")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """On a pytest-xdist worker: one thread (tests/parallel.py)."""
+    if parallel.is_worker():
+        parallel.one_thread_per_worker()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test on the PostgreSQL server carries the ``postgres`` marker, so that
-    ``make test-fast`` (``-m "not slow and not postgres"``) can leave those copies out."""
+    ``make test-fast`` (``-m "not slow and not postgres"``) can leave those copies out. On a
+    pytest-xdist worker, the files with a slow test come first (tests/parallel.py)."""
     for item in items:
         params = getattr(item, "callspec", None)
         on_postgres = params is not None and "postgres" in (
             params.params.get("database_url"), params.params.get("shared_gallery"))
         if on_postgres or "pg_server_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)
+    if parallel.is_worker():
+        parallel.slow_files_first(items)

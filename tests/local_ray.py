@@ -7,6 +7,9 @@ happened once in a run where the same start takes 6 s on a busy machine here. A 
 leaves its processes running (Ray never hands back the half-built node), so they are stopped
 before the next try: they are this process's descendants whose command line runs Ray's own
 binaries or modules; the session's Milvus, also a child, is not one of them.
+
+One local Ray at a time on this machine (a lock file): under pytest-xdist the other worker's
+Ray test waits instead of starting a second cluster on the same two cores.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from indexer.backends.locking import waiting_turn
+
 ATTEMPTS = 3
 STARTUP_TIMEOUT = "timed out during startup"
+LOCK = Path(tempfile.gettempdir()) / "tbps-test-local-ray.lock"
 
 
 def _children() -> dict[int, list[int]]:
@@ -68,7 +75,13 @@ def stop_processes(pids: list[int], grace_s: float = 5.0) -> None:
 @contextlib.contextmanager
 def local_ray(num_cpus: int = 2) -> Iterator[object]:
     """``ray.init`` on this machine (``num_cpus`` CPUs, 200 MiB object store, no dashboard),
-    tried up to ATTEMPTS times when the raylet registers late; shut down on exit."""
+    tried up to ATTEMPTS times when the raylet registers late; shut down on exit. Waits for
+    another process's local Ray to end first."""
+    with waiting_turn(LOCK):
+        yield from _local_ray(num_cpus)
+
+
+def _local_ray(num_cpus: int) -> Iterator[object]:
     import ray
 
     ray_dir = Path(ray.__file__).parent

@@ -1,4 +1,5 @@
-"""The build lock every backend can use: a POSIX record lock on a file in its work folder."""
+"""The build lock every backend can use: a POSIX record lock on a file in its work folder; and
+a lock file any process waits its turn on."""
 
 from __future__ import annotations
 
@@ -36,3 +37,14 @@ def build_lock(work_dir: Path) -> Iterator[None]:
                 fcntl.lockf(fh.fileno(), fcntl.LOCK_UN)
     finally:
         _THREAD_LOCK.release()
+
+
+@contextmanager
+def waiting_turn(path: Path) -> Iterator[None]:
+    """Held by one process at a time (an ``flock`` on ``path``); the others wait for it."""
+    with Path(path).open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

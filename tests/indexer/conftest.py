@@ -1,6 +1,6 @@
 """Index backends for the backend tests: Milvus backends on the real server of the session
 (``tests.conftest.milvus_uri``), and the backend the search suite runs against, chosen by
-``TBPS_INDEX_BACKEND`` (faiss by default)."""
+``TBPS_INDEX_BACKEND`` (faiss by default); the ``tbps`` command run in this process."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from service.cli.main import main
+from service.config import get_settings
 from tests.conftest import milvus_prefix
 
 
@@ -36,3 +38,18 @@ def index_backend(request: pytest.FixtureRequest, tmp_path: Path):
         return create_backend(name, root=tmp_path / "index")
     except BackendUnavailable as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture
+def tbps(tmp_path, monkeypatch, capsys):
+    """``tbps ARGS`` in this process on a data dir of the test's own -> (exit code, stdout)."""
+    monkeypatch.setenv("TBPS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TBPS_DEVICE", "cpu")
+    get_settings.cache_clear()
+
+    def run(*args: str) -> tuple[int, str]:
+        code = main(list(args))
+        return code, capsys.readouterr().out
+
+    yield run
+    get_settings.cache_clear()

@@ -1,5 +1,6 @@
-"""The Ray Data indexer on a local Ray started here: its vectors are the local indexer's, bad
-crops are reported (not indexed), and the build lands in a backend, published."""
+"""The Ray Data indexer on a local Ray started here (one for the module): its vectors are the
+local indexer's, bad crops are reported (not indexed), and the build lands in a backend,
+published; `tbps index --engine ray` records its build."""
 
 from __future__ import annotations
 
@@ -108,3 +109,34 @@ def test_the_actor_applies_the_image_limits_it_is_given(tiny_checkpoint, crops) 
     assert all(str(e).startswith("oversized: 48x96 pixels") for e in out["error"])
     out = EncodeCrops(options(tiny_checkpoint))(batch)
     assert list(out["error"]) == ["", "", ""] and out["vector"].shape[0] == 3
+
+
+@pytest.mark.slow
+def test_index_on_ray_records_the_build_and_its_vectors_equal_the_local_indexers(
+        local_ray, tbps, image_folder):
+    """`tbps index --engine ray` on the module's local Ray (2 CPUs), then a local full build
+    of the same gallery: the two versions hold the same vectors (both stored the same way)."""
+    from service.config import get_settings
+    from service.jobs.index_backend import backend_from_settings
+    from service.store.db import session_scope
+    from service.store.orm import Crop, CropStatus, IndexStatus, IndexVersion
+
+    assert tbps("ingest", str(image_folder))[0] == 0
+    assert tbps("index", "--address", "x")[0] == 2  # --address without --engine ray
+    code, out = tbps("index", "--engine", "ray", "--workers", "1", "--batch-size", "4")
+    assert code == 0 and "encoding crops on Ray: 6/6 (" in out, out
+    assert "(full build): 6 crops indexed, 0 failed" in out
+    settings = get_settings()
+    backend = backend_from_settings(settings)
+    on_ray = backend.current_version()
+    with session_scope(settings.resolved_database_url) as session:
+        statuses = sorted(c.status for c in session.query(Crop))
+        live = session.query(IndexVersion).filter_by(status=IndexStatus.live).one()
+        assert (live.version, live.count) == (on_ray, 6)
+    assert statuses == [CropStatus.indexed] * 6
+    assert tbps("index", "--full")[0] == 0
+    ray_view, local_view = backend.open(on_ray), backend.open()
+    assert local_view.version != on_ray
+    ids = local_view.live_ids()
+    np.testing.assert_array_equal(ray_view.live_ids(), ids)
+    np.testing.assert_allclose(ray_view.vectors(ids), local_view.vectors(ids), rtol=0, atol=1e-3)
