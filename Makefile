@@ -55,9 +55,9 @@ test: setup
 	bash scripts/ensure_test_deps.sh
 	$(BIN)/python -m pytest -q $(XDIST) --durations=25
 
-## make test-fast: the inner loop, SQLite only, no browser/Ray/end-to-end/kill -9 processes
+## make test-fast: the inner loop, SQLite and FAISS only, no browser/Ray/end-to-end/kill -9 processes
 test-fast: setup
-	$(BIN)/python -m pytest -q $(XDIST) --durations=10 -m "not slow and not postgres"
+	$(BIN)/python -m pytest -q $(XDIST) --durations=10 -m "not slow and not postgres and not milvus"
 
 ## make lock: re-resolve pyproject.toml: requirements-test.lock (runtime, scale and test extras),
 ## then requirements.lock (runtime and scale, at the versions of the first)

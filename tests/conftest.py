@@ -264,8 +264,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test on the PostgreSQL server carries the ``postgres`` marker, so that
-    ``make test-fast`` (``-m "not slow and not postgres"``) can leave those copies out. On a
+    """Every test on the PostgreSQL server carries the ``postgres`` marker, every test on the
+    embedded Milvus the ``milvus`` marker, so that ``make test-fast`` (``-m "not slow and not
+    postgres and not milvus"``) can leave those copies out. On a
     pytest-xdist worker, the files with a slow test come first (tests/parallel.py)."""
     for item in items:
         params = getattr(item, "callspec", None)
@@ -273,5 +274,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             params.params.get("database_url"), params.params.get("shared_gallery"))
         if on_postgres or "pg_server_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)
+        on_milvus = params is not None and "milvus" in params.params.values()
+        if on_milvus or {"milvus_uri", "milvus_proxy"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.milvus)
     if parallel.is_worker():
         parallel.slow_files_first(items)
