@@ -20,7 +20,6 @@ changes, so a searcher that compares ``current_version()`` with the version it h
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -35,6 +34,7 @@ import numpy as np
 
 from indexer.backends.base import NoIndex, split_pointer
 from indexer.backends.faiss_loaded import LoadedIndex, load_index
+from indexer.backends.locking import waiting_turn
 from indexer.files import fsync_dir, fsync_tree, write_arrays
 from indexer.manifest import Manifest
 
@@ -80,12 +80,8 @@ class IndexStore:
     def lock(self) -> Iterator[None]:
         """Exclusive lock for writers (deltas, publish, rollback) across processes."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / "LOCK").open("a") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        with waiting_turn(self.root / "LOCK"):
+            yield
 
     # ---- full versions ----
     def staging_dir(self, version: str) -> Path:
